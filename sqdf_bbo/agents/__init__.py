@@ -1,0 +1,70 @@
+"""Agent registry: built-in method names, or ``package.module:ClassName`` for a user's own agent."""
+from __future__ import annotations
+
+import importlib
+
+from sqdf_bbo.agents.base import Agent, DiffusionAgent
+
+#: method name -> "module:Class" (imported lazily so a missing optional module breaks nothing else)
+METHODS: dict[str, str] = {
+    "pretrained": "sqdf_bbo.agents.pretrained:PretrainedAgent",
+    "sqdf": "sqdf_bbo.agents.sqdf:SQDFAgent",
+    "ddpo": "baselines.ddpo:DDPOAgent",
+    "ddpo-sf": "baselines.ddpo:DDPOSFAgent",
+    "alignprop": "baselines.alignprop:AlignPropAgent",
+    "draft": "baselines.draft:DRaFTAgent",
+    "draft-k": "baselines.draft:DRaFTKAgent",
+    "draft-lv": "baselines.draft:DRaFTLVAgent",
+    "adjoint-matching": "baselines.adjoint_matching:AdjointMatchingAgent",
+    "seiko": "baselines.seiko:SEIKOAgent",
+}
+
+
+def _import(spec: str):
+    mod_name, _, cls_name = spec.partition(":")
+    mod = importlib.import_module(mod_name)
+    try:
+        return getattr(mod, cls_name)
+    except AttributeError:
+        raise ValueError(f"module {mod_name!r} has no attribute {cls_name!r}") from None
+
+
+def available_methods() -> list[str]:
+    """Built-in methods whose module can be imported in this checkout."""
+    out = []
+    for name, spec in METHODS.items():
+        try:
+            _import(spec)
+        except (ImportError, ValueError):
+            continue
+        out.append(name)
+    return out
+
+
+def resolve_method(method: str) -> type[Agent]:
+    """Class for a method name or ``module:Class`` path; unknown names list what is allowed."""
+    if ":" in method:
+        try:
+            cls = _import(method)
+        except ImportError as e:
+            raise ValueError(f"cannot import agent {method!r}: {e}") from None
+    elif method in METHODS:
+        try:
+            cls = _import(METHODS[method])
+        except ImportError as e:
+            raise ValueError(f"method {method!r} is not available in this checkout ({e})") from None
+    else:
+        raise ValueError(
+            f"unknown method {method!r}; allowed: {', '.join(available_methods())} "
+            "or a 'package.module:ClassName' agent"
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise ValueError(f"{method!r} is not a subclass of sqdf_bbo.agents.Agent")
+    return cls
+
+
+def make_agent(method: str, task_info, config: dict | None = None, seed: int = 0) -> Agent:
+    return resolve_method(method)(task_info, config or {}, seed)
+
+
+__all__ = ["Agent", "DiffusionAgent", "METHODS", "make_agent", "resolve_method", "available_methods"]

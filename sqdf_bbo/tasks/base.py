@@ -1,0 +1,76 @@
+"""What a task is: an oracle the harness keeps, and a public description agents may see.
+
+``Task`` (harness only) owns the noise-free oracle, its noise level, naturalness and diversity
+features. ``TaskInfo`` (what an agent receives) carries only the design space, the pretrained
+backbone factory, the proxy feature map and defaults: no agent can reach the oracle through it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TaskInfo:
+    """Public, oracle-free description of a task.
+
+    design_shape: shape of one design; bounds: (lo, hi) tensors of that shape, or None;
+    make_backbone(): a fresh pretrained, frozen :class:`~sqdf_bbo.backbones.Backbone`;
+    features(x): differentiable proxy feature map (B, *design_shape) -> (B, feature_dim), never the
+    oracle's own; sample_conditions(n, generator): per-sample conditions (None if unconditional);
+    defaults: task-specific run/agent defaults (e.g. ``num_steps``, ``n_eval``, ``batch_size``).
+    """
+
+    name: str
+    tier: str
+    design_shape: tuple[int, ...]
+    make_backbone: Callable[[], Any]
+    features: Callable[[Tensor], Tensor]
+    feature_dim: int
+    bounds: Optional[tuple[Tensor, Tensor]] = None
+    sample_conditions: Optional[Callable[[int, torch.Generator], Any]] = None
+    defaults: dict = field(default_factory=dict)
+
+
+class Task:
+    """Harness-side task. Subclasses implement :meth:`evaluate_true` and fill :attr:`info`.
+
+    Values are maximised. ``noise_std`` is the std of the Gaussian observation noise the environment
+    adds. ``optimal_value`` is the best known noise-free value (None if unknown).
+    """
+
+    info: TaskInfo
+    noise_std: float = 0.0
+    optimal_value: Optional[float] = None
+    differentiable: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def evaluate_true(self, designs: Tensor) -> Tensor:
+        """Noise-free oracle values, (B, *design_shape) -> (B,) float64."""
+        raise NotImplementedError
+
+    def naturalness(self, designs: Tensor) -> dict[str, float]:
+        """Task-specific naturalness summaries of a batch (e.g. prior log-density, invalid fraction)."""
+        return {}
+
+    def diversity_features(self, designs: Tensor) -> Tensor:
+        """Features in which diversity is measured, (B, F). Defaults to the flattened design."""
+        return designs.reshape(designs.shape[0], -1).double()
+
+    #: kernel bandwidth for the Vendi score in ``diversity_features`` space (None = cosine kernel)
+    vendi_bandwidth: Optional[float] = None
+
+    def extra_values(self, designs: Tensor) -> dict[str, Tensor]:
+        """Extra per-design diagnostics logged beside the oracle value (e.g. a ground-truth score)."""
+        return {}
+
+    def render(self, designs: Tensor, path: str, title: str = "") -> None:
+        """Write a PNG picture of a batch of designs (tier-specific)."""
+        raise NotImplementedError
