@@ -47,3 +47,14 @@ class Backbone(nn.Module):
     def lora_targets(self) -> Optional[list[str]]:
         """Module names peft's LoRA should wrap, or None if the backbone is fine-tuned in full."""
         return None
+
+    def add_lora(self, rank: int) -> None:
+        """Wrap ``lora_targets()`` with peft LoRA (alpha = rank, Gaussian A, zero B so the output is
+        unchanged); afterwards only the LoRA weights require grad."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=self.lora_targets(),
+                         init_lora_weights="gaussian")
+        inject_adapter_in_model(cfg, self)
+        for name, p in self.named_parameters():
+            p.requires_grad_("lora_" in name)

@@ -71,6 +71,6 @@ class Task:
         """Extra per-design diagnostics logged beside the oracle value (e.g. a ground-truth score)."""
         return {}
 
-    def render(self, designs: Tensor, path: str, title: str = "") -> None:
-        """Write a PNG picture of a batch of designs (tier-specific)."""
+    def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None) -> None:
+        """Write a PNG picture of a batch of designs (tier-specific); ``reference`` = pretrained samples."""
         raise NotImplementedError

@@ -1,0 +1,128 @@
+"""The SEIKO-style online loop every fine-tuning method shares (spec: baselines.md §5-6, sqdf.md §6).
+
+Per round the harness queries fresh designs and calls :meth:`OnlineFinetuneAgent.improve`, which
+1. refits the optimistic proxy r̂⁺ on every observation so far (``sqdf_bbo.proxy.fit_proxy``),
+2. starts a new AdamW over the trainable policy parameters (LoRA weights carry over between rounds),
+3. runs ``updates_per_round`` calls of the method's :meth:`update_step`.
+
+Only the update rule differs between methods. Methods optimise :meth:`reward`, the proxy's
+optimistic prediction in *standardised units*: (r̂⁺ - m0)/s0 with m0, s0 the mean and std of the
+first round's observed values (frozen for the run), so one alpha means the same on every task.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from sqdf_bbo.agents.base import DiffusionAgent
+from sqdf_bbo.tasks.base import TaskInfo
+
+Tensor = torch.Tensor
+
+
+class OnlineFinetuneAgent(DiffusionAgent):
+    """Base class: subclasses implement :meth:`update_step` (one optimizer step, returns stats)."""
+
+    default_config: ClassVar[dict] = {
+        **DiffusionAgent.default_config,
+        # optimistic proxy (keys starting with proxy_/osm_ are passed to fit_proxy)
+        "proxy": "bootstrap",  # optimism: bootstrap (max over heads) | ucb (feature bonus) | none
+        "proxy_heads": 4,
+        "proxy_epochs": 300,
+        "proxy_lr": 1e-3,
+        "proxy_batch": 512,
+        "proxy_val_frac": 0.05,
+        "proxy_select": "best",  # best | last
+        "osm_alpha": 0.01,
+        "osm_lambda": 1e-3,
+        "osm_clipping": 10.0,
+        # fine-tuning
+        "updates_per_round": 40,
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "max_grad_norm": 5.0,
+        "lora_rank": 4,  # 0 = full-weight fine-tuning
+    }
+
+    def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
+        super().__init__(task, config, seed)
+        rank = int(self.config["lora_rank"])
+        if rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {rank}")
+        self.policy.requires_grad_(False)
+        if rank > 0 and self.policy.lora_targets():
+            self.policy.add_lora(rank)
+        else:
+            self.policy.requires_grad_(True)
+        self.policy.train()
+        self.proxy = None
+        self.reward_offset: Optional[float] = None
+        self.reward_scale: Optional[float] = None
+        self.round = 0
+        self.global_step = 0
+
+    # ---- proxy -----------------------------------------------------------------------------------
+    def proxy_config(self) -> dict:
+        return {k: v for k, v in self.config.items() if k.startswith(("proxy", "osm_"))}
+
+    def refit_proxy(self) -> dict[str, float]:
+        from sqdf_bbo.proxy import fit_proxy
+
+        designs, values = self.dataset
+        if self.reward_scale is None:
+            self.reward_offset = float(values.mean())
+            self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
+        with torch.no_grad():
+            feats = self.task.features(designs.float())
+        self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
+                                      generator=self.generator)
+        self.proxy.eval().requires_grad_(False)
+        return stats
+
+    def reward_of_designs(self, designs: Tensor) -> Tensor:
+        """Optimistic proxy reward of designs in standardised units, (B, *design_shape) -> (B,)."""
+        r = self.proxy(self.task.features(designs))
+        return (r - self.reward_offset) / self.reward_scale
+
+    def reward(self, z: Tensor) -> Tensor:
+        """Differentiable optimistic reward of final latents z (B, *latent_shape) -> (B,)."""
+        return self.reward_of_designs(self.policy.decode(z))
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.trainable_parameters(), lr=float(self.config["lr"]),
+                                 betas=(0.9, 0.999), eps=1e-8, weight_decay=float(self.config["weight_decay"]))
+
+    def clip_and_step(self) -> float:
+        """Clip the global grad norm to ``max_grad_norm``, step, zero grads; returns the pre-clip norm."""
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), float(self.config["max_grad_norm"]))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        return float(norm)
+
+    def start_round(self) -> None:
+        """Hook run after the proxy refit and before the round's updates (e.g. reset a buffer)."""
+
+    def update_step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def improve(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        stats.update({f"proxy_{k}": v for k, v in self.refit_proxy().items()})
+        self.optimizer = self.make_optimizer()
+        self.start_round()
+        self.policy.train()
+        sums: dict[str, float] = {}
+        n = int(self.config["updates_per_round"])
+        for _ in range(n):
+            for k, v in self.update_step().items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        self.policy.eval()
+        stats.update({k: v / max(n, 1) for k, v in sums.items()})
+        self.round += 1
+        return stats

@@ -1,0 +1,427 @@
+"""The main job: one task x one method x one seed, resumable.
+
+    python -m sqdf_bbo.run --task aesthetic --budget 5000 [--method sqdf] [--seed 0] [--out runs/]
+                           [--resume] [--set key=value ...]
+
+``--set`` keys go to the agent's config; ``task.KEY`` to the task's overrides; ``run.KEY`` to the run
+settings (``rounds``, ``round_sizes``, ``n_eval``, ``batch_size``). The run folder
+``<out>/<task>__<method>__b<budget>__s<seed>/`` holds config.json, rounds.jsonl (round 0 = the
+pretrained model before any query), queries.csv (every design), final.json, samples.png and
+checkpoint/state.pt. Every write is atomic; ``--resume`` continues from the last finished round and
+reproduces an uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
+
+import numpy as np
+import torch
+
+from sqdf_bbo.io import atomic_torch_save, atomic_write_json, atomic_write_text
+
+RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None}
+TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s")
+
+
+class CLIError(ValueError):
+    """A bad command-line value; printed as one line."""
+
+
+# ---- argument handling --------------------------------------------------------------------------
+def _positive_int(name: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}")
+        return v
+
+    return parse
+
+
+def _seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {s!r}")
+    return v
+
+
+def _parse_value(s: str) -> Any:
+    try:
+        return ast.literal_eval(s)
+    except (ValueError, SyntaxError):
+        low = s.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return s
+
+
+def parse_sets(items: list[str]) -> tuple[dict, dict, dict]:
+    """['a=1', 'task.noise_std=0.5', 'run.rounds=2'] -> (agent, task, run) override dicts."""
+    agent, task, run = {}, {}, {}
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--set expects key=value, got {item!r}")
+        key, val = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise CLIError(f"--set expects key=value, got {item!r}")
+        if key.startswith("task."):
+            task[key[5:]] = _parse_value(val)
+        elif key.startswith("run."):
+            k = key[4:]
+            if k not in RUN_DEFAULTS:
+                raise CLIError(f"unknown run setting {k!r}; allowed: {', '.join(RUN_DEFAULTS)}")
+            run[k] = _parse_value(val)
+        else:
+            agent[key] = _parse_value(val)
+    return agent, task, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="aesthetic", help="task name (see sqdf_bbo.tasks.list_tasks())")
+    p.add_argument("--method", default="sqdf", help="method name or package.module:ClassName")
+    p.add_argument("--budget", type=_positive_int("budget"), default=5000, help="oracle queries (> 0)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", default="runs", help="parent folder of the run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished round")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting: agent KEY, task.KEY or run.KEY (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def round_sizes(budget: int, rounds: int, explicit: Optional[list] = None) -> list[int]:
+    """Round sizes that sum to the budget: the official 1:2:4:8 doubling (spec §6) scaled, or explicit."""
+    if explicit is not None:
+        sizes = [int(s) for s in explicit]
+        if any(s <= 0 for s in sizes) or sum(sizes) != budget:
+            raise CLIError(f"run.round_sizes must be positive and sum to the budget {budget}, got {explicit}")
+        return sizes
+    if not isinstance(rounds, int) or rounds < 1:
+        raise CLIError(f"run.rounds must be a positive integer, got {rounds!r}")
+    if budget < rounds:
+        raise CLIError(f"budget {budget} is smaller than the number of rounds {rounds}")
+    w = [2.0**i for i in range(rounds)]
+    sizes = [max(1, int(budget * wi / sum(w))) for wi in w]
+    sizes[-1] += budget - sum(sizes)
+    return sizes
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "numpy", "diffusers", "peft", "botorch", "gymnasium", "transformers", "sqdf_bbo"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional packages
+            out[mod] = None
+    return out
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                           text=True, timeout=5)
+        return r.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _peak_mem_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---- evaluation (harness side: never shown to the agent, never charged) -------------------------
+def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """Eval reward (noise-free oracle mean), path KL to the pretrained model, diversity, naturalness."""
+    from sqdf_bbo.agents.base import DiffusionAgent
+    from sqdf_bbo.diffusion import path_kl
+    from sqdf_bbo.metrics import mean_pairwise_distance, vendi_score
+
+    if isinstance(agent, DiffusionAgent):
+        designs, kls = [], []
+        for traj in agent.sample_batched(n_eval, generator):
+            with torch.no_grad():
+                designs.append(agent.policy.decode(traj.final).detach())
+            kls.append(path_kl(agent.policy_eps, agent.reference_eps, agent.schedule, traj))
+        designs = torch.cat(designs)
+        kl = float(torch.cat(kls).mean())
+    else:
+        with torch.no_grad():
+            designs = agent.propose(n_eval, generator).detach()
+        kl = float("nan")
+    values = task.evaluate_true(designs)
+    out = {"eval_reward": float(values.mean()), "eval_reward_std": float(values.std()), "path_kl": kl}
+    for name, v in task.extra_values(designs).items():
+        out[f"eval_{name}"] = float(torch.as_tensor(v).double().mean())
+    feats = task.diversity_features(designs)
+    kernel = "cosine" if task.vendi_bandwidth is None else "rbf"
+    out["vendi"] = float(vendi_score(feats, kernel=kernel, bandwidth=task.vendi_bandwidth))
+    out["mean_pairwise_distance"] = float(mean_pairwise_distance(feats))
+    out.update(task.naturalness(designs))
+    return out, designs
+
+
+def curve_summary(true_values: np.ndarray, budget: int) -> dict:
+    """Best-so-far and top-k means of the noise-free values of every queried design."""
+    from sqdf_bbo.metrics import auc_top_k
+
+    out = {"queries_used": int(len(true_values))}
+    if len(true_values) == 0:
+        return out
+    srt = np.sort(true_values)[::-1]
+    out["best_so_far"] = float(srt[0])
+    for k in (1, 10, 100):
+        out[f"top{k}"] = float(srt[:k].mean())
+    out["auc_top10"] = float(auc_top_k(true_values, k=10, budget=budget))
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class Run:
+    """State of one run; :meth:`execute` runs (or resumes) it to completion."""
+
+    def __init__(self, args: argparse.Namespace):
+        from sqdf_bbo.agents import resolve_method
+        from sqdf_bbo.tasks import make_task
+
+        self.args = args
+        self.agent_overrides, self.task_overrides, run_overrides = parse_sets(args.sets)
+        self.task = make_task(args.task, **self.task_overrides)
+        self.agent_cls = resolve_method(args.method)
+        self.agent_config = self.agent_cls.resolve_config(self.task.info, self.agent_overrides)
+        d = self.task.info.defaults
+        self.run_cfg = dict(RUN_DEFAULTS)
+        self.run_cfg.update({"n_eval": d.get("n_eval", 256), "batch_size": d.get("batch_size", 64)})
+        self.run_cfg.update(run_overrides)
+        for key in ("n_eval", "batch_size"):
+            v = self.run_cfg[key]
+            if not isinstance(v, int) or v <= 0:
+                raise CLIError(f"run.{key} must be a positive integer, got {v!r}")
+        self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
+        safe_method = args.method.replace(":", ".").replace("/", "_")
+        self.dir = Path(args.out) / f"{args.task}__{safe_method}__b{args.budget}__s{args.seed}"
+        self.ckpt = self.dir / "checkpoint" / "state.pt"
+        self._check_out_dir()
+
+    def _check_out_dir(self) -> None:
+        out = Path(self.args.out)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write_probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise CLIError(f"out folder {str(out)!r} is not writable ({e.strerror}); choose a writable --out") from None
+        if (self.dir / "final.json").exists() and not self.args.resume:
+            raise CLIError(f"run folder {str(self.dir)!r} already holds a finished run; "
+                           "use --resume (a no-op) or another --out")
+        if self.ckpt.exists() and not self.args.resume:
+            raise CLIError(f"run folder {str(self.dir)!r} holds an unfinished run; add --resume to continue it")
+
+    # -- persistence --
+    def config_record(self) -> dict:
+        return {
+            "task": self.args.task, "method": self.args.method, "budget": self.args.budget,
+            "seed": self.args.seed, "run": self.run_cfg, "round_sizes": self.sizes,
+            "agent": self.agent_config, "task_overrides": self.task_overrides,
+            "task_info": {"tier": self.task.info.tier, "design_shape": list(self.task.info.design_shape),
+                          "noise_std": self.task.noise_std, "optimal_value": self.task.optimal_value},
+            "versions": _versions(), "git_commit": _git_commit(),
+            "command": "python -m sqdf_bbo.run " + " ".join(sys.argv[1:]),
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def write_logs(self, st: dict) -> None:
+        import pandas as pd
+
+        buf = io.StringIO()
+        pd.DataFrame(st["queries"]).to_csv(buf, index=False)
+        atomic_write_text(self.dir / "queries.csv", buf.getvalue())
+        atomic_write_text(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in st["rounds"]))
+
+    def save_checkpoint(self, st: dict, agent) -> None:
+        st = dict(st, agent=agent, rng={"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                        "python": random.getstate()})
+        atomic_torch_save(self.ckpt, st)
+
+    # -- main loop --
+    def execute(self, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        from sqdf_bbo.envs import BudgetedOracleEnv
+
+        args, task = self.args, self.task
+        env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"])
+        if args.resume and (self.dir / "final.json").exists():
+            return json.loads((self.dir / "final.json").read_text())
+        if args.resume and self.ckpt.exists():
+            st = torch.load(self.ckpt, weights_only=False)
+            agent = st.pop("agent")
+            rng = st.pop("rng")
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            env.set_state(st["env"])
+        else:
+            torch.manual_seed(args.seed)
+            np.random.seed(args.seed)
+            random.seed(args.seed)
+            env.reset(seed=args.seed)
+            atomic_write_json(self.dir / "config.json", self.config_record())
+            agent = self.agent_cls(task.info, self.agent_overrides, args.seed)
+            st = {"next_round": 0, "queries": [], "rounds": [], "wall_s": 0.0, "env": env.get_state()}
+            t0 = time.time()
+            ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
+            st["reference_designs"] = designs0
+            st["rounds"].append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
+                                 "round_wall_s": time.time() - t0, "train": {}})
+            st["wall_s"] += time.time() - t0
+            self.write_logs(st)
+            self.save_checkpoint(st, agent)
+
+        bar = tqdm(total=args.budget, initial=len(st["queries"]), unit="query", disable=not progress,
+                   desc=f"{args.task}/{args.method}", dynamic_ncols=True)
+        for r in range(st["next_round"], len(self.sizes)):
+            t0 = time.time()
+            n = self.sizes[r]
+            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
+            gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
+            designs = agent.propose(n, gen)
+            designs = self._check_designs(designs, n)
+            observed = []
+            bs = self.run_cfg["batch_size"]
+            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: querying")
+            for i in range(0, n, bs):
+                _, _, _, _, info = env.step(designs[i:i + bs].numpy())
+                observed.append(np.asarray(info["values"], dtype=np.float64))
+                bar.update(len(observed[-1]))
+            observed = np.concatenate(observed)
+            true = task.evaluate_true(designs).numpy()
+            extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
+            start = len(st["queries"])
+            flat = designs.reshape(n, -1).double().numpy() if task.info.tier == "synthetic" else None
+            for i in range(n):
+                row = {"round": r + 1, "query_index": start + i, "observed": float(observed[i]),
+                       "true": float(true[i])}
+                row.update({k: float(v[i]) for k, v in extras.items()})
+                if flat is not None:
+                    row.update({f"x{j}": float(flat[i, j]) for j in range(flat.shape[1])})
+                st["queries"].append(row)
+            if flat is None:  # images: keep every design as uint8 beside the CSV
+                self._save_image_designs(designs, r + 1)
+            best = max(q["true"] for q in st["queries"])
+            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
+            agent.observe(designs, torch.from_numpy(observed))
+            train_stats = agent.improve() or {}
+            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: evaluating, best {best:.4g}")
+            ev, designs_eval = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
+            summary = curve_summary(np.array([q["true"] for q in st["queries"]]), args.budget)
+            summary["best_observed"] = float(max(q["observed"] for q in st["queries"]))
+            st["wall_s"] += time.time() - t0
+            st["rounds"].append({"round": r + 1, "round_size": n, **summary, **ev,
+                                 "round_wall_s": time.time() - t0,
+                                 "train": {k: _num(v) for k, v in train_stats.items()}})
+            st["next_round"] = r + 1
+            st["env"] = env.get_state()
+            st["last_designs"] = designs_eval
+            self._render(designs_eval, st.get("reference_designs"), r + 1)
+            self.write_logs(st)
+            self.save_checkpoint(st, agent)
+            if os.environ.get("SQDF_BBO_CRASH_AFTER_ROUND") == str(r + 1):  # test hook: simulate a kill
+                bar.close()
+                os._exit(17)
+        bar.close()
+        final = {"task": args.task, "method": args.method, "seed": args.seed, "budget": args.budget,
+                 **{k: v for k, v in st["rounds"][-1].items() if k not in ("train", "round_size")},
+                 "rounds": len(self.sizes), "wall_time_s": st["wall_s"], "peak_mem_mb": _peak_mem_mb(),
+                 "run_dir": str(self.dir)}
+        final.pop("round_wall_s", None)
+        atomic_write_json(self.dir / "final.json", final)
+        return final
+
+    def _eval_gen(self) -> torch.Generator:
+        # the same eval noise every round (common random numbers across rounds and methods)
+        return torch.Generator().manual_seed(10_000_019 + self.args.seed)
+
+    def _check_designs(self, designs, n: int) -> torch.Tensor:
+        shape = (n, *self.task.info.design_shape)
+        designs = torch.as_tensor(designs).detach().cpu()
+        if tuple(designs.shape) != shape:
+            raise RuntimeError(f"method {self.args.method!r} proposed designs of shape {tuple(designs.shape)}, "
+                               f"expected {shape}")
+        if not torch.isfinite(designs).all():
+            raise RuntimeError(f"method {self.args.method!r} proposed non-finite designs")
+        return designs.float()
+
+    def _save_image_designs(self, designs: torch.Tensor, rnd: int) -> None:
+        from sqdf_bbo.io import atomic_write_bytes
+
+        arr = (designs.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(self.dir / "designs" / f"round{rnd}.npy", buf.getvalue())
+
+    def _render(self, designs, reference, rnd: int) -> None:
+        from sqdf_bbo.io import atomic_write_bytes
+
+        for name in ([f"samples_round{rnd}.png"] if self.task.info.tier != "synthetic" else []) + ["samples.png"]:
+            tmp = self.dir / f".{name}.tmp.png"
+            try:
+                self.task.render(designs, str(tmp), title=f"{self.args.task} / {self.args.method}, "
+                                 f"after round {rnd}", reference=reference)
+            except NotImplementedError:
+                return
+            atomic_write_bytes(self.dir / name, tmp.read_bytes())
+            tmp.unlink()
+
+
+def _num(v):
+    try:
+        f = float(v)
+        return f if math.isfinite(f) else None
+    except (TypeError, ValueError):
+        return v
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run = Run(args)  # every bad value is caught here, before any work
+    except (CLIError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    final = run.execute(progress=not args.no_progress)
+    keys = ("eval_reward", "best_so_far", "path_kl", "vendi", "wall_time_s")
+    print(json.dumps({k: final.get(k) for k in keys}), file=sys.stdout)
+    print(f"run folder: {run.dir}", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
