@@ -1,0 +1,183 @@
+"""RandAesthetic: an embedded, documented STAND-IN for the LAION aesthetic predictor.
+
+Structure copied from CLIP + LAION head: a frozen embedding and a small fitted head.
+
+1. Ground truth ``A(x)`` (hand-designed, what the head was fitted to): six statistics of an image
+   x in [0,1]^{3xSxS}, each z-scored with its mean/std on natural training patches, weighted
+   (1, 1, .5, .5, .5, .5): colourfulness (Hasler-Suesstrunk), RMS luminance contrast, mean
+   |Laplacian| of luminance (sharpness), left-right symmetry 1 - mean|x - flip(x)|, centre-vs-frame
+   colour difference (L2 of mean RGB of the central half vs the rest), exposure -|mean luminance - .5|.
+2. Encoder phi: seeded random conv net 3->32->64->128->256 (3x3, GELU, He-normal, seed 1234; strides
+   1,2,2,1 at 16x16 and 1,2,2,2 at 32x32), global mean and std pooling -> 512 features, z-scored.
+3. Oracle ``O(x) = w . phi_z(x) + b``: ridge (lambda = 10) fitted in closed form to A on 16k natural
+   training patches; R^2 on held-out patches is stored in the JSON beside the weights.
+
+O is differentiable and over-optimisable (its maximum is off the image manifold), like the real
+predictor: log A beside O to see reward hacking. Build (commits weights + stats + sha256):
+
+    python -m sqdf_bbo.oracles.rand_aesthetic --build --size 16
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sqdf_bbo.data.checksum import verify_checksum, write_checksum
+from sqdf_bbo.oracles.encoders import RandomConvEncoder, ZScored, batched
+
+ASSETS = Path(__file__).resolve().parents[1] / "tasks" / "assets"
+GT_NAMES = ("colourfulness", "contrast", "sharpness", "symmetry", "centre_frame", "exposure")
+GT_WEIGHTS = (1.0, 1.0, 0.5, 0.5, 0.5, 0.5)
+PHI_SEED = 1234
+RIDGE_LAMBDA = 10.0
+
+
+def _strides(size: int) -> list[int]:
+    return [1, 2, 2, 1] if size <= 16 else [1, 2, 2, 2]
+
+
+def make_phi(size: int) -> RandomConvEncoder:
+    """The oracle's random encoder at resolution ``size`` (weights are later replaced by committed ones)."""
+    return RandomConvEncoder([32, 64, 128, 256], [3, 3, 3, 3], _strides(size), act="gelu", seed=PHI_SEED)
+
+
+def _std(v: torch.Tensor, dim) -> torch.Tensor:
+    return (v.var(dim=dim, unbiased=False) + 1e-8).sqrt()
+
+
+def gt_statistics(x: torch.Tensor) -> torch.Tensor:
+    """The six raw statistics, (B, 3, H, W) in [0, 1] -> (B, 6) (order :data:`GT_NAMES`); differentiable."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colour = (_std(rg.flatten(1), 1) ** 2 + _std(yb.flatten(1), 1) ** 2).sqrt() + 0.3 * (
+        rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2 + 1e-8).sqrt()
+    lum = 0.299 * r + 0.587 * g + 0.114 * b
+    contrast = _std(lum.flatten(1), 1)
+    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
+    sharp = F.conv2d(lum[:, None], lap_k.view(1, 1, 3, 3)).abs().flatten(1).mean(1)
+    sym = 1 - (x - x.flip(-1)).abs().flatten(1).mean(1)
+    H, W = x.shape[-2:]
+    mask = torch.zeros(H, W, dtype=x.dtype, device=x.device)
+    mask[H // 4: H - H // 4, W // 4: W - W // 4] = 1
+    centre = (x * mask).sum((-2, -1)) / mask.sum()
+    frame = (x * (1 - mask)).sum((-2, -1)) / (1 - mask).sum()
+    cf = ((centre - frame) ** 2).sum(1).add(1e-8).sqrt()
+    expo = -(lum.flatten(1).mean(1) - 0.5).abs()
+    return torch.stack([colour, contrast, sharp, sym, cf, expo], dim=1)
+
+
+class RandAesthetic(nn.Module):
+    """O(x) (B,) oracle, A(x) (B,) ground truth, features(x) (B, 512) z-scored phi. x: (B,3,S,S) in [0,1]."""
+
+    def __init__(self, size: int, tensors: dict[str, torch.Tensor], meta: dict | None = None):
+        super().__init__()
+        self.size = size
+        self.meta = meta or {}
+        phi = make_phi(size)
+        phi.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
+        self.phi = ZScored(phi, tensors["feat_mean"], tensors["feat_std"])
+        for k in ("gt_mean", "gt_std", "gt_weights", "head_w", "head_b"):
+            self.register_buffer(k, tensors[k].float().clone())
+        self.requires_grad_(False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.phi(x)
+
+    def ground_truth(self, x: torch.Tensor) -> torch.Tensor:
+        z = (gt_statistics(x) - self.gt_mean) / self.gt_std
+        return z @ self.gt_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.phi(x) @ self.head_w + self.head_b
+
+
+def asset_path(size: int) -> Path:
+    return ASSETS / f"rand_aesthetic{size}.safetensors"
+
+
+@functools.lru_cache(maxsize=4)
+def load_rand_aesthetic(size: int = 16) -> RandAesthetic:
+    """The committed oracle at resolution ``size`` (sha256-verified). Shared instance: do not modify."""
+    st = asset_path(size)
+    if not st.exists():
+        have = sorted(p.stem for p in ASSETS.glob("rand_aesthetic*.safetensors"))
+        raise FileNotFoundError(f"no RandAesthetic weights for size {size} ({st}); available: {have or 'none'};"
+                                f" build with `python -m sqdf_bbo.oracles.rand_aesthetic --build --size {size}`")
+    verify_checksum(st)
+    meta = json.loads(st.with_suffix(".json").read_text())
+    return RandAesthetic(size, load_file(str(st)), meta)
+
+
+def ridge_fit(z: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form ridge on centred targets: w = (Z'Z + lam I)^-1 Z'(y - ybar), b = ybar (float64)."""
+    z, y = z.double(), y.double()
+    ybar = y.mean()
+    w = torch.linalg.solve(z.T @ z + lam * torch.eye(z.shape[1], dtype=z.dtype), z.T @ (y - ybar))
+    return w, ybar
+
+
+def build(size: int = 16, n_fit: int = 16000, n_val: int = 4000, seed: int = 0, out: Path = ASSETS,
+          argv: list[str] | None = None) -> dict:
+    """Fit and write rand_aesthetic<size>.safetensors/.json/.sha256; returns the metadata."""
+    from sqdf_bbo.data import build_patches
+
+    t0 = time.time()
+    x = build_patches(n_fit, size, "train", seed=seed + 100)
+    xv = build_patches(n_val, size, "heldout", seed=seed + 100)
+    s = gt_statistics(x).double()
+    gt_mean, gt_std = s.mean(0), s.std(0)
+    gt_w = torch.tensor(GT_WEIGHTS, dtype=torch.float64)
+    a = ((s - gt_mean) / gt_std) @ gt_w
+    av = ((gt_statistics(xv).double() - gt_mean) / gt_std) @ gt_w
+    phi = make_phi(size)
+    f = batched(phi, x).double()
+    f_mean, f_std = f.mean(0), f.std(0).clamp(min=1e-6)
+    w, b = ridge_fit((f - f_mean) / f_std, a, RIDGE_LAMBDA)
+    pred_v = ((batched(phi, xv).double() - f_mean) / f_std) @ w + b
+    r2 = 1 - ((pred_v - av) ** 2).mean() / av.var(unbiased=False)
+    tensors = {f"phi.{k}": v.contiguous() for k, v in phi.state_dict().items()}
+    tensors.update(feat_mean=f_mean.float(), feat_std=f_std.float(), gt_mean=gt_mean.float(),
+                   gt_std=gt_std.float(), gt_weights=gt_w.float(), head_w=w.float(), head_b=b.float().reshape(()))
+    out.mkdir(parents=True, exist_ok=True)
+    st = out / f"rand_aesthetic{size}.safetensors"
+    save_file(tensors, str(st))
+    meta = dict(
+        what="RandAesthetic stand-in aesthetic oracle (see sqdf_bbo/oracles/rand_aesthetic.py)",
+        command="python -m sqdf_bbo.oracles.rand_aesthetic " + " ".join(map(shlex.quote, argv or [])),
+        size=size, phi_seed=PHI_SEED, phi_widths=phi.widths, phi_strides=phi.strides, ridge_lambda=RIDGE_LAMBDA,
+        n_fit=n_fit, n_val=n_val, patch_seed=seed + 100, gt_names=list(GT_NAMES), gt_weights=list(GT_WEIGHTS),
+        heldout_r2=round(float(r2), 4), fit_a_std=round(float(a.std()), 4),
+        oracle_heldout_mean=round(float(pred_v.mean()), 4), oracle_heldout_std=round(float(pred_v.std()), 4),
+        oracle_heldout_max=round(float(pred_v.max()), 4), torch=torch.__version__, wall_s=round(time.time() - t0, 1),
+        sha256=write_checksum(st),
+    )
+    st.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.oracles.rand_aesthetic")
+    p.add_argument("--build", action="store_true", help="fit the head and write the committed assets")
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not a.build:
+        p.error("nothing to do: pass --build")
+    print(json.dumps(build(a.size, seed=a.seed, argv=argv), indent=2))
+
+
+if __name__ == "__main__":
+    main()
