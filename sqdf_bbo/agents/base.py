@@ -70,9 +70,14 @@ class DiffusionAgent(Agent):
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
-        self.reference = task.make_backbone()
-        self.reference.requires_grad_(False).eval()
-        self.policy = copy.deepcopy(self.reference)
+        backbone = task.make_backbone()
+        split = getattr(backbone, "make_policy_and_reference", None)
+        if split is not None:  # e.g. Stable Diffusion: one shared UNet, the reference runs with adapters off
+            self.policy, self.reference = split()
+        else:
+            self.reference = backbone
+            self.reference.requires_grad_(False).eval()
+            self.policy = copy.deepcopy(self.reference)
         self.schedule = DDIMSchedule.from_scheduler(
             self.reference.scheduler, int(self.config["num_steps"]), float(self.config["eta"])
         )
