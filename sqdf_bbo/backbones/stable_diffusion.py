@@ -504,6 +504,20 @@ class SDReferenceView(Backbone):
         raise TypeError("SDReferenceView shares the policy's weights and must not be deep-copied")
 
 
+class SDConsistencyModel(nn.Module):
+    """The backbone's frozen LCM-LoRA CM as a module ``f = cm(z, t, cond)`` (t: DDIM timesteps of z).
+    Holds no registered parameters, so ``.eval()``/``.requires_grad_(False)`` never touch the shared UNet."""
+
+    def __init__(self, sd: StableDiffusionBackbone):
+        super().__init__()
+        if not sd.has_consistency_model:
+            raise RuntimeError("the SD backbone has no consistency model (no lcm_lora_path was given)")
+        object.__setattr__(self, "_sd", sd)
+
+    def forward(self, z: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        return self._sd.consistency_x0(z, t, cond)
+
+
 # ---- LCM-LoRA helpers ------------------------------------------------------------------------------
 def load_lcm_lora_state_dict(path: str, weight_name: Optional[str] = None) -> tuple[dict, Optional[dict]]:
     """(state_dict, network_alphas) of a LoRA file/folder/cached repo id, any format diffusers reads
@@ -546,5 +560,5 @@ def fuse_lora_into_unet(unet, state_dict: dict, network_alphas: Optional[dict]) 
     unet.requires_grad_(False).eval()
 
 
-__all__ = ["StableDiffusionBackbone", "SDReferenceView", "lcm_timestep_grid", "map_to_lcm_timestep",
+__all__ = ["StableDiffusionBackbone", "SDReferenceView", "SDConsistencyModel", "lcm_timestep_grid", "map_to_lcm_timestep",
            "load_lcm_lora_state_dict", "fuse_lora_into_unet", "add_lora_adapter", "LORA_TARGETS"]

@@ -113,6 +113,7 @@ class AestheticSDTask(Task):
             lcm_lora_path=cfg["lcm_lora_path"], cm_mode=cfg["cm_mode"], weights_dtype=dt, device=self.device,
             guidance_scale=float(cfg["guidance_scale"]), autocast=cfg["autocast"],
             gradient_checkpointing=bool(cfg["gradient_checkpointing"]), decode_batch=int(cfg["decode_batch"]))
+        self._last_backbone = None
         design_shape = self._read_design_shape()
         n_steps = int(cfg["num_steps"])
         self.info = TaskInfo(
@@ -133,6 +134,10 @@ class AestheticSDTask(Task):
                           "proxy_batch": 512, "proxy_epochs": 300, "alpha": 1.0, "gamma": 0.9},
             },
         )
+        if cfg["lcm_lora_path"] and cfg["cm_mode"]:
+            # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model: the CM of the
+            # backbone most recently made by make_backbone (the agent's own; toggle mode shares its UNet)
+            self.info.defaults["consistency"] = self._make_consistency
 
     def _read_design_shape(self) -> tuple[int, int, int]:
         """(3, H, W) from the UNet/VAE configs, without loading the weights."""
@@ -154,7 +159,15 @@ class AestheticSDTask(Task):
     def _make_backbone(self):
         from sqdf_bbo.backbones.stable_diffusion import StableDiffusionBackbone
 
-        return StableDiffusionBackbone.from_pretrained(self.cfg["sd_path"], **self._backbone_kwargs)
+        self._last_backbone = StableDiffusionBackbone.from_pretrained(self.cfg["sd_path"], **self._backbone_kwargs)
+        return self._last_backbone
+
+    def _make_consistency(self):
+        from sqdf_bbo.backbones.stable_diffusion import SDConsistencyModel
+
+        if self._last_backbone is None:
+            raise RuntimeError("make_backbone() must be called before the consistency model is requested")
+        return SDConsistencyModel(self._last_backbone)
 
     def _features(self, x: Tensor) -> Tensor:
         """Proxy features = the L2-normalised CLIP image embedding (official protocol), (B,3,H,W) -> (B,D)."""
