@@ -11,11 +11,13 @@ first round's observed values (frozen for the run), so one alpha means the same 
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Optional
 
 import torch
 
 from sqdf_bbo.agents.base import DiffusionAgent
+from sqdf_bbo.diffusion import Trajectory, sample_trajectory
 from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
@@ -37,6 +39,7 @@ class OnlineFinetuneAgent(DiffusionAgent):
         "osm_alpha": 0.01,
         "osm_lambda": 1e-3,
         "osm_clipping": 10.0,
+        "proxy_hidden": 128,  # hidden width of the proxy MLP heads
         # fine-tuning
         "updates_per_round": 40,
         "lr": 1e-3,
@@ -61,6 +64,46 @@ class OnlineFinetuneAgent(DiffusionAgent):
         self.reward_scale: Optional[float] = None
         self.round = 0
         self.global_step = 0
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    #: policies with at most this many parameters are sampled (without grad) through a merged copy
+    MERGE_FOR_SAMPLING_MAX_PARAMS: ClassVar[int] = 5_000_000
+
+    def sampling_policy(self) -> torch.nn.Module:
+        """The module used for no-grad sampling: for a small LoRA policy, a deep copy with the LoRA
+        weights merged into the base layers (same function, ~2x faster on CPU); otherwise the policy."""
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        lora_layers = [m for m in self.policy.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")]
+        if not lora_layers or n_params > self.MERGE_FOR_SAMPLING_MAX_PARAMS:
+            return self.policy
+        merged = copy.deepcopy(self.policy)
+        for m in merged.modules():
+            if hasattr(m, "merge") and hasattr(m, "lora_A"):
+                m.merge()
+        return merged.eval().requires_grad_(False)
+
+    def _sample_with(self, pol, n: int, generator: torch.Generator, **kw) -> Trajectory:
+        if pol is self.policy:
+            return super().sample(n, generator, **kw)
+        cond = self.task.sample_conditions(n, generator) if self.task.sample_conditions else None
+        param = next(self.reference.parameters())
+        x0 = torch.randn((n, *tuple(self.reference.latent_shape)), generator=generator,
+                         dtype=param.dtype).to(param.device)
+        return sample_trajectory(pol, self.schedule, x0, cond=cond, generator=generator, **kw)
+
+    def sample(self, n: int, generator: torch.Generator, **kw) -> Trajectory:
+        """As DiffusionAgent.sample; no-grad sampling goes through :meth:`sampling_policy`."""
+        if kw.get("grad", False):
+            return super().sample(n, generator, **kw)
+        return self._sample_with(self.sampling_policy(), n, generator, **kw)
+
+    def sample_batched(self, n: int, generator: torch.Generator, **kw) -> list[Trajectory]:
+        """As DiffusionAgent.sample_batched, merging the LoRA weights once for all chunks."""
+        if kw.get("grad", False):
+            return super().sample_batched(n, generator, **kw)
+        bs = int(self.config["sample_batch"])
+        pol = self.sampling_policy()
+        return [self._sample_with(pol, min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
 
     # ---- proxy -----------------------------------------------------------------------------------
     def proxy_config(self) -> dict:

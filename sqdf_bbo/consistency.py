@@ -1,0 +1,271 @@
+"""Consistency distillation for any :class:`~sqdf_bbo.backbones.base.Backbone` (spec sqdf.md §4).
+
+The consistency model (CM) is a copy of the teacher's network read through LCM-style boundary
+coefficients (σ_data = 0.5, timestep scaling 10, u = 10·t):
+
+    f(x_t, t) = c_skip(t) x_t + c_out(t) x̂(x_t, t),   x̂ = (x_t - √(1-ᾱ_t) ε_net(x_t, t)) / √ᾱ_t
+    c_skip = σ_d² / (u² + σ_d²),   c_out = u / √(u² + σ_d²)
+
+so one call maps a noisy latent to a clean-latent estimate. Distillation (consistency distillation,
+Song et al. 2023, on the N-step DDIM grid of the agent, default N = 50): draw clean x0 from
+``sample_x0``, a grid index n, x_n = √a_n x0 + √(1-a_n) ε; one deterministic DDIM (η = 0) step of the
+frozen teacher gives x_{n+1}; the target is the EMA student f⁻(x_{n+1}, τ_{n+1}), or x_{n+1} itself after
+the last step (the boundary: the teacher's final DDIM output is the clean sample). Loss: mean squared
+error between f(x_n, τ_n) and the (detached) target; student initialised from the teacher; AdamW; the EMA
+target follows the student with decay ``ema`` (0.95 as LCM). Because the CM is distilled on the agent's
+own grid, τ_{k+1} is always a CM timestep (no LCM timestep-mapping quirk, spec §10.4).
+
+CLI: ``python -m sqdf_bbo.pretrain consistency --backbone mlp --prior ackley [--steps 3000 --seed 0]``
+writes ``sqdf_bbo/backbones/weights/cm_mlp_<prior>.safetensors`` + JSON (command, seed, loss, held-out
+errors, sha256 of the CM and of the teacher weights). :func:`find_consistency_model` returns the CM for
+a task, or None (the SQDF agent then falls back to Tweedie, spec §10.12).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from sqdf_bbo.diffusion import DDIMSchedule
+
+Tensor = torch.Tensor
+WEIGHTS_DIR = Path(__file__).parent / "backbones" / "weights"
+
+
+class ConsistencyModel(nn.Module):
+    """One-call clean-latent predictor f(x_t (B, *shape), t (B,) long, cond) -> (B, *shape)."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+        super().__init__()
+        self.net = net
+        self.sigma_data, self.timestep_scaling = float(sigma_data), float(timestep_scaling)
+        self.register_buffer("alphas_cumprod", net.scheduler.alphas_cumprod.detach().double().clone())
+
+    @property
+    def latent_shape(self):
+        return self.net.latent_shape
+
+    def boundary_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(c_skip, c_out) for timesteps t (B,), float64."""
+        u = self.timestep_scaling * t.double()
+        s2 = self.sigma_data**2
+        return s2 / (u**2 + s2), u / torch.sqrt(u**2 + s2)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        t = torch.as_tensor(t, device=x.device).long()
+        if t.ndim == 0:
+            t = t.repeat(x.shape[0])
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        a = self.alphas_cumprod.to(x.device)[t].to(x.dtype).reshape(shape)
+        x0 = (x - torch.sqrt(1 - a) * self.net(x, t, cond)) / torch.sqrt(a)
+        c_skip, c_out = self.boundary_coefficients(t.cpu())
+        return c_skip.to(x.dtype).to(x.device).reshape(shape) * x + c_out.to(x.dtype).to(x.device).reshape(shape) * x0
+
+
+def _split(sample):
+    return sample if isinstance(sample, tuple) else (sample, None)
+
+
+def ddim_solve(teacher: nn.Module, schedule: DDIMSchedule, x: Tensor, start: Tensor, cond: Any = None) -> Tensor:
+    """Deterministic DDIM (η=0 schedule) from grid index start[i] to the end of the grid, (B, *shape), no grad.
+
+    Rows run together; a row that already finished is left unchanged."""
+    N = schedule.num_steps
+    x = x.clone()
+    with torch.no_grad():
+        for k in range(int(start.min()), N):
+            active = start <= k
+            if not bool(active.any()):
+                continue
+            xa = x[active]
+            ca = None if cond is None else [c for c, m in zip(cond, active.tolist()) if m]
+            eps = teacher(xa, schedule.timestep_batch(k, xa.shape[0], x.device), ca)
+            x[active] = schedule.mean(xa, eps, k)
+    return x
+
+
+def evaluate_consistency(cm: nn.Module, teacher: nn.Module, num_steps: int, sample_x0: Callable, n: int = 512,
+                         seed: int = 1234) -> dict[str, float]:
+    """Held-out comparison on x_n = √a x0 + √(1-a) ε at random grid indices: mean squared error (per
+    element) of the CM and of one-step Tweedie against multi-step DDIM (η=0) from the same x_n."""
+    g = torch.Generator().manual_seed(seed)
+    sch = DDIMSchedule.from_scheduler(teacher.scheduler, num_steps, eta=0.0)
+    x0, cond = _split(sample_x0(n, g))
+    x0 = x0.float()
+    idx = torch.randint(0, num_steps, (n,), generator=g)
+    a = sch.alpha[idx].float().reshape((n,) + (1,) * (x0.ndim - 1))
+    xn = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+    t = sch.timesteps[idx]
+    with torch.no_grad():
+        ref = ddim_solve(teacher, sch, xn, idx, cond)
+        f = cm(xn, t, cond)
+        tw = sch.predict_x0(xn, teacher(xn, t, cond), idx)
+    dims = tuple(range(1, x0.ndim))
+    return {"cm_mse": float(((f - ref) ** 2).mean()), "tweedie_mse": float(((tw - ref) ** 2).mean()),
+            "cm_mse_per_sample": ((f - ref) ** 2).mean(dims), "tweedie_mse_per_sample": ((tw - ref) ** 2).mean(dims)}
+
+
+def distill_consistency(teacher: nn.Module, sample_x0: Callable[[int, torch.Generator], Any], num_steps: int = 50,
+                        steps: int = 3000, batch: int = 256, lr: float = 1e-4, ema: float = 0.95, seed: int = 0,
+                        log_every: int = 500) -> tuple[ConsistencyModel, dict]:
+    """Distil a CM from a frozen eps-prediction ``teacher`` (a Backbone). ``sample_x0(n, generator)``
+    returns clean latents (n, *latent_shape) or (latents, conditions). Returns (frozen CM, record)."""
+    if steps < 1 or batch < 1:
+        raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    teacher = teacher.eval().requires_grad_(False)
+    sch = DDIMSchedule.from_scheduler(teacher.scheduler, num_steps, eta=0.0)
+    student = ConsistencyModel(copy.deepcopy(teacher)).train().requires_grad_(True)
+    target = copy.deepcopy(student).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    t0, tail = time.time(), []
+    for step in range(steps):
+        x0, cond = _split(sample_x0(batch, g))
+        x0 = x0.float()
+        n = torch.randint(0, num_steps, (batch,), generator=g)
+        shape = (batch,) + (1,) * (x0.ndim - 1)
+        a = sch.alpha[n].float().reshape(shape)
+        xn = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+        tn = sch.timesteps[n]
+        with torch.no_grad():
+            x_next = sch.mean(xn, teacher(xn, tn, cond), n)  # η = 0: the deterministic DDIM step
+            last = n == num_steps - 1
+            tgt = x_next.clone()
+            if bool((~last).any()):
+                tgt[~last] = target(x_next[~last], sch.timesteps[(n + 1).clamp(max=num_steps - 1)][~last],
+                                    None if cond is None else [c for c, m in zip(cond, (~last).tolist()) if m])
+        loss = ((student(xn, tn, cond) - tgt) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pt, ps in zip(target.parameters(), student.parameters()):
+                pt.mul_(ema).add_(ps.detach(), alpha=1 - ema)
+        if step >= int(0.9 * steps):
+            tail.append(float(loss.detach()))
+        if log_every and step % log_every == 0:
+            print(f"step {step:6d} cd loss {float(loss.detach()):.5f}", flush=True)
+    student.eval().requires_grad_(False)
+    rec = {"final_loss": sum(tail) / max(len(tail), 1), "steps": steps, "batch": batch, "lr": lr, "ema": ema,
+           "seed": seed, "num_steps": num_steps, "wall_s": time.time() - t0,
+           "sigma_data": student.sigma_data, "timestep_scaling": student.timestep_scaling}
+    return student, rec
+
+
+# ---- weights -------------------------------------------------------------------------------------
+def cm_weights_path(backbone: str, prior: str) -> Path:
+    return WEIGHTS_DIR / f"cm_{backbone}_{prior}.safetensors"
+
+
+def save_consistency(cm: ConsistencyModel, path: Path, record: dict) -> Path:
+    from safetensors.torch import save_file
+
+    from sqdf_bbo.backbones.mlp import sha256_file
+    from sqdf_bbo.io import atomic_write_bytes, atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.contiguous() for k, v in cm.net.state_dict().items() if k not in ("lo", "hi")}
+    save_file(state, str(tmp))
+    atomic_write_bytes(path, tmp.read_bytes())
+    tmp.unlink()
+    atomic_write_json(path.with_suffix(".json"), {**record, "sha256": sha256_file(path)})
+    return path
+
+
+def load_consistency_mlp(prior: str, lo: Tensor, hi: Tensor) -> ConsistencyModel:
+    """The committed CM of the vector MLP for ``prior``; checks its sha256 and that it was distilled from
+    the current teacher weights (raises FileNotFoundError / RuntimeError otherwise)."""
+    from safetensors.torch import load_file
+
+    from sqdf_bbo.backbones.mlp import MLPDenoiser, sha256_file, weights_path
+
+    path = cm_weights_path("mlp", prior)
+    if not path.exists():
+        raise FileNotFoundError(f"no consistency model at {path}; create it with "
+                                f"`python -m sqdf_bbo.pretrain consistency --backbone mlp --prior {prior}`")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if sha256_file(path) != meta["sha256"]:
+        raise RuntimeError(f"checksum mismatch for {path}")
+    teacher_sha = sha256_file(weights_path(prior))
+    if teacher_sha != meta["teacher_sha256"]:
+        raise RuntimeError(f"{path} was distilled from teacher {meta['teacher_sha256'][:12]}, but the current "
+                           f"mlp_{prior} weights are {teacher_sha[:12]}; re-run the distillation")
+    net = MLPDenoiser(lo=lo, hi=hi, **meta["arch"])
+    missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or set(missing) - {"lo", "hi"}:
+        raise RuntimeError(f"{path} does not match the MLP architecture (missing {missing}, unexpected {unexpected})")
+    cm = ConsistencyModel(net, meta["sigma_data"], meta["timestep_scaling"])
+    cm.num_steps = int(meta["num_steps"])
+    return cm.eval().requires_grad_(False)
+
+
+def find_consistency_model(task_info, reference: nn.Module, num_steps: int) -> tuple[Optional[nn.Module], str]:
+    """(frozen CM, "") for a task, or (None, reason). Looks at ``task_info.defaults["consistency"]`` (a
+    zero-argument factory, for other tiers) first, then the synthetic tier's committed MLP CMs. A CM
+    distilled for another number of steps is rejected (its grid would not contain τ_{k+1})."""
+    factory = task_info.defaults.get("consistency") if isinstance(task_info.defaults, dict) else None
+    try:
+        if callable(factory):
+            cm = factory()
+        elif task_info.tier == "synthetic":
+            prior = task_info.name.removesuffix("-manifold")
+            cm = load_consistency_mlp(prior, reference.lo, reference.hi)
+        else:
+            return None, f"no consistency model registered for tier {task_info.tier!r}"
+    except (FileNotFoundError, RuntimeError) as e:
+        return None, str(e)
+    if getattr(cm, "num_steps", num_steps) != num_steps:
+        return None, f"consistency model was distilled for {cm.num_steps} steps, the agent uses {num_steps}"
+    return cm.eval().requires_grad_(False), ""
+
+
+def distill_main(argv: Optional[list[str]] = None) -> None:
+    """CLI: ``python -m sqdf_bbo.pretrain consistency --backbone mlp --prior ackley``."""
+    from sqdf_bbo.backbones.mlp import load_mlp, sha256_file, weights_path
+    from sqdf_bbo.tasks.synthetic import PRIOR_NAMES, make_prior_and_bounds
+
+    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.pretrain consistency")
+    p.add_argument("--backbone", default="mlp", help="mlp (other backbones: call distill_consistency directly)")
+    p.add_argument("--prior", default="ackley", help=f"one of {', '.join(PRIOR_NAMES)} (comma-separated) or 'all'")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--ema", type=float, default=0.95)
+    p.add_argument("--num-steps", type=int, default=50, help="DDIM grid size (the agent's num_steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.backbone != "mlp":
+        raise SystemExit(f"error: unknown --backbone {args.backbone!r}; allowed: mlp")
+    torch.set_num_threads(args.threads)
+    names = PRIOR_NAMES if args.prior == "all" else args.prior.split(",")
+    for name in names:
+        if name not in PRIOR_NAMES:
+            raise SystemExit(f"error: unknown prior {name!r}; allowed: {', '.join(PRIOR_NAMES)}, all")
+        prior, lo, hi = make_prior_and_bounds(name)
+        teacher = load_mlp(name, lo.float(), hi.float())
+        sample = lambda n, g: prior.sample(n, g).float()  # noqa: E731
+        cm, rec = distill_consistency(teacher, sample, num_steps=args.num_steps, steps=args.steps,
+                                      batch=args.batch, lr=args.lr, ema=args.ema, seed=args.seed)
+        ev = evaluate_consistency(cm, teacher, args.num_steps, sample, n=1024, seed=10_000 + args.seed)
+        rec.update({"heldout_cm_mse_vs_ddim": ev["cm_mse"], "heldout_tweedie_mse_vs_ddim": ev["tweedie_mse"]})
+        rec.update({"arch": teacher.arch, "backbone": "mlp", "prior": name,
+                    "teacher": weights_path(name).name, "teacher_sha256": sha256_file(weights_path(name)),
+                    "command": (f"python -m sqdf_bbo.pretrain consistency --backbone mlp --prior {name} "
+                                f"--steps {args.steps} --batch {args.batch} --lr {args.lr} --ema {args.ema} "
+                                f"--num-steps {args.num_steps} --seed {args.seed}"),
+                    "torch": torch.__version__})
+        path = save_consistency(cm, cm_weights_path("mlp", name), rec)
+        print(f"{name}: cd loss {rec['final_loss']:.5f}; held-out MSE vs {args.num_steps}-step DDIM: "
+              f"CM {ev['cm_mse']:.5f}, Tweedie {ev['tweedie_mse']:.5f}; {rec['wall_s']:.0f}s -> {path}", flush=True)

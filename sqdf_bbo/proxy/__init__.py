@@ -1,0 +1,233 @@
+"""Optimistic proxy reward models on a task's feature map (spec sqdf.md §6, baselines.md §5).
+
+    proxy, stats = fit_proxy(features, values, config, previous=None, generator=None)
+    r_plus = proxy(feats)        # (B, F) -> (B,) optimistic value in the ORIGINAL value units
+
+Optimism (``config["proxy"]``):
+- ``bootstrap``: ``proxy_heads`` MLP heads, head h trained on its own with-replacement resample
+  (size n_train) of the training split; optimistic value = max over heads;
+- ``ucb``: one MLP head plus min(osm_alpha * sqrt(phi^T (Sigma + osm_lambda I)^{-1} phi), osm_clipping),
+  phi = last-layer features, Sigma = sample covariance of phi over all data (bonus added in standardised
+  units, then mapped back with the target std);
+- ``none``: one MLP head, no bonus.
+
+Training (as the official code): validation = the newest ``proxy_val_frac`` of the data (the rows are in
+query order), the rest trains; Adam(``proxy_lr``), mini-batches of ``proxy_batch``, MSE averaged over
+heads, ``proxy_epochs`` epochs; ``proxy_select="best"`` restores a deep copy of the epoch with the lowest
+validation MAE (the official code keeps a live reference and so ends at the last epoch; ``last``
+reproduces that). Targets are standardised with the training split's mean/std, inputs with the
+feature mean/std of the first fit. With ``previous`` (a proxy from an earlier round with the same
+architecture) training continues from its weights, as the official proxy is never re-initialised.
+Extra optional key: ``proxy_hidden`` (default 128; the synthetic tier uses that small MLP so a fit of
+~2000 points takes a few seconds on one CPU core).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from sqdf_bbo.proxy.bootstrap import bootstrap_indices
+from sqdf_bbo.proxy.mlp import EnsembleMLP
+from sqdf_bbo.proxy.ucb import precision_matrix, ucb_bonus
+
+Tensor = torch.Tensor
+
+PROXY_KINDS = ("bootstrap", "ucb", "none")
+SELECT_KINDS = ("best", "last")
+DEFAULTS = {"proxy": "bootstrap", "proxy_heads": 4, "proxy_epochs": 300, "proxy_lr": 1e-3, "proxy_batch": 512,
+            "proxy_val_frac": 0.05, "proxy_select": "best", "osm_alpha": 0.01, "osm_lambda": 1e-3,
+            "osm_clipping": 10.0, "proxy_hidden": 128}
+
+
+class ProxyModel(nn.Module):
+    """Fitted proxy. forward(feats (B, F)) -> (B,) optimistic value, original units, differentiable."""
+
+    def __init__(self, net: EnsembleMLP, kind: str, x_mean: Tensor, x_std: Tensor, y_mean: float, y_std: float,
+                 osm_alpha: float = 0.0, osm_clipping: float = 0.0):
+        super().__init__()
+        self.net = net
+        self.kind = kind
+        self.register_buffer("x_mean", x_mean.float().clone())
+        self.register_buffer("x_std", x_std.float().clone())
+        self.y_mean, self.y_std = float(y_mean), float(y_std)
+        self.osm_alpha, self.osm_clipping = float(osm_alpha), float(osm_clipping)
+        self.register_buffer("precision", torch.zeros(0, 0, dtype=torch.float64))
+        self.resample_indices: Optional[Tensor] = None  # (H, n_train) bootstrap resamples, for inspection
+        self.val_mae_history: list[float] = []
+
+    def standardise(self, feats: Tensor) -> Tensor:
+        return (feats - self.x_mean.to(feats.dtype)) / self.x_std.to(feats.dtype)
+
+    def heads_std(self, feats: Tensor) -> Tensor:
+        """(B, F) -> (H, B) per-head predictions in standardised target units (no bonus)."""
+        return self.net(self.standardise(feats))
+
+    def predict_heads(self, feats: Tensor) -> Tensor:
+        """(B, F) -> (H, B) per-head predictions in original units (no bonus)."""
+        return self.y_mean + self.y_std * self.heads_std(feats)
+
+    def predict_mean(self, feats: Tensor) -> Tensor:
+        """(B, F) -> (B,) mean over heads, original units (no optimism)."""
+        return self.predict_heads(feats).mean(0)
+
+    def bonus(self, feats: Tensor) -> Tensor:
+        """(B, F) -> (B,) UCB bonus in standardised units (zeros unless kind == 'ucb')."""
+        if self.kind != "ucb":
+            return feats.new_zeros(feats.shape[0])
+        phi = self.net.phi(self.standardise(feats))[0]
+        return ucb_bonus(phi, self.precision, self.osm_alpha, self.osm_clipping)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        h = self.heads_std(feats)
+        if self.kind == "bootstrap":
+            z = h.max(0).values
+        elif self.kind == "ucb":
+            z = h[0] + self.bonus(feats)
+        else:
+            z = h[0]
+        return self.y_mean + self.y_std * z
+
+
+def _check_config(config: dict) -> dict:
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in config.items() if k in DEFAULTS})
+    if cfg["proxy"] not in PROXY_KINDS:
+        raise ValueError(f"proxy must be one of {', '.join(PROXY_KINDS)}, got {cfg['proxy']!r}")
+    if cfg["proxy_select"] not in SELECT_KINDS:
+        raise ValueError(f"proxy_select must be one of {', '.join(SELECT_KINDS)}, got {cfg['proxy_select']!r}")
+    for key, lo in (("proxy_heads", 1), ("proxy_epochs", 0), ("proxy_batch", 1), ("proxy_hidden", 1)):
+        if int(cfg[key]) != cfg[key] or int(cfg[key]) < lo:
+            raise ValueError(f"{key} must be an integer >= {lo}, got {cfg[key]!r}")
+    if not float(cfg["proxy_lr"]) > 0:
+        raise ValueError(f"proxy_lr must be > 0, got {cfg['proxy_lr']!r}")
+    if not 0.0 <= float(cfg["proxy_val_frac"]) < 1.0:
+        raise ValueError(f"proxy_val_frac must be in [0, 1), got {cfg['proxy_val_frac']!r}")
+    for key in ("osm_alpha", "osm_lambda", "osm_clipping"):
+        if not float(cfg[key]) >= 0:
+            raise ValueError(f"{key} must be >= 0, got {cfg[key]!r}")
+    return cfg
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (nan when fewer than 3 points or a constant input)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional[ProxyModel] = None,
+              generator: Optional[torch.Generator] = None) -> tuple[ProxyModel, dict[str, Any]]:
+    """Fit the optimistic proxy on (features (n, F), values (n,)) in query order; see the module doc.
+
+    Returns (proxy in eval mode, stats) with stats: n_train, n_val, train_mse (standardised), val_mae
+    (original units, selected epoch), best_epoch, val_spearman (mean prediction vs held-out values),
+    val_spearman_optimistic, fit_s.
+    """
+    t0 = time.time()
+    cfg = _check_config(config)
+    feats = torch.as_tensor(features).detach().float().reshape(len(features), -1)
+    y = torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1)
+    n = feats.shape[0]
+    if n != y.shape[0]:
+        raise ValueError(f"features has {n} rows but values has {y.shape[0]}")
+    if n < 2:
+        raise ValueError(f"fit_proxy needs at least 2 observations, got {n}")
+    if not (torch.isfinite(feats).all() and torch.isfinite(y).all()):
+        raise ValueError("fit_proxy got non-finite features or values")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    kind = cfg["proxy"]
+    heads = int(cfg["proxy_heads"]) if kind == "bootstrap" else 1
+
+    n_val = int(math.floor(float(cfg["proxy_val_frac"]) * n))
+    if float(cfg["proxy_val_frac"]) > 0 and n_val == 0 and n >= 10:
+        n_val = 1
+    n_tr = n - n_val
+    x_tr, y_tr, x_val, y_val = feats[:n_tr], y[:n_tr], feats[n_tr:], y[n_tr:]
+    y_mean = float(y_tr.mean())
+    y_std = float(y_tr.std()) if n_tr > 1 and float(y_tr.std()) > 0 else 1.0
+
+    F = feats.shape[1]
+    net = EnsembleMLP(heads, F, hidden=int(cfg["proxy_hidden"]), generator=g)
+    same = (isinstance(previous, ProxyModel) and previous.net.arch() == net.arch())
+    if same:
+        net.load_state_dict(previous.net.state_dict())
+        x_mean, x_std = previous.x_mean.clone(), previous.x_std.clone()
+    else:
+        x_mean = feats.mean(0)
+        x_std = feats.std(0) if n > 1 else torch.ones(F)
+        x_std = torch.where(x_std > 1e-8, x_std, torch.ones_like(x_std))
+    model = ProxyModel(net, kind, x_mean, x_std, y_mean, y_std, cfg["osm_alpha"], cfg["osm_clipping"])
+
+    xs_tr = model.standardise(x_tr)
+    ys_tr = ((y_tr - y_mean) / y_std).float()
+    xs_val = model.standardise(x_val)
+    if kind == "bootstrap":
+        idx = bootstrap_indices(n_tr, heads, g)
+    else:
+        idx = torch.arange(n_tr).unsqueeze(0)
+    model.resample_indices = idx
+
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["proxy_lr"]))
+    bs = int(cfg["proxy_batch"])
+    best_mae, best_epoch, best_state = float("inf"), -1, None
+    history: list[float] = []
+    last_mse = float("nan")
+    for epoch in range(int(cfg["proxy_epochs"])):
+        order = torch.gather(idx, 1, torch.argsort(torch.rand(idx.shape, generator=g), dim=1))
+        net.train()
+        tot, cnt = 0.0, 0
+        for b in range(0, n_tr, bs):
+            ib = order[:, b:b + bs]  # (H, b)
+            pred = net(xs_tr[ib])
+            loss = ((pred - ys_tr[ib]) ** 2).mean(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * ib.shape[1]
+            cnt += ib.shape[1]
+        last_mse = tot / max(cnt, 1)
+        if n_val > 0:
+            with torch.no_grad():
+                mae = float((y_mean + y_std * net(xs_val).double() - y_val).abs().mean())
+            history.append(mae)
+            if mae < best_mae:
+                best_mae, best_epoch = mae, epoch
+                if cfg["proxy_select"] == "best":
+                    best_state = copy.deepcopy(net.state_dict())  # a real copy, not a live reference
+    if cfg["proxy_select"] == "best" and best_state is not None:
+        net.load_state_dict(best_state)
+    model.val_mae_history = history
+    model.eval()
+    with torch.no_grad():
+        if kind == "ucb":
+            phi_all = net.phi(model.standardise(feats))[0]
+            model.precision = precision_matrix(phi_all, float(cfg["osm_lambda"]))
+        stats: dict[str, Any] = {"n_train": n_tr, "n_val": n_val, "train_mse": last_mse,
+                                 "best_epoch": best_epoch if cfg["proxy_select"] == "best" else len(history) - 1}
+        if n_val > 0:
+            mean_val = model.predict_mean(x_val).double()
+            opt_val = model(x_val).double()
+            stats["val_mae"] = float((mean_val - y_val).abs().mean()) if heads == 1 else float(
+                (model.predict_heads(x_val).double() - y_val).abs().mean())
+            stats["val_spearman"] = spearman(mean_val.numpy(), y_val.numpy())
+            stats["val_spearman_optimistic"] = spearman(opt_val.numpy(), y_val.numpy())
+            if kind == "ucb":
+                stats["val_bonus_mean"] = float(model.bonus(x_val).mean()) * y_std
+        else:
+            stats.update(val_mae=float("nan"), val_spearman=float("nan"), val_spearman_optimistic=float("nan"))
+    model.requires_grad_(False)
+    stats["fit_s"] = time.time() - t0
+    return model, stats
+
+
+__all__ = ["fit_proxy", "ProxyModel", "EnsembleMLP", "precision_matrix", "ucb_bonus", "bootstrap_indices",
+           "spearman", "PROXY_KINDS"]
