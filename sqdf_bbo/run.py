@@ -101,8 +101,15 @@ def parse_sets(items: list[str]) -> tuple[dict, dict, dict]:
     return agent, task, run
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad values exit with status 2 and a single 'error: ...' line (no usage dump)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.run", description=__doc__.split("\n\n")[0])
+    p = _OneLineParser(prog="python -m sqdf_bbo.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="aesthetic", help="task name (see sqdf_bbo.tasks.list_tasks())")
     p.add_argument("--method", default="sqdf", help="method name or package.module:ClassName")
     p.add_argument("--budget", type=_positive_int("budget"), default=5000, help="oracle queries (> 0)")
@@ -164,10 +171,14 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
 
     if isinstance(agent, DiffusionAgent):
         designs, kls = [], []
-        for traj in agent.sample_batched(n_eval, generator):
+        same = agent.policy is agent.reference  # e.g. the pretrained agent: KL exactly 0
+        for traj in agent.sample_batched(n_eval, generator, record_means=not same):
             with torch.no_grad():
                 designs.append(agent.policy.decode(traj.final).detach())
-            kls.append(path_kl(agent.policy_eps, agent.reference_eps, agent.schedule, traj))
+            if same:
+                kls.append(torch.zeros(traj.batch_size, dtype=torch.float64))
+            else:
+                kls.append(path_kl(agent.policy_eps, agent.reference_eps, agent.schedule, traj))
         designs = torch.cat(designs)
         kl = float(torch.cat(kls).mean())
     else:

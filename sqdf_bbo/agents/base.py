@@ -100,9 +100,10 @@ class DiffusionAgent(Agent):
         x0 = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)
         return sample_trajectory(self.policy_eps, self.schedule, x0, cond=cond, generator=generator, **kw)
 
-    def sample_batched(self, n: int, generator: torch.Generator) -> list[Trajectory]:
+    def sample_batched(self, n: int, generator: torch.Generator, **kw) -> list[Trajectory]:
+        """n trajectories in chunks of ``sample_batch`` (keyword arguments go to :meth:`sample`)."""
         bs = int(self.config["sample_batch"])
-        return [self.sample(min(bs, n - i), generator) for i in range(0, n, bs)]
+        return [self.sample(min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
 
     def propose(self, n: int, generator: torch.Generator) -> Tensor:
         with torch.no_grad():

@@ -99,7 +99,10 @@ def load_mlp(prior_name: str, lo: torch.Tensor, hi: torch.Tensor) -> MLPDenoiser
     if digest != meta["sha256"]:
         raise RuntimeError(f"checksum mismatch for {path}: {digest} != recorded {meta['sha256']}")
     model = MLPDenoiser(lo=lo, hi=hi, **meta["arch"])
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_file(str(path)), strict=False)  # lo/hi come from the task, not the file
+    missing = set(model.state_dict()) - set(load_file(str(path))) - {"lo", "hi"}
+    if missing:
+        raise RuntimeError(f"weights at {path} lack {sorted(missing)}")
     return model.requires_grad_(False).eval()
 
 

@@ -206,7 +206,8 @@ def path_kl(
     eps_policy: EpsFn, eps_ref: EpsFn, schedule: DDIMSchedule, traj: Trajectory, batch_steps: bool = True
 ) -> Tensor:
     """Exact path KL(P_policy || P_ref) estimate per trajectory: sum_k |mu_k^pol - mu_k^ref|^2/(2 s_k^2)
-    along trajectories sampled from the policy (chain rule; x_0 shared). Returns (B,), no grad."""
+    along trajectories sampled from the policy (chain rule; x_0 shared). Returns (B,), no grad.
+    Uses ``traj.means`` (recorded while sampling) for the policy means when present."""
     B = traj.batch_size
     N = schedule.num_steps
     out = torch.zeros(B, dtype=torch.float64)
@@ -214,7 +215,10 @@ def path_kl(
         for k in range(N):
             x = traj.latents[:, k]
             t = schedule.timestep_batch(k, B, x.device)
-            mu_p = schedule.mean(x, eps_policy(x, t, traj.cond), k)
+            if traj.means is not None:
+                mu_p = traj.means[:, k]
+            else:
+                mu_p = schedule.mean(x, eps_policy(x, t, traj.cond), k)
             mu_r = schedule.mean(x, eps_ref(x, t, traj.cond), k)
             out += gaussian_kl(mu_p, mu_r, schedule.step_std(k, x)).double().cpu()
     return out

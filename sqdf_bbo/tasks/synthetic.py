@@ -129,7 +129,7 @@ class SyntheticTask(Task):
             features=self._features,
             feature_dim=self.prior.dim,
             bounds=(lo32, hi32),
-            defaults={"num_steps": num_steps, "n_eval": 512, "batch_size": 64,
+            defaults={"num_steps": num_steps, "n_eval": 256, "batch_size": 64,
                       "agent": {"num_steps": num_steps}},
         )
 
