@@ -140,11 +140,11 @@ def test_agent_first_minibatch_unclipped_and_updates():
 
 def test_ddpo_is_improves_tiny_problem():
     agent = ready_agent(DDPOAgent, lambda: TinyEps(DIM, 3, seed=5), reward_fn,
-                        {"train_batch": 32, "ppo_minibatch": 16, "clip_range": 0.2, "lr": 3e-2,
+                        {"train_batch": 16, "ppo_minibatch": 8, "clip_range": 0.2, "lr": 3e-2,
                          "num_inner_epochs": 2}, num_steps=N)
     g = torch.Generator().manual_seed(0)
     before = reward_fn(agent.sample(1024, g).final).mean()
-    for _ in range(60):
+    for _ in range(40):
         agent.update_step()
     g = torch.Generator().manual_seed(0)
     after = reward_fn(agent.sample(1024, g).final).mean()

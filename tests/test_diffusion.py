@@ -275,3 +275,15 @@ def test_path_kl_equals_monte_carlo_log_ratio():
     assert float(lr.std() / B**0.5) > 0
     # identical policies: zero KL
     assert float(path_kl(pol, pol, sch, tr).abs().max()) == 0.0
+
+
+def test_path_kl_with_recorded_means_equals_recomputed():
+    sch, x_init, noises = _traj_setup(n=6, B=16, d=2, seed=8)
+    pol, ref = TinyEps(seed=1), TinyEps(seed=2)
+    with torch.no_grad():
+        a = sample_trajectory(pol, sch, x_init, noises=noises, record_means=True)
+        b = sample_trajectory(pol, sch, x_init, noises=noises)
+    assert b.means is None and a.means is not None
+    kl_a, kl_b = path_kl(pol, ref, sch, a), path_kl(pol, ref, sch, b)
+    torch.testing.assert_close(kl_a, kl_b, rtol=1e-12, atol=1e-14)
+    assert float(kl_a.min()) > 0

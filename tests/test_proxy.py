@@ -1,0 +1,112 @@
+"""Optimistic proxies: UCB bonus vs numpy, bootstrap resamples, best-epoch restore, rank correlation."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from sqdf_bbo.proxy import fit_proxy
+
+torch.set_num_threads(1)
+
+
+def _data(n=300, d=4, noise=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g) * 2 - 1
+    y = (-(x**2).sum(1) + torch.sin(3 * x[:, 0])).double() + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def test_ucb_bonus_matches_numpy():
+    x, y = _data()
+    cfg = {"proxy": "ucb", "proxy_epochs": 5, "osm_alpha": 0.3, "osm_lambda": 1e-2, "osm_clipping": 0.25}
+    proxy, _ = fit_proxy(x, y, cfg, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        phi_d = proxy.net.phi((x - proxy.x_mean) / proxy.x_std)[0].double().numpy()
+        xq = torch.rand(64, 4, generator=torch.Generator().manual_seed(2)) * 4 - 2
+        phi_q = proxy.net.phi((xq - proxy.x_mean) / proxy.x_std)[0].double().numpy()
+        got = proxy.bonus(xq).double().numpy()
+        total = proxy(xq).double().numpy()
+        mean = proxy.predict_mean(xq).double().numpy()
+    sigma = np.cov(phi_d, rowvar=False, ddof=1)
+    prec = np.linalg.inv(sigma + 1e-2 * np.eye(sigma.shape[0]))
+    want = np.minimum(0.3 * np.sqrt(np.einsum("bi,ij,bj->b", phi_q, prec, phi_q)), 0.25)
+    assert (want == 0.25).any() and (want < 0.25).any(), "fixture should exercise both clipped and free bonuses"
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+    # the bonus is added in standardised units and mapped back with the training std
+    np.testing.assert_allclose(total - mean, proxy.y_std * want, rtol=2e-4, atol=1e-5)
+
+
+def test_bootstrap_heads_resample_and_max():
+    x, y = _data(n=200)
+    proxy, stats = fit_proxy(x, y, {"proxy": "bootstrap", "proxy_heads": 4, "proxy_epochs": 20},
+                             generator=torch.Generator().manual_seed(0))
+    idx = proxy.resample_indices
+    n_train = stats["n_train"]
+    assert n_train == 190 and stats["n_val"] == 10  # newest 5% held out
+    assert idx.shape == (4, n_train)  # one resample per head, each of size n_train
+    assert int(idx.min()) >= 0 and int(idx.max()) < n_train
+    rows = {tuple(r.tolist()) for r in idx}
+    assert len(rows) == 4, "heads must see different resamples"
+    for r in idx:  # with replacement: duplicates present, ~63% unique
+        frac_unique = len(set(r.tolist())) / n_train
+        assert 0.5 < frac_unique < 0.75
+    with torch.no_grad():
+        heads = proxy.predict_heads(x[:50])
+        assert (heads.std(0) > 0).all(), "heads trained on different data should disagree"
+        torch.testing.assert_close(proxy(x[:50]), heads.max(0).values)
+
+
+def test_best_epoch_is_restored_not_live_reference():
+    # tiny noisy data, high lr: validation error is not monotone, so best != last
+    x, y = _data(n=60, noise=0.8, seed=3)
+    cfg = {"proxy": "none", "proxy_epochs": 150, "proxy_lr": 2e-2, "proxy_batch": 16, "proxy_val_frac": 0.2}
+    best, sb = fit_proxy(x, y, dict(cfg, proxy_select="best"), generator=torch.Generator().manual_seed(0))
+    last, sl = fit_proxy(x, y, dict(cfg, proxy_select="last"), generator=torch.Generator().manual_seed(0))
+    hist = best.val_mae_history
+    assert hist == last.val_mae_history  # same seed -> same training path
+    assert sb["best_epoch"] == int(np.argmin(hist)) and sb["best_epoch"] != len(hist) - 1
+    xv, yv = x[48:], y[48:]
+    with torch.no_grad():
+        mae_best = float((best.predict_mean(xv).double() - yv).abs().mean())
+        mae_last = float((last.predict_mean(xv).double() - yv).abs().mean())
+    assert mae_best == pytest.approx(min(hist), rel=1e-5)
+    assert mae_last == pytest.approx(hist[-1], rel=1e-5)
+    assert mae_best < mae_last
+    assert sb["val_mae"] == pytest.approx(min(hist), rel=1e-5)
+
+
+def test_rank_correlation_logged_and_correct():
+    x, y = _data(n=400, noise=0.05)
+    proxy, stats = fit_proxy(x, y, {"proxy": "bootstrap", "proxy_epochs": 60, "proxy_val_frac": 0.1},
+                             generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pred = proxy.predict_mean(x[360:]).numpy()
+    want = spearmanr(pred, y[360:].numpy()).statistic
+    assert stats["val_spearman"] == pytest.approx(want, abs=1e-9)
+    assert stats["val_spearman"] > 0.7
+    assert np.isfinite(stats["val_spearman_optimistic"])
+
+
+def test_gradient_original_units_and_continuation():
+    x, y = _data(n=200)
+    y_big = 100.0 + 10.0 * y
+    proxy, _ = fit_proxy(x, y_big, {"proxy": "bootstrap", "proxy_epochs": 30}, generator=torch.Generator().manual_seed(0))
+    xq = x[:8].clone().requires_grad_(True)
+    out = proxy(xq)
+    assert abs(float(out.mean()) - float(y_big.mean())) < 3 * float(y_big.std())  # original units
+    out.sum().backward()
+    assert xq.grad is not None and xq.grad.abs().sum() > 0
+    # continuing with 0 extra epochs on the same data reproduces the previous proxy exactly
+    again, _ = fit_proxy(x, y_big, {"proxy": "bootstrap", "proxy_epochs": 0}, previous=proxy,
+                         generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x[:20]), proxy(x[:20]))
+
+
+@pytest.mark.parametrize("bad", [{"proxy": "gp"}, {"proxy_select": "first"}, {"proxy_val_frac": 1.0},
+                                 {"proxy_heads": 0}, {"proxy_lr": 0}])
+def test_bad_config_is_named(bad):
+    x, y = _data(n=20)
+    key = next(iter(bad))
+    with pytest.raises(ValueError, match=key):
+        fit_proxy(x, y, bad)
