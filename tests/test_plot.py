@@ -1,0 +1,69 @@
+"""Tests of benchmarks/plot.py: every figure renders from a tiny fake sweep as a valid, non-blank PNG."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import plot
+from benchmarks._fake_runs import write_fake_run, write_fake_sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fake_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    write_fake_sweep(root, tasks=("ackley", "aesthetic"), methods=("pretrained", "sqdf", "ddpo"), seeds=range(3))
+    return root
+
+
+def _check_png(path, min_w=400, min_h=250):
+    assert path.exists(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    img = Image.open(path)
+    img.verify()
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=float)
+    h, w, _ = arr.shape
+    assert w >= min_w and h >= min_h, (path, arr.shape)
+    # non-trivial content: not blank, several colours (lines, bands, text)
+    assert arr.std() > 10, path
+    assert len(np.unique(arr.reshape(-1, 3)[::7], axis=0)) > 20, path
+
+
+def test_all_figures_render(fake_runs, tmp_path):
+    written = plot.make_all([fake_runs], tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == ["curves.png", "diversity.png", "naturalness.png", "samples_aesthetic.png", "tradeoff.png"]
+    for p in written:
+        _check_png(p)
+
+
+def test_curve_stats_round0_at_zero_queries_and_ci(fake_runs):
+    from benchmarks.leaderboard import load_runs
+
+    _, rounds = load_runs([fake_runs])
+    cs = plot.curve_stats(rounds, "eval_reward", reps=200)
+    sq = cs[(cs.task == "ackley") & (cs.method == "sqdf")].sort_values("round")
+    assert sq.iloc[0]["queries"] == 0 and sq.iloc[-1]["queries"] == 200
+    assert (sq["ci_low"] <= sq["mean"]).all() and (sq["mean"] <= sq["ci_high"]).all()
+    assert set(sq["n"]) == {3}
+    vals = rounds[(rounds.task == "ackley") & (rounds.method == "sqdf") & (rounds["round"] == 2)]["eval_reward"]
+    assert sq[sq["round"] == 2]["mean"].item() == pytest.approx(vals.mean())
+
+
+def test_cli_two_budgets_and_all_samples(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for b in (100, 200):
+        for s in range(2):
+            write_fake_run(root, "ackley", "sqdf", s, budget=b, with_png=(b == 200))
+    assert plot.main([str(root), "--out", str(tmp_path / "res"), "--all-samples"]) == 0
+    out = capsys.readouterr().out
+    for name in ("curves_b100.png", "curves_b200.png", "tradeoff_b200.png", "samples_ackley.png"):
+        assert name in out
+        _check_png(tmp_path / "res" / name, min_w=250)
+
+
+def test_cli_error_on_empty_folder(tmp_path, capsys):
+    assert plot.main([str(tmp_path), "--out", str(tmp_path / "res")]) == 2
+    assert "no finished run" in capsys.readouterr().err
