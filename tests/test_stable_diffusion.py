@@ -420,3 +420,29 @@ def test_one_round_of_every_method(task):
             assert torch.allclose(agent.reference(z, t, PROMPTS), base_eps, atol=1e-6), method
         if method == "sqdf":
             assert agent.q_estimator_used == "cm", agent.q_fallback_reason
+
+
+def test_slim_pickle_round_trip(task):
+    """Checkpoints store the load recipe + LoRA, not the frozen weights; the reloaded agent is identical and the
+    reference / CM still share the reloaded policy's UNet."""
+    import io
+
+    from sqdf_bbo.agents import make_agent
+
+    agent = make_agent("sqdf", task.info, {"lora_rank": 2, "train_batch": 2, "on_policy_batch": 2,
+                                           "buffer_size": 8}, seed=0)
+    _perturb_lora(agent.policy)
+    buf = io.BytesIO()
+    torch.save({"agent": agent}, buf)
+    assert buf.tell() < 1_000_000, buf.tell()
+    buf.seek(0)
+    a2 = torch.load(buf, weights_only=False)["agent"]
+    assert a2.reference.sd is a2.policy and a2.cm._sd is a2.policy
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([501, 1])
+    with torch.no_grad():
+        assert torch.allclose(a2.policy(z, t, PROMPTS), agent.policy(z, t, PROMPTS), atol=1e-6)
+        assert torch.allclose(a2.reference(z, t, PROMPTS), agent.reference(z, t, PROMPTS), atol=1e-6)
+        assert torch.allclose(a2.cm(z, t, PROMPTS), agent.cm(z, t, PROMPTS), atol=1e-6)
+    assert sorted(n for n, p in a2.policy.named_parameters() if p.requires_grad) == \
+        sorted(n for n, p in agent.policy.named_parameters() if p.requires_grad)

@@ -198,7 +198,33 @@ class StableDiffusionBackbone(Backbone):
         bb = cls(unet, vae, text_encoder, tokenizer, scheduler, cm_unet=cm_unet, cm_mode=cm_mode, **kw)
         if device is not None:
             bb.to(device)
+        # how to rebuild it: pickling/deep-copying stores this recipe + the LoRA, not the frozen weights
+        bb._load_args = dict(sd_path=sd_path, lcm_lora_path=lcm_lora_path, lcm_lora_weight_name=lcm_lora_weight_name,
+                             cm_mode=cm_mode if lcm_lora_path else "fused", weights_dtype=dt, variant=variant,
+                             device=device, **kw)
         return bb
+
+    def __getstate__(self):
+        """Slim pickle (checkpoints, deepcopy) when loaded from disk: the load recipe, the policy LoRA and
+        mutable settings; the frozen weights are re-read from ``sd_path`` on unpickling."""
+        args = self.__dict__.get("_load_args")
+        if args is None:
+            return self.__dict__.copy()
+        lora = self.lora_state_dict() if self.has_policy_adapter else None
+        rank = None if lora is None else next(v.shape[0] for k, v in lora.items() if "lora_A" in k)
+        return {"__sd_reload__": args, "lora": lora, "rank": rank, "guidance_scale": self.guidance_scale,
+                "training": self.training}
+
+    def __setstate__(self, state):
+        if "__sd_reload__" not in state:
+            return nn.Module.__setstate__(self, state)
+        fresh = type(self).from_pretrained(**state["__sd_reload__"])
+        if state["lora"] is not None:
+            fresh.add_lora(state["rank"])
+            fresh.load_lora_state_dict(state["lora"])
+        fresh.guidance_scale = state["guidance_scale"]
+        fresh.train(state["training"])
+        self.__dict__.update(fresh.__dict__)
 
     # ---- adapters -----------------------------------------------------------------------------------
     def _tuner_layers(self) -> list:

@@ -139,6 +139,13 @@ class AestheticSDTask(Task):
             # backbone most recently made by make_backbone (the agent's own; toggle mode shares its UNet)
             self.info.defaults["consistency"] = self._make_consistency
 
+    def __getstate__(self):
+        """Pickle the settings only (the oracle and any backbone are reloaded from the weight paths)."""
+        return {"cfg": self.cfg}
+
+    def __setstate__(self, state):
+        self.__init__(**state["cfg"])
+
     def _read_design_shape(self) -> tuple[int, int, int]:
         """(3, H, W) from the UNet/VAE configs, without loading the weights."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
