@@ -37,7 +37,7 @@ def _png(path: Path, seed: int, tier: str) -> None:
 
 
 def write_fake_run(out: Path, task: str, method: str, seed: int, budget: int = 200, rounds: int = 3,
-                   finished: bool = True, with_png: bool = True) -> Path:
+                   finished: bool = True, with_png: bool = True, agent: dict | None = None) -> Path:
     """Write one fake run folder under ``out`` and return it."""
     tier, base, opt = FAKE_TASKS[task]
     gain, kl_step, vendi_drop = FAKE_METHODS[method]
@@ -51,7 +51,7 @@ def write_fake_run(out: Path, task: str, method: str, seed: int, budget: int = 2
     seed_noise = np.random.default_rng(seed).normal(0, 0.02 * gap)  # same pretrained model per seed
     config = {"task": task, "method": method, "budget": budget, "seed": seed,
               "run": {"rounds": rounds, "round_sizes": None, "n_eval": 64, "batch_size": 64},
-              "round_sizes": sizes, "agent": {}, "task_overrides": {},
+              "round_sizes": sizes, "agent": agent or {}, "task_overrides": {},
               "task_info": {"tier": tier, "design_shape": [4] if tier == "synthetic" else [3, 32, 32],
                             "noise_std": 0.1, "optimal_value": opt}}
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))

@@ -113,6 +113,7 @@ def load_runs(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         rr = _read_rounds(d / "rounds.jsonl")
         row = {k: v for k, v in fin.items() if _scalar(v)}
         row.update({"budget": int(fin["budget"]), "seed": int(fin["seed"]), "run_dir": str(d),
+                    "config_hash": config_hash(cfg),
                     "tier": info.get("tier"), "optimal_value": info.get("optimal_value"),
                     "round0_eval_reward": rr[0].get("eval_reward")})
         finals.append(row)
@@ -122,13 +123,32 @@ def load_runs(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(finals), pd.DataFrame(rounds)
 
 
+def config_hash(cfg: dict) -> str:
+    """8-hex digest of the settings that define a run's method (agent, run and task overrides), not its seed."""
+    import hashlib
+
+    key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def check_uniform_settings(finals: pd.DataFrame) -> None:
+    """Raise if the seeds of one (task, method, budget) were run with different settings."""
+    for (task, method, budget), g in finals.groupby(KEY, sort=True):
+        hashes = g.groupby("config_hash")["run_dir"].first()
+        if len(hashes) > 1:
+            raise LeaderboardError(f"task={task} method={method} budget={budget}: seeds were run with different "
+                                   f"settings (config.json agent/run/task_overrides differ), e.g. "
+                                   f"{' vs '.join(hashes.tolist()[:2])}; give the leaderboard one setting per method "
+                                   "or pass --allow-mixed")
+
+
 def _scalar(v) -> bool:
     return v is None or isinstance(v, (int, float, str, bool))
 
 
 def extra_metric_keys(finals: pd.DataFrame) -> list[str]:
     """Task-specific numeric keys (naturalness, eval extras) present in final.json, sorted."""
-    skip = CORE_KEYS | {"tier", "optimal_value", "round0_eval_reward"}
+    skip = CORE_KEYS | {"tier", "optimal_value", "round0_eval_reward", "config_hash"}
     return sorted(c for c in finals.columns
                   if c not in skip and pd.api.types.is_numeric_dtype(finals[c]))
 
@@ -180,7 +200,7 @@ def build_leaderboard(finals: pd.DataFrame, rounds: pd.DataFrame, reps: int = st
     """One row per (task, method, budget); see the module docstring for the columns."""
     bounds = normalisation_bounds(finals, rounds)
     df = add_normalised(finals, bounds)
-    extras = extra_metric_keys(finals)
+    extras = [k for k in extra_metric_keys(finals) if k != "config_hash"]
     rows = []
     for (task, method, budget), g in df.groupby(KEY, sort=True):
         g = g.sort_values("seed")
@@ -194,6 +214,7 @@ def build_leaderboard(finals: pd.DataFrame, rounds: pd.DataFrame, reps: int = st
         row["eval_reward_std_over_seeds"] = float(g["eval_reward"].std(ddof=1)) if len(g) > 1 else math.nan
         for m in ("top10", "path_kl", "vendi", "mean_pairwise_distance", *extras):
             row[f"{m}_mean"] = _mean(g[m]) if m in g else math.nan
+        row["config_hash"] = " ".join(sorted(g["config_hash"].unique()))
         row["queries_used"] = _mean(g["queries_used"]) if "queries_used" in g else math.nan
         row["wall_time_s_mean"] = _mean(g["wall_time_s"]) if "wall_time_s" in g else math.nan
         row["peak_mem_mb_max"] = float(pd.to_numeric(g["peak_mem_mb"]).max()) if "peak_mem_mb" in g else math.nan
@@ -327,6 +348,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--compare", default=None, metavar="CSV",
                    help="check each row's eval_reward_mean against this reference table's 95%% CI; exit 1 if any "
                         "row disagrees")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="allow seeds of one (task, method, budget) run with different settings")
     p.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default 0)")
     args = p.parse_args(argv)
@@ -335,6 +358,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         _, unfinished = find_run_dirs(args.runs)
         finals, rounds = load_runs(args.runs)
+        if not args.allow_mixed:
+            check_uniform_settings(finals)
         board = build_leaderboard(finals, rounds, args.reps, args.seed)
         agg = build_aggregate(finals, rounds, args.reps, args.seed)
         reference = None

@@ -152,9 +152,9 @@ def validate(tasks: list[str], methods: list[str], budgets: list[int], sets: lis
 
 
 def build_grid(tasks, methods, seeds, budgets, out, sets, method_sets, resume, threads) -> list[RunSpec]:
-    """Every run of the grid, in task, method, budget, seed order."""
+    """Every run of the grid, seed-major (seed, budget, task, method) so a cut-short sweep covers every cell."""
     return [RunSpec(t, m, b, s, str(out), list(sets) + list(method_sets.get(m, [])), resume, threads)
-            for t in tasks for m in methods for b in budgets for s in seeds]
+            for s in seeds for b in budgets for t in tasks for m in methods]
 
 
 # ---- executing one run (in a worker process or a submitit job) ----------------------------------

@@ -156,3 +156,13 @@ def test_errors_name_the_bad_input(fake_runs, tmp_path, capsys):
     assert lb.main([str(bad), "--out", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err
     assert "final.json lacks eval_reward" in err and str(d) in err
+
+
+def test_mixed_settings_within_a_row_are_refused(tmp_path, capsys):
+    root = tmp_path / "mixed"
+    write_fake_run(root, "ackley", "sqdf", 0, with_png=False, agent={"lr": 1e-3})
+    write_fake_run(root, "ackley", "sqdf", 1, with_png=False, agent={"lr": 1e-2})
+    assert lb.main([str(root), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "different settings" in capsys.readouterr().err
+    assert lb.main([str(root), "--out", str(tmp_path / "x.csv"), "--allow-mixed"]) == 0
+    assert len(pd.read_csv(tmp_path / "x.csv")["config_hash"].item().split()) == 2
