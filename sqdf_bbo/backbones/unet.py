@@ -135,7 +135,121 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(WEIGHTS_DIR))
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at end)")
     p.add_argument("--fd-samples", type=int, default=512, help="samples for the final Fréchet distance (0: skip)")
+    p.add_argument("--fd-steps", type=int, nargs="+", default=[20, 50], help="DDIM steps (eta 1) for the FD")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only measure FD of the saved weights --name, add it to its JSON, write the sample grid")
+    p.add_argument("--grid", default="results/image_pretrained_samples.png", help="sample grid PNG ('' to skip)")
+    p.add_argument("--init", default=None,
+                   help="continue from the saved weights of this name (EMA weights start both nets; fresh AdamW)")
+    p.add_argument("--distill", action="store_true",
+                   help="distil a consistency model from the saved weights --name (sqdf_bbo/consistency.py) on the "
+                        "--cm-num-steps DDIM grid; writes cm_<name>.safetensors/.json/.sha256")
+    p.add_argument("--cm-num-steps", type=int, default=20, help="DDIM grid of the CM (the agent's num_steps)")
+    p.add_argument("--cm-lr", type=float, default=1e-4)
+    p.add_argument("--cm-ema", type=float, default=0.95)
     return p
+
+
+def cm_name(name: str = DEFAULT_NAME) -> str:
+    return f"cm_{name}"
+
+
+def load_consistency_unet(name: str = DEFAULT_NAME, weights_dir: Optional[str | Path] = None):
+    """The committed consistency model distilled from PixelUNet ``name``: a frozen
+    :class:`sqdf_bbo.consistency.ConsistencyModel` with ``num_steps`` = its DDIM grid size. Checks the CM's
+    sha256 and that its teacher is the current ``name`` weights (FileNotFoundError / RuntimeError)."""
+    from sqdf_bbo.consistency import ConsistencyModel
+    from sqdf_bbo.data.checksum import sha256_of
+
+    weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    st, js = _paths(cm_name(name), weights_dir)
+    if not js.exists():
+        raise FileNotFoundError(f"no consistency model {st}; create it with "
+                                f"`python -m sqdf_bbo.pretrain image --distill --name {name}`")
+    verify_checksum(st)
+    meta = json.loads(js.read_text())
+    teacher_sha = sha256_of(_paths(name, weights_dir)[0])
+    if meta["teacher_sha256"] != teacher_sha:
+        raise RuntimeError(f"{st.name} was distilled from teacher {meta['teacher_sha256'][:12]}, but {name} is "
+                           f"{teacher_sha[:12]}; re-run `python -m sqdf_bbo.pretrain image --distill --name {name}`")
+    unet = UNet2DModel(**meta["unet_config"])
+    unet.load_state_dict(load_file(str(st)))
+    cm = ConsistencyModel(PixelUNet(unet, default_scheduler()), meta["sigma_data"], meta["timestep_scaling"])
+    cm.num_steps = int(meta["num_steps"])
+    return cm.eval().requires_grad_(False)
+
+
+def distill_unet(name: str, steps: int, batch: int, num_steps: int, lr: float, ema: float, seed: int,
+                 n_train: int, max_minutes: float, command: str) -> dict:
+    """Consistency distillation of the committed PixelUNet ``name`` on natural training patches."""
+    from sqdf_bbo.consistency import distill_consistency, evaluate_consistency
+    from sqdf_bbo.data import build_patches
+    from sqdf_bbo.data.checksum import sha256_of
+
+    teacher = load_pretrained_unet(name)
+    size = teacher.latent_shape[-1]
+    data = build_patches(n_train, size, "train", seed=seed + 300) * 2 - 1
+    sample = lambda n, g: data[torch.randint(len(data), (n,), generator=g)]  # noqa: E731
+    cm, rec = distill_consistency(teacher, sample, num_steps=num_steps, steps=steps, batch=batch, lr=lr,
+                                  ema=ema, seed=seed, log_every=100)
+    held = build_patches(512, size, "heldout", seed=seed + 301) * 2 - 1
+    ev = evaluate_consistency(cm, teacher, num_steps, lambda n, g: held[:n], n=256, seed=10_000 + seed)
+    rec.update(heldout_cm_mse_vs_ddim=ev["cm_mse"], heldout_tweedie_mse_vs_ddim=ev["tweedie_mse"],
+               backbone="unet", teacher=f"{name}.safetensors", teacher_sha256=sha256_of(_paths(name, WEIGHTS_DIR)[0]),
+               command=command, torch=torch.__version__, n_train=n_train)
+    save_unet(cm.net.unet, WEIGHTS_DIR, cm_name(name), rec)
+    return rec
+
+
+@torch.no_grad()
+def sample_images(model: PixelUNet, n: int, num_steps: int = 20, eta: float = 1.0, seed: int = 0,
+                  batch: int = 64) -> torch.Tensor:
+    """n DDIM(eta) samples decoded to images, (n, 3, S, S) in [0, 1]; deterministic in ``seed``."""
+    from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory
+
+    sched = DDIMSchedule.from_scheduler(model.scheduler, num_steps, eta)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        x0 = torch.randn((min(batch, n - i), *model.latent_shape), generator=g)
+        out.append(model.decode(sample_trajectory(model, sched, x0, generator=g).final))
+    return torch.cat(out)
+
+
+def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), seed: int = 0,
+                  grid: str = "", weights_dir: Optional[Path] = None) -> dict:
+    """Fréchet distance (oracle phi features, see tasks/image.py) of n samples vs held-out patches, per
+    number of DDIM steps, with data-vs-data and baseline references; optionally a sample grid PNG."""
+    from sqdf_bbo.data import build_patches
+    from sqdf_bbo.tasks.image import AestheticTask
+
+    model = load_pretrained_unet(name, weights_dir)
+    task = AestheticTask(unet=name) if weights_dir is None else None
+    if task is None:
+        raise ValueError("evaluate_unet needs the committed weights directory")
+    res: dict[str, Any] = {"fd_samples": n, "fd_space": "RandAesthetic phi, z-scored, 512-d; ref = 5000 held-out patches"}
+    t0 = time.time()
+    for k in steps:
+        x = sample_images(model, n, num_steps=k, seed=seed)
+        res[f"fd_ddim{k}"] = round(task.frechet_distance(x), 3)
+        res[f"denoise_loss_ddim{k}"] = round(float(task.denoising_loss(x).mean()), 4)
+        res[f"aesthetic_ddim{k}"] = round(float(task.evaluate_true(x).mean()), 4)
+        if k == steps[0] and grid:
+            Path(grid).parent.mkdir(parents=True, exist_ok=True)
+            real = build_patches(64, model.latent_shape[-1], "heldout", seed=seed + 1)
+            task.render(x[:64], grid, title=f"{name}: DDIM-{k} (eta 1) samples, FD {res[f'fd_ddim{k}']:.1f}",
+                        reference=real)
+    real = build_patches(n, model.latent_shape[-1], "heldout", seed=seed + 1)
+    res["fd_heldout_patches"] = round(task.frechet_distance(real), 3)
+    res["fd_train_patches"] = round(task.frechet_distance(build_patches(n, model.latent_shape[-1], "train", seed=seed + 2)), 3)
+    res["fd_flat_patches"] = round(task.frechet_distance(real.mean((2, 3), keepdim=True).expand_as(real).contiguous()), 3)
+    res["fd_shuffled_pixels"] = round(task.frechet_distance(
+        real.flatten(2)[:, :, torch.randperm(real[0, 0].numel(), generator=torch.Generator().manual_seed(seed))]
+        .reshape(real.shape)), 3)
+    res["denoise_loss_heldout"] = round(float(task.denoising_loss(real).mean()), 4)
+    res["aesthetic_heldout"] = round(float(task.evaluate_true(real).mean()), 4)
+    res["eval_wall_s"] = round(time.time() - t0, 1)
+    return res
 
 
 def save_unet(model_unet: UNet2DModel, out: Path, name: str, meta: dict) -> None:
@@ -164,6 +278,22 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
     torch.manual_seed(args.seed)
     name = args.name or f"unet{args.size}"
     out = Path(args.out)
+    if args.distill:
+        rec = distill_unet(name, args.steps, args.batch, args.cm_num_steps, args.cm_lr, args.cm_ema, args.seed,
+                           args.n_train, args.max_minutes,
+                           "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
+        print(json.dumps(rec, indent=2), flush=True)
+        return rec
+    if args.eval_only:
+        res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid,
+                            None if out.resolve() == WEIGHTS_DIR else out)
+        js = _paths(name, out)[1]
+        meta = json.loads(js.read_text())
+        meta["sample_quality"] = dict(res, command="python -m sqdf_bbo.pretrain image " + " ".join(
+            shlex.quote(a) for a in (argv or sys.argv[1:])))
+        js.write_text(json.dumps(meta, indent=2) + "\n")
+        print(json.dumps(res, indent=2), flush=True)
+        return meta
     cmd = "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     t0 = time.time()
     from sqdf_bbo.data import build_patches
@@ -171,6 +301,12 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
     data = build_patches(args.n_train, args.size, "train", seed=args.seed) * 2 - 1  # latents in [-1,1]
     unet = UNet2DModel(**unet_config(args.size))
     ema = UNet2DModel(**unet_config(args.size))
+    prev = None
+    if args.init:
+        prev_model = load_pretrained_unet(args.init, out, frozen=False)
+        unet.load_state_dict(prev_model.unet.state_dict())
+        prev = json.loads(_paths(args.init, out)[1].read_text())
+        prev = {k: prev.get(k) for k in ("command", "steps", "wall_s", "final_loss", "init_from")}
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     sched = default_scheduler()
@@ -180,7 +316,7 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
     loss_avg, hist = None, []
     step = 0
     meta = dict(command=cmd, seed=args.seed, size=args.size, batch=args.batch, lr=args.lr, ema=args.ema,
-                n_train=args.n_train, threads=args.threads, torch=torch.__version__,
+                n_train=args.n_train, threads=args.threads, torch=torch.__version__, init_from=prev,
                 scheduler="DDIM/DDPM squaredcos_cap_v2, eps-prediction, 1000 steps")
     for step in range(1, args.steps + 1):
         idx = torch.randint(len(data), (args.batch,), generator=g)
@@ -214,4 +350,7 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
                 final_loss=loss_avg, loss_history=hist, complete=True)
     save_unet(ema, out, name, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "loss_history"}), flush=True)
+    if args.fd_samples > 0 and out.resolve() == WEIGHTS_DIR:
+        rest = [a for a in (argv or []) if a not in ("--eval-only",)]
+        return pretrain_image_main(rest + ["--eval-only", "--name", name])
     return meta

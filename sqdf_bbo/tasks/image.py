@@ -1,0 +1,265 @@
+"""Embedded image tier: tiny pixel-space diffusion on natural 16x16 patches, three tasks.
+
+    aesthetic          RandAesthetic stand-in oracle (sqdf_bbo/oracles/rand_aesthetic.py): frozen random
+                       conv embedding + ridge head fitted to a hand-designed score A; differentiable.
+                       ``extra_values`` logs A ("ground_truth_A") beside the oracle so hacking shows.
+    compressibility    -(JPEG size in kB), Pillow, quality 95 (as in DDPO); not differentiable.
+    incompressibility  +(JPEG size in kB); not differentiable.
+
+Designs are images (B, 3, S, S) in [0, 1] (S = 16 with the committed weights). Public pieces for
+agents: the pretrained :class:`~sqdf_bbo.backbones.unet.PixelUNet` and the proxy feature map
+(:mod:`sqdf_bbo.oracles.proxy_features`, 256-d, not the oracle's encoder). Harness-side metrics use the
+oracle's z-scored 512-d random features phi ("fixed feature space"): diversity (cosine Vendi, mean
+pairwise distance) and naturalness (Fréchet distance to held-out patches, and the pretrained model's
+denoising loss on the samples).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+from typing import Optional
+
+import numpy as np
+import torch
+
+from sqdf_bbo.tasks import check_overrides, register_task
+from sqdf_bbo.tasks.base import Task, TaskInfo
+
+Tensor = torch.Tensor
+
+#: overridable settings (``make_task("aesthetic", num_steps=30)``) and their defaults
+DEFAULTS = {
+    "unet": "unet16",  # committed weights in sqdf_bbo/backbones/weights/
+    "num_steps": 20,  # DDIM steps (eta 1); see README "image tier" for the time budget behind 20
+    "n_eval": 256,
+    "batch_size": 64,
+    "noise_std": None,  # None: the task's own default (below)
+    "fd_reference": 5000,  # held-out patches for the Fréchet-distance reference statistics
+}
+NOISE_DEFAULT = {"aesthetic": 0.1, "compressibility": 0.005, "incompressibility": 0.005}
+JPEG_QUALITY = 95
+
+
+def _unet_size(name: str) -> int:
+    from sqdf_bbo.backbones.unet import WEIGHTS_DIR
+
+    js = WEIGHTS_DIR / f"{name}.json"
+    if not js.exists():
+        have = sorted(p.stem for p in WEIGHTS_DIR.glob("unet*.json"))
+        raise ValueError(f"unknown unet {name!r}; available: {', '.join(have) or 'none'}")
+    return int(json.loads(js.read_text())["unet_config"]["sample_size"])
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_stats(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (F,) and covariance (F, F) of phi features of ``n`` held-out patches (float64)."""
+    from sqdf_bbo.data import build_patches
+    from sqdf_bbo.oracles.encoders import batched
+    from sqdf_bbo.oracles.rand_aesthetic import load_rand_aesthetic
+
+    x = build_patches(n, size, "heldout", seed=7)
+    f = batched(load_rand_aesthetic(size).features, x).double().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+@functools.lru_cache(maxsize=2)
+def _frozen_unet(name: str):
+    from sqdf_bbo.backbones.unet import load_pretrained_unet
+
+    return load_pretrained_unet(name)
+
+
+def jpeg_kb(images: Tensor, quality: int = JPEG_QUALITY) -> Tensor:
+    """JPEG file size in kB (1000 bytes) of each image, (B, 3, H, W) in [0, 1] -> (B,) float64.
+
+    Images are clamped, rounded to uint8 and saved by Pillow at ``quality`` (default 4:2:0 subsampling).
+    """
+    from PIL import Image
+
+    x = torch.as_tensor(images).detach().float().cpu()
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for im in arr:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+        out.append(buf.tell() / 1000.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def image_grid(images: Tensor, ncol: int = 8, pad: int = 1) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (rows*(H+pad)+pad, ncol*(W+pad)+pad, 3) float array, white padding."""
+    x = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
+    B, _, H, W = x.shape
+    ncol = max(1, min(ncol, B))
+    nrow = -(-B // ncol)
+    grid = np.ones((nrow * (H + pad) + pad, ncol * (W + pad) + pad, 3), dtype=np.float32)
+    for i, im in enumerate(x.permute(0, 2, 3, 1).numpy()):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = im
+    return grid
+
+
+class ImageTask(Task):
+    """Base for the image tasks: shared design space, backbone, proxy features and metrics."""
+
+    kind = ""
+
+    def __init__(self, **overrides):
+        check_overrides(self.kind, overrides, DEFAULTS)
+        cfg = dict(DEFAULTS, **overrides)
+        for key in ("num_steps", "n_eval", "batch_size", "fd_reference"):
+            v = cfg[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < (2 if key == "fd_reference" else 1):
+                raise ValueError(f"{key} must be a positive integer for task {self.kind!r}, got {v!r}")
+        noise = NOISE_DEFAULT[self.kind] if cfg["noise_std"] is None else cfg["noise_std"]
+        if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
+            raise ValueError(f"noise_std must be a number >= 0 for task {self.kind!r}, got {noise!r}")
+        self.cfg = cfg
+        self.noise_std = float(noise)
+        self.size = _unet_size(cfg["unet"])
+        S, n_steps = self.size, cfg["num_steps"]
+        from sqdf_bbo.oracles.proxy_features import FEATURE_DIM
+
+        self.info = TaskInfo(
+            name=self.kind,
+            tier="image",
+            design_shape=(3, S, S),
+            make_backbone=functools.partial(_load_backbone, cfg["unet"]),
+            features=self._proxy_features,
+            feature_dim=FEATURE_DIM,
+            bounds=(torch.zeros(3, S, S), torch.ones(3, S, S)),
+            defaults={"num_steps": n_steps, "n_eval": cfg["n_eval"], "batch_size": cfg["batch_size"],
+                      "agent": {"num_steps": n_steps, "eta": 1.0, "sample_batch": 64},
+                      # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model
+                      "consistency": functools.partial(_load_consistency, cfg["unet"])},
+        )
+
+    # -- public (agents) --
+    def _proxy_features(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, 256) z-scored proxy features; differentiable, frozen."""
+        from sqdf_bbo.oracles.proxy_features import load_proxy_features
+
+        return load_proxy_features(self.size)(x)
+
+    # -- harness only --
+    def _check(self, designs: Tensor) -> Tensor:
+        x = torch.as_tensor(designs)
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.size, self.size):
+            raise ValueError(f"task {self.kind!r} expects designs of shape (B, 3, {self.size}, {self.size}), "
+                             f"got {tuple(x.shape)}")
+        return x.float()
+
+    def phi(self, designs: Tensor) -> Tensor:
+        """Fixed evaluation feature space: the oracle encoder's z-scored features, (B, 512) float64."""
+        from sqdf_bbo.oracles.encoders import batched
+        from sqdf_bbo.oracles.rand_aesthetic import load_rand_aesthetic
+
+        return batched(load_rand_aesthetic(self.size).features, self._check(designs).clamp(0, 1)).double()
+
+    def frechet_distance(self, designs: Tensor) -> float:
+        """Fréchet distance (features^2) between Gaussian fits of phi(designs) and of held-out patches."""
+        from sqdf_bbo.metrics import gaussian_frechet
+
+        f = self.phi(designs).numpy()
+        if f.shape[0] < 2:
+            raise ValueError(f"need at least 2 designs for a Fréchet distance, got {f.shape[0]}")
+        mu, cov = _reference_stats(self.size, self.cfg["fd_reference"])
+        return gaussian_frechet(f.mean(0), np.cov(f, rowvar=False), mu, cov)
+
+    def denoising_loss(self, designs: Tensor) -> Tensor:
+        """Pretrained model's eps-MSE on the designs (10 fixed timesteps, fixed noise), (B,) float64."""
+        m = _frozen_unet(self.cfg["unet"])
+        x = self._check(designs).clamp(0, 1)
+        return torch.cat([m.denoising_loss(m.encode(x[i:i + 256])) for i in range(0, len(x), 256)])
+
+    def naturalness(self, designs: Tensor) -> dict[str, float]:
+        x = self._check(designs)
+        out = {"denoise_loss": float(self.denoising_loss(x).mean())}
+        if x.shape[0] >= 2:
+            out["fd_phi"] = self.frechet_distance(x)
+            out["fd_n"] = int(x.shape[0])
+        return out
+
+    def diversity_features(self, designs: Tensor) -> Tensor:
+        return self.phi(designs)
+
+    vendi_bandwidth: Optional[float] = None  # cosine kernel on z-scored phi features
+
+    def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
+               max_images: int = 64) -> None:
+        """PNG grid of up to ``max_images`` designs (and of ``reference`` designs beside them, if given)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        panels = [("samples", designs)] + ([("pretrained", reference)] if reference is not None else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+        for ax, (name, d) in zip(axes[0], panels):
+            ax.imshow(image_grid(self._check(d)[:max_images]), interpolation="nearest")
+            ax.set_title(name, fontsize=9)
+            ax.axis("off")
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, format="png")
+        plt.close(fig)
+
+
+def _load_backbone(name: str):
+    from sqdf_bbo.backbones.unet import load_pretrained_unet
+
+    return load_pretrained_unet(name)
+
+
+def _load_consistency(name: str):
+    from sqdf_bbo.backbones.unet import load_consistency_unet
+
+    return load_consistency_unet(name)
+
+
+class AestheticTask(ImageTask):
+    """RandAesthetic oracle O(x); ``extra_values`` gives the ground truth A(x) it was fitted to."""
+
+    kind = "aesthetic"
+    differentiable = True
+
+    def _oracle(self):
+        from sqdf_bbo.oracles.rand_aesthetic import load_rand_aesthetic
+
+        return load_rand_aesthetic(self.size)
+
+    def evaluate_true(self, designs: Tensor) -> Tensor:
+        from sqdf_bbo.oracles.encoders import batched
+
+        return batched(self._oracle(), self._check(designs).clamp(0, 1)).double()
+
+    def extra_values(self, designs: Tensor) -> dict[str, Tensor]:
+        from sqdf_bbo.oracles.encoders import batched
+
+        return {"ground_truth_A": batched(self._oracle().ground_truth, self._check(designs).clamp(0, 1)).double()}
+
+
+class CompressibilityTask(ImageTask):
+    """-(JPEG size in kB) at quality 95 (DDPO's compressibility); not differentiable."""
+
+    kind = "compressibility"
+    sign = -1.0
+
+    def evaluate_true(self, designs: Tensor) -> Tensor:
+        return self.sign * jpeg_kb(self._check(designs))
+
+
+class IncompressibilityTask(CompressibilityTask):
+    """+(JPEG size in kB) at quality 95 (DDPO's incompressibility); not differentiable."""
+
+    kind = "incompressibility"
+    sign = 1.0
+
+
+register_task("aesthetic", AestheticTask)
+register_task("compressibility", CompressibilityTask)
+register_task("incompressibility", IncompressibilityTask)
