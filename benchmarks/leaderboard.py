@@ -348,6 +348,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--compare", default=None, metavar="CSV",
                    help="check each row's eval_reward_mean against this reference table's 95%% CI; exit 1 if any "
                         "row disagrees")
+    p.add_argument("--min-seeds", type=int, default=1,
+                   help="leave out rows with fewer finished seeds than this (default 1: keep all)")
     p.add_argument("--allow-mixed", action="store_true",
                    help="allow seeds of one (task, method, budget) run with different settings")
     p.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap resamples (default 2000)")
@@ -362,6 +364,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             check_uniform_settings(finals)
         board = build_leaderboard(finals, rounds, args.reps, args.seed)
         agg = build_aggregate(finals, rounds, args.reps, args.seed)
+        if args.min_seeds > 1:
+            few = board[board["n_seeds"] < args.min_seeds]
+            for _, r in few.iterrows():
+                print(f"note: left out {r['task']} / {r['method']} / b{r['budget']}: {r['n_seeds']} seed(s) "
+                      f"< --min-seeds {args.min_seeds}", file=sys.stderr)
+            board = board[board["n_seeds"] >= args.min_seeds].reset_index(drop=True)
+            keep = set(zip(board["task"], board["method"], board["budget"]))
+            sub = finals[[k in keep for k in zip(finals["task"], finals["method"], finals["budget"])]]
+            agg = build_aggregate(sub, rounds, args.reps, args.seed) if len(sub) else agg.iloc[0:0]
         reference = None
         if args.compare:
             if not Path(args.compare).exists():

@@ -166,3 +166,16 @@ def test_mixed_settings_within_a_row_are_refused(tmp_path, capsys):
     assert "different settings" in capsys.readouterr().err
     assert lb.main([str(root), "--out", str(tmp_path / "x.csv"), "--allow-mixed"]) == 0
     assert len(pd.read_csv(tmp_path / "x.csv")["config_hash"].item().split()) == 2
+
+
+def test_min_seeds_leaves_out_thin_rows(fake_runs, tmp_path, capsys):
+    extra = tmp_path / "extra"
+    write_fake_run(extra, "ackley", "sqdf", 7, with_png=False)
+    write_fake_run(extra, "levy-manifold", "sqdf", 0, with_png=False)  # a row with one seed
+    out = tmp_path / "x.csv"
+    assert lb.main([str(fake_runs), str(extra), "--out", str(out), "--min-seeds", "2", "--reps", "200",
+                    "--md", str(tmp_path / "x.md")]) == 0
+    assert "left out levy-manifold / sqdf / b200: 1 seed(s)" in capsys.readouterr().err
+    df = pd.read_csv(out)
+    assert "levy-manifold" not in set(df["task"])
+    assert df.set_index(["task", "method"]).loc[("ackley", "sqdf"), "n_seeds"] == 6
