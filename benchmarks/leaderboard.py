@@ -281,8 +281,8 @@ def _md_table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def to_markdown(board: pd.DataFrame, aggregate: Optional[pd.DataFrame] = None) -> str:
-    """Markdown rendering of the leaderboard (and the aggregate table when given)."""
+def to_markdown(board: pd.DataFrame, aggregate: Optional[pd.DataFrame] = None, notes: Sequence[str] = ()) -> str:
+    """Markdown rendering of the leaderboard (and the aggregate table when given), ``notes`` on top."""
     header = ["task", "method", "budget", "seeds", "eval reward IQM [95% CI]", "eval reward mean [95% CI]",
               "normalised IQM [95% CI]", "best-so-far", "top-10 AUC", "path KL (nats)", "Vendi", "pairwise dist.",
               "naturalness", "wall (s)", "peak mem (MB)"]
@@ -296,7 +296,7 @@ def to_markdown(board: pd.DataFrame, aggregate: Optional[pd.DataFrame] = None) -
                      _fmt(r["best_so_far_mean"]), _fmt(r["auc_top10_mean"]), _fmt(r["path_kl_mean"], 3),
                      _fmt(r["vendi_mean"], 3), _fmt(r["mean_pairwise_distance_mean"], 3), _naturalness_cell(r),
                      _fmt(r["wall_time_s_mean"], 3), _fmt(r["peak_mem_mb_max"], 4)])
-    text = ["Final eval reward over seeds: IQM = 25% trimmed mean, CIs = 95% percentile stratified bootstrap "
+    text = [*(f"{n}\n" for n in notes), "Final eval reward over seeds: IQM = 25% trimmed mean, CIs = 95% percentile stratified bootstrap "
             "(rliable). Normalised score: 0 = pretrained model, 1 = task optimum (or best eval reward seen when "
             "the optimum is unknown). best-so-far, top-10 AUC, KL, Vendi, naturalness, wall: means over seeds; "
             "peak mem: max over seeds.", "", _md_table(header, rows)]
@@ -344,6 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("runs", nargs="+", help="folders holding run folders (<task>__<method>__b<budget>__s<seed>)")
     p.add_argument("--out", default="results/leaderboard.csv", help="CSV to write")
     p.add_argument("--md", default=None, help="also write the Markdown rendering here")
+    p.add_argument("--note", action="append", default=[], help="a paragraph above the Markdown table (repeatable)")
     p.add_argument("--aggregate", default=None, help="also write the per-method aggregate table (CSV) here")
     p.add_argument("--compare", default=None, metavar="CSV",
                    help="check each row's eval_reward_mean against this reference table's 95%% CI; exit 1 if any "
@@ -390,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"wrote {args.aggregate}: {len(agg)} rows")
     if args.md:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(to_markdown(board, agg))
+        Path(args.md).write_text(to_markdown(board, agg, args.note))
         print(f"wrote {args.md}")
     if reference is not None:
         try:
