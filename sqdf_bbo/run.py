@@ -172,7 +172,12 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
     if isinstance(agent, DiffusionAgent):
         designs, kls = [], []
         same = agent.policy is agent.reference  # e.g. the pretrained agent: KL exactly 0
-        for traj in agent.sample_batched(n_eval, generator, record_means=not same):
+        conds = task.eval_conditions(n_eval)  # held-out prompts (None for unconditional tiers)
+        bs = int(agent.config["sample_batch"])
+        chunks = [(i, min(bs, n_eval - i)) for i in range(0, n_eval, bs)]
+        trajs = (agent.sample(m, generator, cond=None if conds is None else conds[i:i + m], record_means=not same)
+                 for i, m in chunks)
+        for traj in trajs:
             with torch.no_grad():
                 designs.append(agent.policy.decode(traj.final).detach())
             if same:

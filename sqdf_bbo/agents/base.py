@@ -92,9 +92,11 @@ class DiffusionAgent(Agent):
     def reference_eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         return self.reference(x, t, cond)
 
-    def sample(self, n: int, generator: torch.Generator, **kw) -> Trajectory:
-        """n trajectories from the current policy (no grad unless ``grad=True`` is passed)."""
-        cond = self.task.sample_conditions(n, generator) if self.task.sample_conditions else None
+    def sample(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
+        """n trajectories from the current policy (no grad unless ``grad=True`` is passed); ``cond``
+        overrides the training conditions (the harness passes held-out evaluation prompts)."""
+        if cond is None and self.task.sample_conditions:
+            cond = self.task.sample_conditions(n, generator)
         shape = tuple(self.reference.latent_shape)
         param = next(self.reference.parameters())
         x0 = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)

@@ -82,20 +82,21 @@ class OnlineFinetuneAgent(DiffusionAgent):
                 m.merge()
         return merged.eval().requires_grad_(False)
 
-    def _sample_with(self, pol, n: int, generator: torch.Generator, **kw) -> Trajectory:
+    def _sample_with(self, pol, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
         if pol is self.policy:
-            return super().sample(n, generator, **kw)
-        cond = self.task.sample_conditions(n, generator) if self.task.sample_conditions else None
+            return super().sample(n, generator, cond=cond, **kw)
+        if cond is None and self.task.sample_conditions:
+            cond = self.task.sample_conditions(n, generator)
         param = next(self.reference.parameters())
         x0 = torch.randn((n, *tuple(self.reference.latent_shape)), generator=generator,
                          dtype=param.dtype).to(param.device)
         return sample_trajectory(pol, self.schedule, x0, cond=cond, generator=generator, **kw)
 
-    def sample(self, n: int, generator: torch.Generator, **kw) -> Trajectory:
+    def sample(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
         """As DiffusionAgent.sample; no-grad sampling goes through :meth:`sampling_policy`."""
         if kw.get("grad", False):
-            return super().sample(n, generator, **kw)
-        return self._sample_with(self.sampling_policy(), n, generator, **kw)
+            return super().sample(n, generator, cond=cond, **kw)
+        return self._sample_with(self.sampling_policy(), n, generator, cond=cond, **kw)
 
     def sample_batched(self, n: int, generator: torch.Generator, **kw) -> list[Trajectory]:
         """As DiffusionAgent.sample_batched, merging the LoRA weights once for all chunks."""

@@ -67,6 +67,10 @@ class Task:
     #: kernel bandwidth for the Vendi score in ``diversity_features`` space (None = cosine kernel)
     vendi_bandwidth: Optional[float] = None
 
+    def eval_conditions(self, n: int) -> Any:
+        """Held-out conditions (e.g. evaluation prompts) for the harness's evaluation; None if unconditional."""
+        return None
+
     def extra_values(self, designs: Tensor) -> dict[str, Tensor]:
         """Extra per-design diagnostics logged beside the oracle value (e.g. a ground-truth score)."""
         return {}
