@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "alignprop": "baselines.alignprop:AlignPropAgent",
     "draft": "baselines.draft:DRaFTAgent",
     "draft-k": "baselines.draft:DRaFTKAgent",
+    "draft-1": "baselines.draft:DRaFT1Agent",
     "draft-lv": "baselines.draft:DRaFTLVAgent",
     "adjoint-matching": "baselines.adjoint_matching:AdjointMatchingAgent",
     "seiko": "baselines.seiko:SEIKOAgent",
