@@ -132,6 +132,8 @@ class SQDFAgent(OnlineFinetuneAgent):
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
         c = self.config
+        if c["buffer"] is None:  # `--set buffer=none` parses to None
+            c["buffer"] = "none"
         if c["q_estimator"] not in Q_ESTIMATORS:
             raise ValueError(f"q_estimator must be one of {', '.join(Q_ESTIMATORS)}, got {c['q_estimator']!r}")
         if c["kl_reduction"] not in KL_REDUCTIONS:
