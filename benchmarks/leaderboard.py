@@ -88,8 +88,11 @@ def find_run_dirs(roots: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
     return finished, unfinished
 
 
-def load_runs(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(finals, rounds): one row per finished run, and one row per round of each finished run.
+
+    ``on_duplicate``: what to do with a second folder for the same (task, method, budget, seed) --
+    ``error`` (default) or ``first`` (keep the one from the earlier root; a note says whether they agree).
 
     ``finals`` carries the final.json metrics plus tier, optimal_value, run_dir and round0_eval_reward;
     ``rounds`` carries task/method/budget/seed and every scalar key of rounds.jsonl.
@@ -107,8 +110,15 @@ def load_runs(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         info = cfg.get("task_info", {})
         key = (fin["task"], fin["method"], int(fin["budget"]), int(fin["seed"]))
         if key in seen:
-            raise LeaderboardError(f"two run folders for task={key[0]} method={key[1]} budget={key[2]} "
-                                   f"seed={key[3]}: {seen[key]} and {d}")
+            if on_duplicate != "first":
+                raise LeaderboardError(f"two run folders for task={key[0]} method={key[1]} budget={key[2]} "
+                                       f"seed={key[3]}: {seen[key]} and {d} (--on-duplicate first keeps the first)")
+            other = _read_json(seen[key] / "final.json")
+            same = other.get("eval_reward") == fin.get("eval_reward")
+            print(f"note: {d} duplicates {seen[key]} (kept); eval_reward "
+                  f"{'identical' if same else 'DIFFERS: %r vs %r' % (other.get('eval_reward'), fin.get('eval_reward'))}",
+                  file=sys.stderr)
+            continue
         seen[key] = d
         rr = _read_rounds(d / "rounds.jsonl")
         row = {k: v for k, v in fin.items() if _scalar(v)}
@@ -351,6 +361,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "row disagrees")
     p.add_argument("--min-seeds", type=int, default=1,
                    help="leave out rows with fewer finished seeds than this (default 1: keep all)")
+    p.add_argument("--on-duplicate", choices=("error", "first"), default="error",
+                   help="two folders for one (task, method, budget, seed): error, or keep the first root's")
     p.add_argument("--allow-mixed", action="store_true",
                    help="allow seeds of one (task, method, budget) run with different settings")
     p.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap resamples (default 2000)")
@@ -360,7 +372,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error(f"--reps must be >= 1, got {args.reps}")
     try:
         _, unfinished = find_run_dirs(args.runs)
-        finals, rounds = load_runs(args.runs)
+        finals, rounds = load_runs(args.runs, args.on_duplicate)
         if not args.allow_mixed:
             check_uniform_settings(finals)
         board = build_leaderboard(finals, rounds, args.reps, args.seed)

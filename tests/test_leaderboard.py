@@ -147,6 +147,8 @@ def test_errors_name_the_bad_input(fake_runs, tmp_path, capsys):
     shutil.copytree(fake_runs / "ackley__sqdf__b200__s0", dup / "ackley__sqdf__b200__s0")
     assert lb.main([str(fake_runs), str(dup), "--out", str(tmp_path / "x.csv")]) == 2
     assert "two run folders" in capsys.readouterr().err
+    assert lb.main([str(fake_runs), str(dup), "--out", str(tmp_path / "x.csv"), "--on-duplicate", "first"]) == 0
+    assert "(kept); eval_reward identical" in capsys.readouterr().err
     # a final.json without eval_reward
     bad = tmp_path / "bad"
     d = write_fake_run(bad, "ackley", "sqdf", 0, with_png=False)
