@@ -242,10 +242,11 @@ def plot_sample_grid(finals: pd.DataFrame, task: str, out: Path) -> Optional[Pat
     return path
 
 
-def make_all(roots: Sequence[str | Path], out: str | Path, all_samples: bool = False) -> list[Path]:
+def make_all(roots: Sequence[str | Path], out: str | Path, all_samples: bool = False,
+             on_duplicate: str = "error") -> list[Path]:
     """Every figure for the finished runs under ``roots``; returns the written paths."""
     out = Path(out)
-    finals, rounds = load_runs(roots)
+    finals, rounds = load_runs(roots, on_duplicate)
     budgets = sorted(int(b) for b in rounds["budget"].unique())
     written: list[Path] = []
     for b in budgets:
@@ -267,9 +268,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("runs", nargs="+", help="folders holding run folders")
     p.add_argument("--out", default="results", help="folder for the PNGs (default results/)")
     p.add_argument("--all-samples", action="store_true", help="sample grids for synthetic tasks too")
+    p.add_argument("--on-duplicate", choices=("error", "first"), default="error",
+                   help="two folders for one (task, method, budget, seed): error, or keep the first root's")
     args = p.parse_args(argv)
     try:
-        written = make_all(args.runs, args.out, args.all_samples)
+        written = make_all(args.runs, args.out, args.all_samples, args.on_duplicate)
     except LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
