@@ -12,7 +12,7 @@ from sqdf_bbo.diffusion import DDIMSchedule, gaussian_kl, log_prob, path_kl, sam
 SD15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False,
             steps_offset=1, clip_sample=False)
 # diffusers' defaults except clip_sample: set_alpha_to_one=True, steps_offset=0 (last step has std 0)
-COSINE = dict(beta_schedule="squaredcos_cap_v2", clip_sample=False)
+COSINE = dict(beta_schedule="squaredcos_cap_v2", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 def _sched(cfg):

@@ -118,3 +118,14 @@ def test_pretrained_mlp_samples_match_the_prior(base):
     h = task.vendi_bandwidth
     assert _mmd2_rbf(u, ref, h) < 5 * abs(_mmd2_rbf(ref2, ref, h)) + 1e-4
     assert task.naturalness(x)["invalid_frac"] < 0.03
+
+
+def test_schedule_with_a_zero_std_step_is_refused():
+    from diffusers import DDIMScheduler
+
+    from sqdf_bbo.diffusion import DDIMSchedule
+
+    bad = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, steps_offset=0)
+    with pytest.raises(ValueError, match=r"step 49 \(timestep 0\) has zero std with eta=1.0"):
+        DDIMSchedule.from_scheduler(bad, 50, eta=1.0)
+    assert DDIMSchedule.from_scheduler(bad, 50, eta=0.0).std.abs().max() == 0  # deterministic DDIM is fine

@@ -66,6 +66,13 @@ class DDIMSchedule:
         a = acp[ts]
         a_prev = torch.where(prev >= 0, acp[prev.clamp(min=0)], final)
         std = eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
+        if eta > 0 and bool((std <= 0).any()):
+            k = int(torch.nonzero(std <= 0)[0])
+            raise ValueError(
+                f"step {k} (timestep {int(ts[k])}) has zero std with eta={eta}: log-probs and KLs would divide "
+                "by zero; use a scheduler with set_alpha_to_one=False and steps_offset=1 "
+                "(sqdf_bbo.backbones.default_scheduler)"
+            )
         coef_x = torch.sqrt(a_prev / a)
         coef_eps = torch.sqrt((1 - a_prev - std**2).clamp(min=0)) - torch.sqrt(a_prev * (1 - a) / a)
         return cls(sched, num_steps, float(eta), ts, a, a_prev, std, coef_x, coef_eps)
