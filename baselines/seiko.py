@@ -113,6 +113,7 @@ class SEIKOAgent(OnlineFinetuneAgent):
         xN, kl = self.chain_with_kl(x0, noises, cond, mask)
         r = self.reward(xN)
         loss = -r.mean() + float(self.config["kl_weight"]) * kl
-        loss.backward()
+        if loss.requires_grad:  # the per-step redraw can detach every step (prob. prod_k (N-k)/(N+1)); then no update
+            loss.backward()
         norm = self.clip_and_step()
         return {"loss": loss.item(), "reward": r.mean().item(), "kl": kl.item(), "grad_norm": norm}

@@ -6,17 +6,18 @@
 Tasks are those of ``benchmarks/sqdf_synthetic.py`` (ackley, levy, rastrigin-manifold) so the two tables
 can be read side by side; budget 2000 in the runner's 4 rounds of 133/266/533/1068 queries; 5 seeds.
 
-CPU scaling for this tier (165 runs had to fit in ~30 min on a shared 2-core machine; one budget-2000 run
-of full-chain DRaFT at the task defaults took ~50 s of CPU), identical for every method where the setting
-means the same thing, and recorded in each run's config.json:
-- every method, pretrained included: ``task.num_steps=20`` DDIM steps (task default 50) and
-  ``run.n_eval=256`` evaluation samples (task default 512);
-- every fine-tuning method: ``updates_per_round=20`` optimizer steps per round (DDPO: 20 sample-and-train
+CPU scaling for this tier (165 runs had to fit in ~30-45 min on a 2-core machine shared by ~6 engineers,
+load average ~13; a first attempt with 20 DDIM steps and 20 updates per round managed 9 runs in 520 s),
+identical for every method where the setting means the same thing, and recorded in each run's config.json:
+- every method, pretrained included: ``task.num_steps=10`` DDIM steps (task default 50) and
+  ``run.n_eval=128`` evaluation samples (task default 512);
+- every fine-tuning method: ``updates_per_round=10`` optimizer steps per round (DDPO: 10 sample-and-train
   epochs of 2 PPO steps), ``proxy_epochs=50`` (official 300);
 - every baseline: ``train_batch=16`` trajectories per optimizer step (baseline default 32; DDPO's PPO
   minibatch 8 keeps its official 2 steps per epoch). SQDF keeps sqdf_synthetic.py's settings
   (``train_batch`` = 32 (trajectory, step) pairs, ``fill_every=4``): its pairs are single-step model calls,
-  not chains, so "batch" does not mean the same thing. Method-specific hyperparameters (lr, clip ranges, KL weights,
+  not chains, so "batch" does not mean the same thing. With 10 steps SQDF's consistency model (distilled
+  for 50 steps, ackley only) is unavailable and SQDF falls back to its Tweedie Q-estimator ("w/o CM"). Method-specific hyperparameters (lr, clip ranges, KL weights,
 truncation) are each method's own defaults from the spec; nothing was tuned per method or task.
 
 Results go to results/baselines_synthetic.csv (one row per run, rewritten as runs finish); finished run
@@ -36,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 TASKS = ["ackley", "levy", "rastrigin-manifold"]
 BUDGET = 2000
-COMMON = ["run.n_eval=256", "task.num_steps=20"]
-FINETUNE = ["proxy_epochs=50", "updates_per_round=20"]
+COMMON = ["run.n_eval=128", "task.num_steps=10"]
+FINETUNE = ["proxy_epochs=50", "updates_per_round=10"]
 BASELINE = FINETUNE + ["train_batch=16"]
 METHODS: dict[str, list[str]] = {
     "pretrained": [],

@@ -197,3 +197,23 @@ def test_seiko_reference_is_previous_round_or_pretrained():
         assert same_as_policy == (ref == "previous") and same_as_pre == (ref == "pretrained")
     with pytest.raises(ValueError, match="kl_reference"):
         ready_agent(SEIKOAgent, lambda: TinyEps(DIM, 3), reward_fn, {"kl_reference": "initial"})
+
+
+def test_seiko_per_step_mask_and_all_detached_step():
+    from baselines import seiko
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.stack([seiko.per_step_truncation_mask(2, 4, g) for _ in range(4000)]).double()
+    # step k carries gradient iff u_k <= k, u_k ~ randint[0, N]: probability (k+1)/(N+1)
+    torch.testing.assert_close(masks.mean(dim=(0, 1)), torch.arange(1, 5, dtype=torch.float64) / 5, atol=0.03, rtol=0)
+    assert (masks[:, 0] == masks[:, 1]).all()  # one draw per step, shared by the batch
+    agent = ready_agent(SEIKOAgent, lambda: TinyEps(DIM, 3, seed=5), reward_fn, {}, num_steps=4)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    orig = seiko.per_step_truncation_mask
+    seiko.per_step_truncation_mask = lambda b, n, gen: torch.zeros(b, n, dtype=torch.bool)
+    try:
+        stats = agent.update_step()  # every step detached: no gradient, no parameter change, no error
+    finally:
+        seiko.per_step_truncation_mask = orig
+    assert stats["grad_norm"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(agent.policy.parameters(), before))
