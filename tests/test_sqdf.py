@@ -273,3 +273,23 @@ def test_gaussian_prior_linear_reward_reaches_closed_form_optimum():
         zs = torch.cat([tr.final for tr in ag.sample_batched(20_000, torch.Generator().manual_seed(9))])
     assert float((zs.mean(0) - m_star).abs().max()) < 0.04
     assert float((torch.cov(zs.T) - S_star).abs().max()) < 0.04
+
+
+def test_cli_run_records_ablation_flags(tmp_path):
+    """A tiny end-to-end run through the real runner; the ablation flags land in config.json."""
+    import json
+
+    from sqdf_bbo.run import main
+
+    rc = main(["--task", "ackley", "--method", "sqdf", "--budget", "40", "--out", str(tmp_path), "--no-progress",
+               "--set", "gamma=1", "--set", "q_estimator=tweedie", "--set", "buffer=none",
+               "--set", "updates_per_round=2", "--set", "proxy_epochs=2", "--set", "train_batch=4",
+               "--set", "num_steps=10", "--set", "run.n_eval=8", "--set", "run.rounds=2",
+               "--set", "run.batch_size=8"])
+    assert rc == 0
+    run_dir = tmp_path / "ackley__sqdf__b40__s0"
+    cfg = json.loads((run_dir / "config.json").read_text())["agent"]
+    assert (cfg["gamma"], cfg["q_estimator"], cfg["buffer"]) == (1, "tweedie", "none")
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 3 and rounds[-1]["train"]["q_estimator_used"] == "tweedie"
+    assert rounds[-1]["path_kl"] > 0

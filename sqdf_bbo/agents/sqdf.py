@@ -129,6 +129,13 @@ class SQDFAgent(OnlineFinetuneAgent):
         "fill_every": 1,  # roll out fresh trajectories every this many updates (x this many at once)
     }
 
+    @classmethod
+    def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
+        cfg = super().resolve_config(task, overrides)
+        if cfg.get("buffer") is None:  # `--set buffer=none` parses to None; record it as "none"
+            cfg["buffer"] = "none"
+        return cfg
+
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
         c = self.config
