@@ -105,9 +105,9 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         "adjoint_index": "k",  # k | k+1
     }
 
-    def __init__(self, task, config=None, seed: int = 0):
-        super().__init__(task, config, seed)
-        c = self.config
+    @classmethod
+    def resolve_config(cls, task, overrides):
+        c = super().resolve_config(task, overrides)
         if abs(float(c["eta"]) - 1.0) > 1e-12:
             raise ValueError(f"Adjoint Matching needs the memoryless schedule eta=1 during fine-tuning, got eta={c['eta']}")
         if not float(c["alpha"]) > 0:
@@ -116,8 +116,9 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         check_positive_int("train_batch", c["train_batch"])
         if c["am_steps"] is not None:
             m = check_positive_int("am_steps", c["am_steps"])
-            if m > self.schedule.num_steps:
-                raise ValueError(f"am_steps must be <= num_steps={self.schedule.num_steps} or None, got {m}")
+            if m > int(c["num_steps"]):
+                raise ValueError(f"am_steps must be <= num_steps={c['num_steps']} or None, got {m}")
+        return c
 
     @property
     def lam(self) -> float:

@@ -77,10 +77,16 @@ class AlignPropAgent(OnlineFinetuneAgent):
         "checkpoint": True,
     }
 
-    def __init__(self, task, config=None, seed: int = 0):
-        super().__init__(task, config, seed)
-        check_choice("truncation", self.config["truncation"], STRATEGIES)
-        check_positive_int("train_batch", self.config["train_batch"])
+    @classmethod
+    def resolve_config(cls, task, overrides):
+        c = super().resolve_config(task, overrides)
+        check_choice("truncation", c["truncation"], STRATEGIES)
+        check_positive_int("train_batch", c["train_batch"])
+        if c["truncation"] == "fixed":
+            K = check_positive_int("truncation_K", c["truncation_K"])
+            if K > int(c["num_steps"]):
+                raise ValueError(f"truncation_K must be <= num_steps={c['num_steps']}, got {K}")
+        return c
 
     def cut_indices(self, n: int) -> Tensor:
         return draw_cut(self.config["truncation"], n, self.schedule.num_steps, self.generator,

@@ -121,19 +121,22 @@ class DDPOAgent(OnlineFinetuneAgent):
         "timestep_fraction": 1.0,
     }
 
-    def __init__(self, task, config=None, seed: int = 0):
-        super().__init__(task, config, seed)
-        c = self.config
+    @classmethod
+    def resolve_config(cls, task, overrides):
+        c = super().resolve_config(task, overrides)
         if float(c["eta"]) <= 0:
             raise ValueError(f"DDPO needs eta > 0 (the log-prob of an eta=0 step does not exist), got {c['eta']}")
         check_positive_int("train_batch", c["train_batch"], minimum=2)
         check_positive_int("num_inner_epochs", c["num_inner_epochs"])
         if not 0.0 < float(c["timestep_fraction"]) <= 1.0:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {c['timestep_fraction']}")
-        if self.importance_sampling:
+        if cls.importance_sampling:
             check_positive_int("ppo_minibatch", c["ppo_minibatch"])
             if not float(c["clip_range"]) > 0:
                 raise ValueError(f"clip_range must be > 0, got {c['clip_range']}")
+        elif int(c["num_inner_epochs"]) != 1:
+            raise ValueError(f"DDPO-SF is strictly on-policy: num_inner_epochs must be 1, got {c['num_inner_epochs']}")
+        return c
 
     @property
     def train_steps(self) -> int:
@@ -200,9 +203,3 @@ class DDPOSFAgent(DDPOAgent):
     importance_sampling: ClassVar[bool] = False
     default_config: ClassVar[dict] = {k: v for k, v in DDPOAgent.default_config.items()
                                       if k not in ("ppo_minibatch", "clip_range")}
-
-    def __init__(self, task, config=None, seed: int = 0):
-        super().__init__(task, config, seed)
-        if int(self.config["num_inner_epochs"]) != 1:
-            raise ValueError(f"DDPO-SF is strictly on-policy: num_inner_epochs must be 1, got "
-                             f"{self.config['num_inner_epochs']}")

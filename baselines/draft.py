@@ -60,6 +60,18 @@ def _repeat_cond(cond, n: int):
     raise TypeError(f"cannot repeat a condition of type {type(cond).__name__} for DRaFT-LV")
 
 
+def resolve_K(K, num_steps: int) -> int:
+    """Number of final steps with gradient: an int in [1, N], or 'all'/None for N."""
+    if K is None or (isinstance(K, str) and K.lower() in ("all", "n", "full")):
+        return num_steps
+    if isinstance(K, str):
+        raise ValueError(f"K must be an integer in [1, num_steps={num_steps}] or 'all', got {K!r}")
+    K = check_positive_int("K", K)
+    if K > num_steps:
+        raise ValueError(f"K must be in [1, num_steps={num_steps}] (or 'all'), got {K}")
+    return K
+
+
 class DRaFTKAgent(OnlineFinetuneAgent):
     """DRaFT-K: reward backprop through the last K sampler steps only."""
 
@@ -73,20 +85,16 @@ class DRaFTKAgent(OnlineFinetuneAgent):
         "checkpoint": True,
     }
 
+    @classmethod
+    def resolve_config(cls, task, overrides):
+        c = super().resolve_config(task, overrides)
+        check_positive_int("train_batch", c["train_batch"])
+        resolve_K(c["K"], int(c["num_steps"]))
+        return c
+
     def __init__(self, task, config=None, seed: int = 0):
         super().__init__(task, config, seed)
-        check_positive_int("train_batch", self.config["train_batch"])
-        self.K = self._resolve_K()
-
-    def _resolve_K(self) -> int:
-        N = self.schedule.num_steps
-        K = self.config["K"]
-        if K is None or (isinstance(K, str) and K.lower() in ("all", "n", "full")):
-            return N
-        K = check_positive_int("K", K)
-        if K > N:
-            raise ValueError(f"K must be in [1, num_steps={N}] (or 'all'), got {K}")
-        return K
+        self.K = resolve_K(self.config["K"], self.schedule.num_steps)
 
     def update_step(self) -> dict[str, float]:
         B = int(self.config["train_batch"])
@@ -126,10 +134,12 @@ class DRaFTLVAgent(OnlineFinetuneAgent):
         "n_lv": 2,
     }
 
-    def __init__(self, task, config=None, seed: int = 0):
-        super().__init__(task, config, seed)
-        check_positive_int("train_batch", self.config["train_batch"])
-        check_positive_int("n_lv", self.config["n_lv"])
+    @classmethod
+    def resolve_config(cls, task, overrides):
+        c = super().resolve_config(task, overrides)
+        check_positive_int("train_batch", c["train_batch"])
+        check_positive_int("n_lv", c["n_lv"])
+        return c
 
     def update_step(self) -> dict[str, float]:
         B = int(self.config["train_batch"])

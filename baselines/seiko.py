@@ -63,13 +63,18 @@ class SEIKOAgent(OnlineFinetuneAgent):
         "checkpoint": True,
     }
 
+    @classmethod
+    def resolve_config(cls, task, overrides):
+        c = super().resolve_config(task, overrides)
+        check_choice("kl_reference", c["kl_reference"], ("previous", "pretrained"))
+        check_choice("truncation", c["truncation"], ("per_step", "none"))
+        check_positive_int("train_batch", c["train_batch"])
+        if not float(c["kl_weight"]) >= 0:
+            raise ValueError(f"kl_weight must be >= 0, got {c['kl_weight']}")
+        return c
+
     def __init__(self, task, config=None, seed: int = 0):
         super().__init__(task, config, seed)
-        check_choice("kl_reference", self.config["kl_reference"], ("previous", "pretrained"))
-        check_choice("truncation", self.config["truncation"], ("per_step", "none"))
-        check_positive_int("train_batch", self.config["train_batch"])
-        if not float(self.config["kl_weight"]) >= 0:
-            raise ValueError(f"kl_weight must be >= 0, got {self.config['kl_weight']}")
         self.kl_model = self.reference
 
     def start_round(self) -> None:
