@@ -60,6 +60,7 @@ class OnlineFinetuneAgent(DiffusionAgent):
             self.policy.requires_grad_(True)
         self.policy.train()
         self.proxy = None
+        self.feature_data: list[Tensor] = []  # proxy features of every observed design, (n_i, F) each
         self.reward_offset: Optional[float] = None
         self.reward_scale: Optional[float] = None
         self.round = 0
@@ -110,15 +111,22 @@ class OnlineFinetuneAgent(DiffusionAgent):
     def proxy_config(self) -> dict:
         return {k: v for k, v in self.config.items() if k.startswith(("proxy", "osm_"))}
 
+    def observe(self, designs: Tensor, values: Tensor) -> None:
+        """Store proxy features (not designs: 15k SD images would be ~48 GB) and observed values."""
+        bs = int(self.config["sample_batch"])
+        with torch.no_grad():
+            feats = torch.cat([self.task.features(designs[i:i + bs].float()).detach().cpu()
+                               for i in range(0, len(designs), bs)])
+        self.feature_data.append(feats)
+        self.values.append(torch.as_tensor(values, dtype=torch.float64).cpu())
+
     def refit_proxy(self) -> dict[str, float]:
         from sqdf_bbo.proxy import fit_proxy
 
-        designs, values = self.dataset
+        feats, values = torch.cat(self.feature_data), torch.cat(self.values)
         if self.reward_scale is None:
             self.reward_offset = float(values.mean())
             self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
-        with torch.no_grad():
-            feats = self.task.features(designs.float())
         self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
                                       generator=self.generator)
         self.proxy.eval().requires_grad_(False)
