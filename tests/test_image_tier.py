@@ -295,3 +295,21 @@ def test_render_writes_png(task, patches, tmp_path):
     assert im.format == "PNG" and im.size[0] > 100
     with pytest.raises(ValueError, match="expects designs of shape"):
         task.render(torch.rand(2, 3, 8, 8), str(p))
+
+
+def test_consistency_model_committed(task, unet):
+    """The committed CM loads (sha256 + teacher check), is found for the task's grid, rejected for others,
+    and one call gives a clean-latent estimate of the right shape."""
+    from sqdf_bbo.consistency import find_consistency_model
+    from sqdf_bbo.diffusion import DDIMSchedule
+
+    n = task.info.defaults["num_steps"]
+    cm, reason = find_consistency_model(task.info, unet, n)
+    assert cm is not None, reason
+    assert cm.num_steps == n and not any(p.requires_grad for p in cm.parameters())
+    none, why = find_consistency_model(task.info, unet, n + 5)
+    assert none is None and "distilled for" in why
+    sch = DDIMSchedule.from_scheduler(unet.scheduler, n, 1.0)
+    x = torch.randn(2, 3, S, S)
+    out = cm(x, sch.timestep_batch(n // 2, 2))
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -180,7 +180,7 @@ def load_consistency_unet(name: str = DEFAULT_NAME, weights_dir: Optional[str | 
 
 
 def distill_unet(name: str, steps: int, batch: int, num_steps: int, lr: float, ema: float, seed: int,
-                 n_train: int, max_minutes: float, command: str) -> dict:
+                 n_train: int, command: str) -> dict:
     """Consistency distillation of the committed PixelUNet ``name`` on natural training patches."""
     from sqdf_bbo.consistency import distill_consistency, evaluate_consistency
     from sqdf_bbo.data import build_patches
@@ -217,16 +217,14 @@ def sample_images(model: PixelUNet, n: int, num_steps: int = 20, eta: float = 1.
 
 
 def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), seed: int = 0,
-                  grid: str = "", weights_dir: Optional[Path] = None) -> dict:
+                  grid: str = "") -> dict:
     """Fréchet distance (oracle phi features, see tasks/image.py) of n samples vs held-out patches, per
     number of DDIM steps, with data-vs-data and baseline references; optionally a sample grid PNG."""
     from sqdf_bbo.data import build_patches
     from sqdf_bbo.tasks.image import AestheticTask
 
-    model = load_pretrained_unet(name, weights_dir)
-    task = AestheticTask(unet=name) if weights_dir is None else None
-    if task is None:
-        raise ValueError("evaluate_unet needs the committed weights directory")
+    model = load_pretrained_unet(name)
+    task = AestheticTask(unet=name)  # its FD / denoising loss / oracle read the committed weights
     res: dict[str, Any] = {"fd_samples": n, "fd_space": "RandAesthetic phi, z-scored, 512-d; ref = 5000 held-out patches"}
     t0 = time.time()
     for k in steps:
@@ -238,7 +236,7 @@ def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), se
             Path(grid).parent.mkdir(parents=True, exist_ok=True)
             real = build_patches(64, model.latent_shape[-1], "heldout", seed=seed + 1)
             task.render(x[:64], grid, title=f"{name}: DDIM-{k} (eta 1) samples, FD {res[f'fd_ddim{k}']:.1f}",
-                        reference=real)
+                        reference=real, reference_label="held-out natural patches")
     real = build_patches(n, model.latent_shape[-1], "heldout", seed=seed + 1)
     res["fd_heldout_patches"] = round(task.frechet_distance(real), 3)
     res["fd_train_patches"] = round(task.frechet_distance(build_patches(n, model.latent_shape[-1], "train", seed=seed + 2)), 3)
@@ -280,13 +278,14 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
     out = Path(args.out)
     if args.distill:
         rec = distill_unet(name, args.steps, args.batch, args.cm_num_steps, args.cm_lr, args.cm_ema, args.seed,
-                           args.n_train, args.max_minutes,
+                           args.n_train,
                            "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
         print(json.dumps(rec, indent=2), flush=True)
         return rec
     if args.eval_only:
-        res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid,
-                            None if out.resolve() == WEIGHTS_DIR else out)
+        if out.resolve() != WEIGHTS_DIR:
+            raise SystemExit(f"error: --eval-only works on the committed weights in {WEIGHTS_DIR}, not --out {out}")
+        res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid)
         js = _paths(name, out)[1]
         meta = json.loads(js.read_text())
         meta["sample_quality"] = dict(res, command="python -m sqdf_bbo.pretrain image " + " ".join(

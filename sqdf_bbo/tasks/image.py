@@ -189,14 +189,14 @@ class ImageTask(Task):
     vendi_bandwidth: Optional[float] = None  # cosine kernel on z-scored phi features
 
     def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
-               max_images: int = 64) -> None:
+               max_images: int = 64, reference_label: str = "pretrained") -> None:
         """PNG grid of up to ``max_images`` designs (and of ``reference`` designs beside them, if given)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = [("samples", designs)] + ([("pretrained", reference)] if reference is not None else [])
+        panels = [("samples", designs)] + ([(reference_label, reference)] if reference is not None else [])
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
         for ax, (name, d) in zip(axes[0], panels):
             ax.imshow(image_grid(self._check(d)[:max_images]), interpolation="nearest")
