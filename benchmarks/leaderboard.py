@@ -123,7 +123,7 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
         rr = _read_rounds(d / "rounds.jsonl")
         row = {k: v for k, v in fin.items() if _scalar(v)}
         row.update({"budget": int(fin["budget"]), "seed": int(fin["seed"]), "run_dir": str(d),
-                    "config_hash": config_hash(cfg),
+                    "config_hash": config_hash(cfg), "git_commit": (cfg.get("git_commit") or "")[:7],
                     "tier": info.get("tier"), "optimal_value": info.get("optimal_value"),
                     "round0_eval_reward": rr[0].get("eval_reward")})
         finals.append(row)
@@ -158,7 +158,7 @@ def _scalar(v) -> bool:
 
 def extra_metric_keys(finals: pd.DataFrame) -> list[str]:
     """Task-specific numeric keys (naturalness, eval extras) present in final.json, sorted."""
-    skip = CORE_KEYS | {"tier", "optimal_value", "round0_eval_reward", "config_hash"}
+    skip = CORE_KEYS | {"tier", "optimal_value", "round0_eval_reward", "config_hash", "git_commit"}
     return sorted(c for c in finals.columns
                   if c not in skip and pd.api.types.is_numeric_dtype(finals[c]))
 
@@ -225,6 +225,7 @@ def build_leaderboard(finals: pd.DataFrame, rounds: pd.DataFrame, reps: int = st
         for m in ("top10", "path_kl", "vendi", "mean_pairwise_distance", *extras):
             row[f"{m}_mean"] = _mean(g[m]) if m in g else math.nan
         row["config_hash"] = " ".join(sorted(g["config_hash"].unique()))
+        row["git_commits"] = " ".join(sorted(c for c in g["git_commit"].unique() if c))
         row["queries_used"] = _mean(g["queries_used"]) if "queries_used" in g else math.nan
         row["wall_time_s_mean"] = _mean(g["wall_time_s"]) if "wall_time_s" in g else math.nan
         row["peak_mem_mb_max"] = float(pd.to_numeric(g["peak_mem_mb"]).max()) if "peak_mem_mb" in g else math.nan
