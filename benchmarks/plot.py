@@ -243,10 +243,20 @@ def plot_sample_grid(finals: pd.DataFrame, task: str, out: Path) -> Optional[Pat
 
 
 def make_all(roots: Sequence[str | Path], out: str | Path, all_samples: bool = False,
-             on_duplicate: str = "error") -> list[Path]:
-    """Every figure for the finished runs under ``roots``; returns the written paths."""
+             on_duplicate: str = "error", min_seeds: int = 1) -> list[Path]:
+    """Every figure for the finished runs under ``roots``; returns the written paths.
+
+    (task, method, budget) cells with fewer than ``min_seeds`` finished seeds are left out.
+    """
     out = Path(out)
     finals, rounds = load_runs(roots, on_duplicate)
+    if min_seeds > 1:
+        n = finals.groupby(["task", "method", "budget"])["seed"].transform("nunique")
+        finals = finals[n >= min_seeds]
+        keep = set(zip(finals["task"], finals["method"], finals["budget"]))
+        rounds = rounds[[k in keep for k in zip(rounds["task"], rounds["method"], rounds["budget"])]]
+        if finals.empty:
+            raise LeaderboardError(f"no (task, method, budget) has {min_seeds} finished seeds")
     budgets = sorted(int(b) for b in rounds["budget"].unique())
     written: list[Path] = []
     for b in budgets:
@@ -270,9 +280,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--all-samples", action="store_true", help="sample grids for synthetic tasks too")
     p.add_argument("--on-duplicate", choices=("error", "first"), default="error",
                    help="two folders for one (task, method, budget, seed): error, or keep the first root's")
+    p.add_argument("--min-seeds", type=int, default=1, help="leave out cells with fewer finished seeds")
     args = p.parse_args(argv)
     try:
-        written = make_all(args.runs, args.out, args.all_samples, args.on_duplicate)
+        written = make_all(args.runs, args.out, args.all_samples, args.on_duplicate, args.min_seeds)
     except LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

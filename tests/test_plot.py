@@ -64,6 +64,8 @@ def test_cli_two_budgets_and_all_samples(tmp_path, capsys):
         _check_png(tmp_path / "res" / name, min_w=250)
 
 
-def test_cli_error_on_empty_folder(tmp_path, capsys):
+def test_cli_error_on_empty_folder_and_min_seeds(fake_runs, tmp_path, capsys):
     assert plot.main([str(tmp_path), "--out", str(tmp_path / "res")]) == 2
     assert "no finished run" in capsys.readouterr().err
+    assert plot.main([str(fake_runs), "--out", str(tmp_path / "res"), "--min-seeds", "4"]) == 2
+    assert "no (task, method, budget) has 4 finished seeds" in capsys.readouterr().err
