@@ -297,6 +297,10 @@ class Run:
             return json.loads((self.dir / "final.json").read_text())
         if args.resume and self.ckpt.exists():
             st = torch.load(self.ckpt, weights_only=False)
+            now = _git_commit()
+            if st.get("code_commit") and now and st["code_commit"] != now:
+                print(f"warning: checkpoint written at commit {st['code_commit'][:10]}, code is at {now[:10]}; "
+                      "resuming pickled agents across code changes can fail or differ", file=sys.stderr)
             agent = st.pop("agent")
             rng = st.pop("rng")
             torch.set_rng_state(rng["torch"])
@@ -310,7 +314,8 @@ class Run:
             env.reset(seed=args.seed)
             atomic_write_json(self.dir / "config.json", self.config_record())
             agent = self.agent_cls(task.info, self.agent_overrides, args.seed)
-            st = {"next_round": 0, "queries": [], "rounds": [], "wall_s": 0.0, "env": env.get_state()}
+            st = {"next_round": 0, "queries": [], "rounds": [], "wall_s": 0.0, "env": env.get_state(),
+                  "code_commit": _git_commit()}
             t0 = time.time()
             ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
             st["reference_designs"] = designs0
