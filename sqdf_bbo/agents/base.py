@@ -92,15 +92,16 @@ class DiffusionAgent(Agent):
     def reference_eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         return self.reference(x, t, cond)
 
-    def sample(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
+    def sample(self, n: int, generator: torch.Generator, cond: Any = None, eps_fn=None, **kw) -> Trajectory:
         """n trajectories from the current policy (no grad unless ``grad=True`` is passed); ``cond``
-        overrides the training conditions (the harness passes held-out evaluation prompts)."""
+        overrides the training conditions (the harness passes held-out evaluation prompts); ``eps_fn``
+        replaces :meth:`policy_eps` (e.g. an equivalent merged-LoRA copy of the policy)."""
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
         shape = tuple(self.reference.latent_shape)
         param = next(self.reference.parameters())
         x0 = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)
-        return sample_trajectory(self.policy_eps, self.schedule, x0, cond=cond, generator=generator, **kw)
+        return sample_trajectory(eps_fn or self.policy_eps, self.schedule, x0, cond=cond, generator=generator, **kw)
 
     def sample_batched(self, n: int, generator: torch.Generator, **kw) -> list[Trajectory]:
         """n trajectories in chunks of ``sample_batch`` (keyword arguments go to :meth:`sample`)."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from sqdf_bbo.agents.base import DiffusionAgent
-from sqdf_bbo.diffusion import Trajectory, sample_trajectory
+from sqdf_bbo.diffusion import Trajectory
 from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
@@ -84,14 +84,8 @@ class OnlineFinetuneAgent(DiffusionAgent):
         return merged.eval().requires_grad_(False)
 
     def _sample_with(self, pol, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
-        if pol is self.policy:
-            return super().sample(n, generator, cond=cond, **kw)
-        if cond is None and self.task.sample_conditions:
-            cond = self.task.sample_conditions(n, generator)
-        param = next(self.reference.parameters())
-        x0 = torch.randn((n, *tuple(self.reference.latent_shape)), generator=generator,
-                         dtype=param.dtype).to(param.device)
-        return sample_trajectory(pol, self.schedule, x0, cond=cond, generator=generator, **kw)
+        eps_fn = None if pol is self.policy else pol
+        return DiffusionAgent.sample(self, n, generator, cond=cond, eps_fn=eps_fn, **kw)
 
     def sample(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
         """As DiffusionAgent.sample; no-grad sampling goes through :meth:`sampling_policy`."""
