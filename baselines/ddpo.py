@@ -120,6 +120,7 @@ class DDPOAgent(OnlineFinetuneAgent):
         "adv_clip_max": 5.0,
         "timestep_fraction": 1.0,
     }
+    PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "ppo_minibatch")
 
     @classmethod
     def resolve_config(cls, task, overrides):
@@ -152,7 +153,12 @@ class DDPOAgent(OnlineFinetuneAgent):
                 log_prob(traj.latents[:, k + 1], traj.means[:, k], self.schedule.step_std(k, traj.means[:, k]),
                          reduction="mean") for k in range(N)], dim=1)
             r = self.reward(traj.final)
-        adv = normalise_advantages(r.double(), float(self.config["adv_clip_max"])).to(r.dtype)
+        dp = getattr(self, "dp", None)
+        if dp is not None and dp.distributed:  # normalise over the union batch of all processes
+            adv_all = normalise_advantages(dp.gather(r.double()), float(self.config["adv_clip_max"]))
+            adv = dp.shard(adv_all).to(r.dtype)
+        else:
+            adv = normalise_advantages(r.double(), float(self.config["adv_clip_max"])).to(r.dtype)
         return {"latents": traj.latents, "cond": traj.cond, "logp_old": lp_old, "reward": r, "adv": adv}
 
     def step_order(self, n: int) -> Tensor:
@@ -203,3 +209,4 @@ class DDPOSFAgent(DDPOAgent):
     importance_sampling: ClassVar[bool] = False
     default_config: ClassVar[dict] = {k: v for k, v in DDPOAgent.default_config.items()
                                       if k not in ("ppo_minibatch", "clip_range")}
+    PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch",)

@@ -107,7 +107,19 @@ class DataParallel:
             return
         with torch.no_grad():
             for p in params:
-                self._dist().broadcast(p.data, src=src)
+                data = p.data
+                buf = data.to(self.device)  # NCCL needs device tensors; gloo takes CPU ones
+                self._dist().broadcast(buf, src=src)
+                if buf.data_ptr() != data.data_ptr():
+                    data.copy_(buf)
+
+    def broadcast_object(self, obj, src: int = 0):
+        """Process ``src``'s picklable ``obj`` on every process (e.g. the oracle's answers)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        self._dist().broadcast_object_list(box, src=src)
+        return box[0]
 
     def gather(self, x: Tensor) -> Tensor:
         """Concatenate each process's ``x`` (first dims may differ by process) in rank order, on every process."""
@@ -150,4 +162,14 @@ class DataParallel:
             self._dist().barrier()
 
 
-__all__ = ["DataParallel"]
+def data_parallel_from_env() -> Optional[DataParallel]:
+    """A :class:`DataParallel` when launched as several processes (``WORLD_SIZE`` > 1, as set by
+    ``accelerate launch``/``torchrun``/accelerate's ``debug_launcher``), else None (no accelerate state)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return DataParallel(cpu=not torch.cuda.is_available())
+
+
+__all__ = ["DataParallel", "data_parallel_from_env"]

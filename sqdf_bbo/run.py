@@ -9,6 +9,11 @@ settings (``rounds``, ``round_sizes``, ``n_eval``, ``batch_size``). The run fold
 pretrained model before any query), queries.csv (every design), final.json, samples.png and
 checkpoint/state.pt. Every write is atomic; ``--resume`` continues from the last finished round and
 reproduces an uninterrupted run exactly.
+
+Data parallelism over P processes/GPUs for one run (``sqdf_bbo.distributed``):
+``accelerate launch --multi_gpu --num_processes P -m sqdf_bbo.run ...`` (or ``torchrun``). Every
+process holds the model; each samples 1/P of every proposal and training batch, gradients are averaged
+before each step; process 0 alone queries the oracle, evaluates and writes the run folder.
 """
 from __future__ import annotations
 
@@ -225,7 +230,12 @@ class Run:
         from sqdf_bbo.agents import resolve_method
         from sqdf_bbo.tasks import make_task
 
+        from sqdf_bbo.distributed import data_parallel_from_env
+
         self.args = args
+        self.dp = data_parallel_from_env()  # None unless launched as several processes
+        self.rank = 0 if self.dp is None else self.dp.rank
+        self.world_size = 1 if self.dp is None else self.dp.world_size
         self.agent_overrides, self.task_overrides, run_overrides = parse_sets(args.sets)
         self.task = make_task(args.task, **self.task_overrides)
         self.agent_cls = resolve_method(args.method)
@@ -248,7 +258,7 @@ class Run:
         out = Path(self.args.out)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write_probe"
+            probe = self.dir / f".write_probe{self.rank}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
@@ -267,6 +277,7 @@ class Run:
             "agent": self.agent_config, "task_overrides": self.task_overrides,
             "task_info": {"tier": self.task.info.tier, "design_shape": list(self.task.info.design_shape),
                           "noise_std": self.task.noise_std, "optimal_value": self.task.optimal_value},
+            **({"world_size": self.world_size} if self.world_size > 1 else {}),
             "versions": _versions(), "git_commit": _git_commit(),
             "command": "python -m sqdf_bbo.run " + " ".join(sys.argv[1:]),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -280,10 +291,40 @@ class Run:
         atomic_write_text(self.dir / "queries.csv", buf.getvalue())
         atomic_write_text(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in st["rounds"]))
 
+    @staticmethod
+    def _rng_state() -> dict:
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+    def _agent_file(self, next_round: int, rank: int) -> Path:
+        return self.ckpt.parent / f"agent_rank{rank}_round{next_round}.pt"
+
     def save_checkpoint(self, st: dict, agent) -> None:
-        st = dict(st, agent=agent, rng={"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                        "python": random.getstate()})
-        atomic_torch_save(self.ckpt, st)
+        """state.pt holds everything; with P > 1 processes each process's agent and RNG state go to
+        agent_rank{r}_round{R}.pt first, and state.pt (written last, by process 0) names round R."""
+        if self.dp is None:
+            atomic_torch_save(self.ckpt, dict(st, agent=agent, rng=self._rng_state()))
+            return
+        R = st["next_round"]
+        atomic_torch_save(self._agent_file(R, self.rank), {"agent": agent, "rng": self._rng_state()})
+        self.dp.barrier()
+        if self.rank == 0:
+            atomic_torch_save(self.ckpt, dict(st, world_size=self.world_size))
+        self.dp.barrier()
+        for old in self.ckpt.parent.glob(f"agent_rank{self.rank}_round*.pt"):
+            if old != self._agent_file(R, self.rank):
+                old.unlink()
+
+    def load_checkpoint(self) -> tuple[dict, Any, dict]:
+        """(run state, agent, RNG states) of the last finished round."""
+        st = torch.load(self.ckpt, weights_only=False)
+        saved_world = int(st.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise CLIError(f"run folder {str(self.dir)!r} was started with {saved_world} process(es); "
+                           f"resume it with {saved_world}, not {self.world_size}")
+        if self.dp is None:
+            return st, st.pop("agent"), st.pop("rng")
+        part = torch.load(self._agent_file(st["next_round"], self.rank), weights_only=False)
+        return st, part["agent"], part["rng"]
 
     # -- main loop --
     def execute(self, progress: bool = True) -> dict:
@@ -295,14 +336,15 @@ class Run:
         env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"])
         if args.resume and (self.dir / "final.json").exists():
             return json.loads((self.dir / "final.json").read_text())
+        main = self.rank == 0
         if args.resume and self.ckpt.exists():
-            st = torch.load(self.ckpt, weights_only=False)
+            st, agent, rng = self.load_checkpoint()
             now = _git_commit()
-            if st.get("code_commit") and now and st["code_commit"] != now:
+            if main and st.get("code_commit") and now and st["code_commit"] != now:
                 print(f"warning: checkpoint written at commit {st['code_commit'][:10]}, code is at {now[:10]}; "
                       "resuming pickled agents across code changes can fail or differ", file=sys.stderr)
-            agent = st.pop("agent")
-            rng = st.pop("rng")
+            if self.dp is not None:
+                agent.attach_data_parallel(self.dp)
             torch.set_rng_state(rng["torch"])
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
@@ -312,20 +354,27 @@ class Run:
             np.random.seed(args.seed)
             random.seed(args.seed)
             env.reset(seed=args.seed)
-            atomic_write_json(self.dir / "config.json", self.config_record())
+            if main:
+                atomic_write_json(self.dir / "config.json", self.config_record())
             agent = self.agent_cls(task.info, self.agent_overrides, args.seed)
+            if self.dp is not None:
+                if not hasattr(agent, "attach_data_parallel"):
+                    raise CLIError(f"method {args.method!r} does not support several processes "
+                                   "(it has no attach_data_parallel); launch it as one process")
+                agent.attach_data_parallel(self.dp)
             st = {"next_round": 0, "queries": [], "rounds": [], "wall_s": 0.0, "env": env.get_state(),
                   "code_commit": _git_commit()}
             t0 = time.time()
-            ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
-            st["reference_designs"] = designs0
-            st["rounds"].append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
-                                 "round_wall_s": time.time() - t0, "train": {}})
+            if main:
+                ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
+                st["reference_designs"] = designs0
+                st["rounds"].append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
+                                     "round_wall_s": time.time() - t0, "train": {}})
+                self.write_logs(st)
             st["wall_s"] += time.time() - t0
-            self.write_logs(st)
             self.save_checkpoint(st, agent)
 
-        bar = tqdm(total=args.budget, initial=len(st["queries"]), unit="query", disable=not progress,
+        bar = tqdm(total=args.budget, initial=len(st["queries"]), unit="query", disable=not (progress and main),
                    desc=f"{args.task}/{args.method}", dynamic_ncols=True)
         for r in range(st["next_round"], len(self.sizes)):
             t0 = time.time()
@@ -334,56 +383,75 @@ class Run:
             gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
             designs = agent.propose(n, gen)
             designs = self._check_designs(designs, n)
-            observed = []
-            bs = self.run_cfg["batch_size"]
-            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: querying")
-            for i in range(0, n, bs):
-                _, _, _, _, info = env.step(designs[i:i + bs].numpy())
-                observed.append(np.asarray(info["values"], dtype=np.float64))
-                bar.update(len(observed[-1]))
-            observed = np.concatenate(observed)
-            true = task.evaluate_true(designs).numpy()
-            extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
-            start = len(st["queries"])
-            flat = designs.reshape(n, -1).double().numpy() if task.info.tier == "synthetic" else None
-            for i in range(n):
-                row = {"round": r + 1, "query_index": start + i, "observed": float(observed[i]),
-                       "true": float(true[i])}
-                row.update({k: float(v[i]) for k, v in extras.items()})
-                if flat is not None:
-                    row.update({f"x{j}": float(flat[i, j]) for j in range(flat.shape[1])})
-                st["queries"].append(row)
-            if flat is None:  # images: keep every design as uint8 beside the CSV
-                self._save_image_designs(designs, r + 1)
-            best = max(q["true"] for q in st["queries"])
+            observed = None
+            if main:  # process 0 alone spends the budget; the others get its answers
+                observed = self._query(env, designs, st, r, bar)
+            if self.dp is not None:
+                observed = self.dp.broadcast_object(observed)
+            best = max(q["true"] for q in st["queries"]) if main else float("nan")
             bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
             agent.observe(designs, torch.from_numpy(observed))
             train_stats = agent.improve() or {}
-            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: evaluating, best {best:.4g}")
-            ev, designs_eval = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
-            summary = curve_summary(np.array([q["true"] for q in st["queries"]]), args.budget)
-            summary["best_observed"] = float(max(q["observed"] for q in st["queries"]))
-            st["wall_s"] += time.time() - t0
-            st["rounds"].append({"round": r + 1, "round_size": n, **summary, **ev,
-                                 "round_wall_s": time.time() - t0,
-                                 "train": {k: _num(v) for k, v in train_stats.items()}})
             st["next_round"] = r + 1
-            st["env"] = env.get_state()
-            st["last_designs"] = designs_eval
-            self._render(designs_eval, st.get("reference_designs"), r + 1)
-            self.write_logs(st)
+            st["wall_s"] += time.time() - t0
+            if main:
+                bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: evaluating, best {best:.4g}")
+                t_eval = time.time()
+                ev, designs_eval = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
+                summary = curve_summary(np.array([q["true"] for q in st["queries"]]), args.budget)
+                summary["best_observed"] = float(max(q["observed"] for q in st["queries"]))
+                st["wall_s"] += time.time() - t_eval
+                st["rounds"].append({"round": r + 1, "round_size": n, **summary, **ev,
+                                     "round_wall_s": time.time() - t0,
+                                     "train": {k: _num(v) for k, v in train_stats.items()}})
+                st["env"] = env.get_state()
+                st["last_designs"] = designs_eval
+                self._render(designs_eval, st.get("reference_designs"), r + 1)
+                self.write_logs(st)
             self.save_checkpoint(st, agent)
             if os.environ.get("SQDF_BBO_CRASH_AFTER_ROUND") == str(r + 1):  # test hook: simulate a kill
                 bar.close()
                 os._exit(17)
         bar.close()
+        if not main:
+            self.dp.barrier()  # process 0 writes final.json
+            return json.loads((self.dir / "final.json").read_text())
         final = {"task": args.task, "method": args.method, "seed": args.seed, "budget": args.budget,
                  **{k: v for k, v in st["rounds"][-1].items() if k not in ("train", "round_size")},
                  "rounds": len(self.sizes), "wall_time_s": st["wall_s"], "peak_mem_mb": _peak_mem_mb(),
                  "run_dir": str(self.dir)}
         final.pop("round_wall_s", None)
+        if self.world_size > 1:
+            final["world_size"] = self.world_size
         atomic_write_json(self.dir / "final.json", final)
+        if self.dp is not None:
+            self.dp.barrier()
         return final
+
+    def _query(self, env, designs: torch.Tensor, st: dict, r: int, bar) -> np.ndarray:
+        """Query the oracle through the budgeted env in batches; log every query; (n,) observed values."""
+        task, n, bs = self.task, len(designs), self.run_cfg["batch_size"]
+        observed = []
+        bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: querying")
+        for i in range(0, n, bs):
+            _, _, _, _, info = env.step(designs[i:i + bs].numpy())
+            observed.append(np.asarray(info["values"], dtype=np.float64))
+            bar.update(len(observed[-1]))
+        observed = np.concatenate(observed)
+        true = task.evaluate_true(designs).numpy()
+        extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
+        start = len(st["queries"])
+        flat = designs.reshape(n, -1).double().numpy() if task.info.tier == "synthetic" else None
+        for i in range(n):
+            row = {"round": r + 1, "query_index": start + i, "observed": float(observed[i]),
+                   "true": float(true[i])}
+            row.update({k: float(v[i]) for k, v in extras.items()})
+            if flat is not None:
+                row.update({f"x{j}": float(flat[i, j]) for j in range(flat.shape[1])})
+            st["queries"].append(row)
+        if flat is None:  # images: keep every design as uint8 beside the CSV
+            self._save_image_designs(designs, r + 1)
+        return observed
 
     def _eval_gen(self) -> torch.Generator:
         # the same eval noise every round (common random numbers across rounds and methods)
@@ -437,7 +505,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (CLIError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    final = run.execute(progress=not args.no_progress)
+    try:
+        final = run.execute(progress=not args.no_progress)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if run.rank != 0:
+        return 0
     keys = ("eval_reward", "best_so_far", "path_kl", "vendi", "wall_time_s")
     print(json.dumps({k: final.get(k) for k in keys}), file=sys.stdout)
     print(f"run folder: {run.dir}", file=sys.stdout)

@@ -67,6 +67,9 @@ class DiffusionAgent(Agent):
     """
 
     default_config: ClassVar[dict] = {"num_steps": 50, "eta": 1.0, "sample_batch": 256}
+    #: config keys counting samples per update or rollout; under data parallelism over P processes
+    #: each process uses 1/P of the value, so the union over processes is the configured value
+    PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
@@ -109,8 +112,48 @@ class DiffusionAgent(Agent):
         return [self.sample(min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
 
     def propose(self, n: int, generator: torch.Generator) -> Tensor:
+        dp = getattr(self, "dp", None)
+        if dp is None or not dp.distributed:
+            return self._propose_local(n, generator)
+        # every process draws the same seed from the harness's generator, then its own noise from it
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        return dp.sample_sharded(lambda m: self._propose_local(m, dp.local_generator(seed)), n)
+
+    def _propose_local(self, n: int, generator: torch.Generator) -> Tensor:
+        if n == 0:
+            return torch.empty((0, *self.task.design_shape))
         with torch.no_grad():
             return torch.cat([self.policy.decode(tr.final) for tr in self.sample_batched(n, generator)])
+
+    # ---- data parallelism (sqdf_bbo.distributed) ---------------------------------------------------
+    def attach_data_parallel(self, dp) -> None:
+        """Join a data-parallel run of ``dp.world_size`` processes (see sqdf_bbo.distributed).
+
+        Divides every :attr:`PER_PROCESS_KEYS` value by P (it must divide evenly) and gives this
+        process its own generator (seed * P + rank), so the processes' samples together form the
+        configured batch. Called again on an agent restored from a checkpoint, it only re-links ``dp``.
+        """
+        self.dp = dp
+        done = getattr(self, "dp_world_size", None)
+        if done is not None:
+            if (done, self.dp_rank) != (dp.world_size, dp.rank):
+                raise ValueError(f"this agent was set up as rank {self.dp_rank} of {done} processes; it cannot "
+                                 f"continue as rank {dp.rank} of {dp.world_size} (relaunch with {done} processes)")
+            return
+        P = dp.world_size
+        for key in self.PER_PROCESS_KEYS:
+            v = int(self.config[key])
+            if v % P:
+                raise ValueError(f"{key}={v} must be divisible by the number of processes {P} "
+                                 "(each process takes an equal share)")
+            self.config[key] = v // P
+        self.generator = dp.local_generator(self.seed)
+        self.dp_world_size, self.dp_rank = P, dp.rank
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("dp", None)  # process-group handles do not pickle; the runner re-attaches
+        return state
 
     def observe(self, designs: Tensor, values: Tensor) -> None:
         self.designs.append(designs.detach().cpu())

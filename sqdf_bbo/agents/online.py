@@ -124,6 +124,9 @@ class OnlineFinetuneAgent(DiffusionAgent):
         self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
                                       generator=self.generator)
         self.proxy.eval().requires_grad_(False)
+        dp = getattr(self, "dp", None)
+        if dp is not None:  # one proxy for all processes: rank 0's (its stats are the ones logged)
+            dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
         return stats
 
     def reward_of_designs(self, designs: Tensor) -> Tensor:
@@ -143,8 +146,23 @@ class OnlineFinetuneAgent(DiffusionAgent):
         return torch.optim.AdamW(self.trainable_parameters(), lr=float(self.config["lr"]),
                                  betas=(0.9, 0.999), eps=1e-8, weight_decay=float(self.config["weight_decay"]))
 
+    PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch",)
+
+    def attach_data_parallel(self, dp) -> None:
+        """As DiffusionAgent's, and start every process from rank 0's trainable weights."""
+        fresh = getattr(self, "dp_world_size", None) is None
+        super().attach_data_parallel(dp)
+        if fresh:
+            dp.broadcast_parameters(self.trainable_parameters())
+
     def clip_and_step(self) -> float:
-        """Clip the global grad norm to ``max_grad_norm``, step, zero grads; returns the pre-clip norm."""
+        """Clip the global grad norm to ``max_grad_norm``, step, zero grads; returns the pre-clip norm.
+
+        Under data parallelism the gradients are first averaged over processes (each process's loss
+        is a mean over its equal share), so every process takes the same step."""
+        dp = getattr(self, "dp", None)
+        if dp is not None:
+            dp.all_reduce_grads(self.trainable_parameters())
         norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), float(self.config["max_grad_norm"]))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -39,6 +39,7 @@ P ∝ γ^{N-1-k} and counts it in ``per_fallbacks``.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Any, ClassVar, Optional
 
@@ -179,6 +180,19 @@ class SQDFAgent(OnlineFinetuneAgent):
             self.buffer = TrajectoryBuffer(int(c["buffer_size"]), self.schedule.num_steps,
                                            self.reference.latent_shape, storage=c["buffer_storage"],
                                            directory=c["buffer_dir"], per_fallback="uniform")
+
+    PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "on_policy_batch", "buffer_size")
+
+    def attach_data_parallel(self, dp) -> None:
+        """As the base class's; each process keeps its own buffer of 1/P of ``buffer_size``."""
+        fresh = getattr(self, "dp_world_size", None) is None
+        super().attach_data_parallel(dp)
+        if fresh and self.buffer is not None:
+            c = self.config
+            directory = None if c["buffer_dir"] is None else os.path.join(str(c["buffer_dir"]), f"rank{dp.rank}")
+            self.buffer = TrajectoryBuffer(int(c["buffer_size"]), self.schedule.num_steps,
+                                           self.reference.latent_shape, storage=c["buffer_storage"],
+                                           directory=directory, per_fallback="uniform")
 
     # ---- pieces of the loss ------------------------------------------------------------------------
     def kl_reference_eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:

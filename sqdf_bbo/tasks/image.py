@@ -89,6 +89,27 @@ def jpeg_kb(images: Tensor, quality: int = JPEG_QUALITY) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def render_image_panels(designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
+                        reference_label: str = "pretrained", ncol: int = 8) -> None:
+    """A PNG with a grid of ``designs`` (B, 3, H, W) in [0, 1] and, if given, a grid of ``reference`` beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("samples", designs)] + ([(reference_label, reference)] if reference is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    for ax, (name, d) in zip(axes[0], panels):
+        ax.imshow(image_grid(d, ncol=ncol), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
 def image_grid(images: Tensor, ncol: int = 8, pad: int = 1) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> (rows*(H+pad)+pad, ncol*(W+pad)+pad, 3) float array, white padding."""
     x = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
@@ -191,22 +212,8 @@ class ImageTask(Task):
     def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
                max_images: int = 64, reference_label: str = "pretrained") -> None:
         """PNG grid of up to ``max_images`` designs (and of ``reference`` designs beside them, if given)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        panels = [("samples", designs)] + ([(reference_label, reference)] if reference is not None else [])
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
-        for ax, (name, d) in zip(axes[0], panels):
-            ax.imshow(image_grid(self._check(d)[:max_images]), interpolation="nearest")
-            ax.set_title(name, fontsize=9)
-            ax.axis("off")
-        if title:
-            fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, format="png")
-        plt.close(fig)
+        render_image_panels(self._check(designs)[:max_images], path, title,
+                            None if reference is None else self._check(reference)[:max_images], reference_label)
 
 
 def _load_backbone(name: str):

@@ -206,19 +206,14 @@ class AestheticSDTask(Task):
             return torch.cat([self.embedder(c.to(self.device).float()).double().cpu()
                               for c in torch.as_tensor(designs).split(int(self.cfg["eval_batch"]))])
 
-    def render(self, designs: Tensor, path: str, title: str = "") -> None:
-        """A PNG grid of up to 16 images."""
-        from PIL import Image
+    def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
+               max_images: int = 16) -> None:
+        """A PNG grid of up to ``max_images`` images (4 per row), and the pretrained model's beside them."""
+        from sqdf_bbo.tasks.image import render_image_panels
 
-        x = torch.as_tensor(designs)[:16].float().clamp(0, 1)
-        n, _, h, w = x.shape
-        cols = min(4, n)
-        rows = (n + cols - 1) // cols
-        grid = torch.ones(3, rows * h, cols * w)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = x[i]
-        Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+        x = torch.as_tensor(designs)[:max_images].float()
+        ref = None if reference is None else torch.as_tensor(reference)[:max_images].float()
+        render_image_panels(x, path, title, ref, ncol=4)
 
 
 def make_aesthetic_sd(**overrides) -> AestheticSDTask:
