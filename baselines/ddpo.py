@@ -8,8 +8,10 @@ is one DDPO *epoch*:
 1. sample ``train_batch`` trajectories from θ_old without grad, storing every x_k and ℓ_old(k) (the same
    ``schedule.mean``/``log_prob`` code that training uses, so the first minibatch has ratio 1);
 2. reward r = r̂⁺(x_N) (optimistic proxy, standardised; no oracle calls), advantage A = clip((r - mean)/
-   (std + 1e-8), ±``adv_clip_max``) over the batch (unconditional tasks: the spec's batch version; no
-   per-prompt tracker is needed on this harness);
+   (std + 1e-8), ±``adv_clip_max``) over the batch for unconditional tasks (the spec's batch version);
+   for prompt-conditioned tasks (``aesthetic-sd``) the official per-prompt tracker
+   (:class:`PerPromptStatTracker`, FIFO of the last 32 rewards per prompt, batch statistics until a
+   prompt has 16); with several processes the rewards (and prompts) are gathered first;
 3. for ``num_inner_epochs``: shuffle samples, shuffle the step order *independently per sample* and keep the
    first ⌊N·``timestep_fraction``⌋ steps; per minibatch of ``ppo_minibatch`` samples, one optimizer step on
    L = mean_{b,k} max(-A ρ, -A clip(ρ, 1-ε, 1+ε)), ρ = exp(ℓ_θ - ℓ_old) (IS), or L = -mean_{b,k} A·ℓ_θ with
@@ -48,6 +50,40 @@ def normalise_advantages(rewards: Tensor, clip_max: float = 5.0) -> Tensor:
         raise ValueError(f"adv_clip_max must be > 0, got {clip_max}")
     adv = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
     return adv.clamp(-clip_max, clip_max)
+
+
+class PerPromptStatTracker:
+    """Per-prompt advantage normalisation of ddpo-pytorch (spec baselines.md §1 "Advantage").
+
+    For each prompt keep a FIFO of its last ``buffer_size`` rewards; the current batch's rewards are
+    appended first; a prompt whose FIFO holds >= ``min_count`` values is normalised by the FIFO's mean
+    and population std (+1e-6), otherwise by the whole batch's. State persists across epochs and rounds.
+    """
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16):
+        if buffer_size < 1 or min_count < 1:
+            raise ValueError(f"buffer_size and min_count must be >= 1, got {buffer_size}, {min_count}")
+        self.buffer_size, self.min_count = int(buffer_size), int(min_count)
+        self.history: dict[str, list[float]] = {}
+
+    def update(self, prompts: list[str], rewards: Tensor) -> Tensor:
+        """prompts: B strings, rewards (B,) -> unclipped advantages (B,) float64."""
+        r = torch.as_tensor(rewards, dtype=torch.float64).reshape(-1).cpu()
+        if len(prompts) != len(r):
+            raise ValueError(f"{len(prompts)} prompts for {len(r)} rewards")
+        adv = torch.empty_like(r)
+        batch_mean, batch_std = r.mean(), r.std(unbiased=False) + 1e-6
+        for prompt in sorted(set(prompts)):
+            rows = torch.tensor([i for i, q in enumerate(prompts) if q == prompt])
+            fifo = (self.history.get(prompt, []) + r[rows].tolist())[-self.buffer_size:]
+            self.history[prompt] = fifo
+            if len(fifo) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                f = torch.tensor(fifo, dtype=torch.float64)
+                mean, std = f.mean(), f.std(unbiased=False) + 1e-6
+            adv[rows] = (r[rows] - mean) / std
+        return adv
 
 
 def ppo_loss(logp: Tensor, logp_old: Tensor, adv: Tensor, clip_range: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,13 +189,28 @@ class DDPOAgent(OnlineFinetuneAgent):
                 log_prob(traj.latents[:, k + 1], traj.means[:, k], self.schedule.step_std(k, traj.means[:, k]),
                          reduction="mean") for k in range(N)], dim=1)
             r = self.reward(traj.final)
-        dp = getattr(self, "dp", None)
-        if dp is not None and dp.distributed:  # normalise over the union batch of all processes
-            adv_all = normalise_advantages(dp.gather(r.double()), float(self.config["adv_clip_max"]))
-            adv = dp.shard(adv_all).to(r.dtype)
-        else:
-            adv = normalise_advantages(r.double(), float(self.config["adv_clip_max"])).to(r.dtype)
+        adv = self.advantages(r, traj.cond)
         return {"latents": traj.latents, "cond": traj.cond, "logp_old": lp_old, "reward": r, "adv": adv}
+
+    #: per-prompt tracker settings of ddpo-pytorch (used only for prompt-conditioned tasks)
+    STAT_BUFFER_SIZE: ClassVar[int] = 32
+    STAT_MIN_COUNT: ClassVar[int] = 16
+
+    def advantages(self, r: Tensor, cond: Any) -> Tensor:
+        """(B,) advantages of this process's rewards r (B,), normalised over the union batch of all
+        processes: per prompt when ``cond`` is a list of prompt strings, else over the batch; clipped."""
+        clip = float(self.config["adv_clip_max"])
+        dp = getattr(self, "dp", None)
+        multi = dp is not None and dp.distributed
+        r_all = dp.gather(r.double()) if multi else r.double()
+        if isinstance(cond, (list, tuple)) and cond and all(isinstance(c, str) for c in cond):
+            prompts = dp.gather_object(list(cond)) if multi else list(cond)
+            if getattr(self, "stat_tracker", None) is None:
+                self.stat_tracker = PerPromptStatTracker(self.STAT_BUFFER_SIZE, self.STAT_MIN_COUNT)
+            adv_all = self.stat_tracker.update(prompts, r_all.cpu()).to(r_all.device).clamp(-clip, clip)
+        else:
+            adv_all = normalise_advantages(r_all, clip)
+        return (dp.shard(adv_all) if multi else adv_all).to(r.dtype)
 
     def step_order(self, n: int) -> Tensor:
         """(n, T) per-sample independently shuffled step indices, first T = train_steps kept."""

@@ -92,6 +92,42 @@ def test_advantages():
         normalise_advantages(r, clip_max=0)
 
 
+def test_per_prompt_tracker_by_hand():
+    """Worked example (buffer 3, min_count 2), numbers computed by hand."""
+    from baselines.ddpo import PerPromptStatTracker
+
+    tr = PerPromptStatTracker(buffer_size=3, min_count=2)
+    # batch 1: 'a' has 2 rewards (>= min_count): mean 2, population std 1; 'b' has 1: batch mean 3,
+    # batch population std sqrt(8/3)
+    a1 = tr.update(["a", "b", "a"], torch.tensor([1.0, 5.0, 3.0]))
+    s = (8 / 3) ** 0.5 + 1e-6
+    torch.testing.assert_close(a1, torch.tensor([-1 / (1 + 1e-6), 2 / s, 1 / (1 + 1e-6)], dtype=torch.float64))
+    # batch 2: FIFO 'a' = [1, 3, 7] (mean 11/3, std sqrt(56/9)); FIFO 'b' = [5, 9]: mean 7, std 2
+    a2 = tr.update(["a", "b"], torch.tensor([7.0, 9.0]))
+    sa = (56 / 9) ** 0.5 + 1e-6
+    torch.testing.assert_close(a2, torch.tensor([(7 - 11 / 3) / sa, 2 / (2 + 1e-6)], dtype=torch.float64))
+    # batch 3: 'a' FIFO keeps the last 3: [3, 7, 2] -> mean 4, std sqrt(14/3)
+    a3 = tr.update(["a"], torch.tensor([2.0]))
+    torch.testing.assert_close(a3, torch.tensor([(2 - 4) / ((14 / 3) ** 0.5 + 1e-6)], dtype=torch.float64))
+    assert tr.history == {"a": [3.0, 7.0, 2.0], "b": [5.0, 9.0]}
+    with pytest.raises(ValueError, match="prompts for"):
+        tr.update(["a"], torch.tensor([1.0, 2.0]))
+
+
+def test_agent_uses_tracker_only_for_prompts():
+    """Prompt lists go through the tracker (then clipped), unconditional batches through the batch version."""
+    agent = DDPOAgent.__new__(DDPOAgent)
+    agent.config = {"adv_clip_max": 1.0}
+    r = torch.tensor([0.0, 10.0, 1.0, 2.0])
+    torch.testing.assert_close(agent.advantages(r, None), normalise_advantages(r.double(), 1.0).float())
+    adv = agent.advantages(r, ["x", "x", "y", "y"])
+    # fewer than 16 values per prompt -> batch statistics (mean 3.25, population std), then clipped
+    m, sd = r.mean(), r.std(unbiased=False) + 1e-6
+    by_hand = ((r - m) / sd).clamp(-1, 1)
+    torch.testing.assert_close(adv, by_hand)
+    assert set(agent.stat_tracker.history) == {"x", "y"}
+
+
 def test_sf_gradient_matches_pathwise_gradient():
     """1-D chain, r(x) = x_N: the Monte-Carlo score-function gradient (DDPO-SF's estimator, per-step
     log-probs from step_log_probs) matches the pathwise derivative of E[x_N] within 4 standard errors
