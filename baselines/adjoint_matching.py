@@ -17,9 +17,14 @@ KL, reward in standardised units). This is the optimum only for a *memoryless* s
 5. S = all N steps (``am_steps=None``, QAM) or ``am_steps`` distinct steps drawn uniformly per update
    (the factor N/|S| keeps the loss an unbiased estimate of the full sum; the paper's rule is unverified).
 
-Defaults: no official image code or hyperparameters were found (spec §7); alpha = 1 (λ = 1) is the same
-KL-per-nat weight we use elsewhere, AdamW lr 1e-3 (AlignProp/SEIKO's lr), wd 1e-4, grad clip 1.0,
-all steps. Scaled for the synthetic tier: 32 trajectories per step and 20 steps per round, identical to
+KL scale: the loss divided by 2λ is β·Σ_k KL_k minus a term linear in the reward gradient, so ``alpha`` = 1/λ
+already is the common ``beta`` (reward units per nat of exact path KL; sqdf_bbo/agents/kl_scale.py): a
+nat of path KL costs ``alpha`` reward units, exactly as for SQDF at alpha_SQDF = beta·D/2 and SEIKO at
+kl_weight = beta·D. (At their defaults SQDF (alpha 1, beta = 2/D) and SEIKO (kl_weight 1, beta = 1/D) are
+regularised D/2 and D times more weakly than Adjoint Matching at alpha 1; compare methods at one beta.)
+
+Defaults: no official image code or hyperparameters were found (spec §7); alpha = 1 (λ = 1), AdamW lr
+1e-3 (AlignProp/SEIKO's lr), wd 1e-4, grad clip 1.0, all steps. Scaled for the synthetic tier: 32 trajectories per step and 20 steps per round, identical to
 every other baseline (``baselines._common.SYNTHETIC_COMMON``).
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from baselines._common import SYNTHETIC_COMMON, check_choice, check_positive_int
+from sqdf_bbo.agents.kl_scale import resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule
 
@@ -100,7 +106,8 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         "lr": 1e-3,
         "weight_decay": 1e-4,
         "max_grad_norm": 1.0,
-        "alpha": 1.0,  # KL weight; reward multiplier lambda = 1/alpha
+        "alpha": 1.0,  # native KL weight per nat; reward multiplier lambda = 1/alpha
+        "beta": None,  # common KL scale (reward units per nat of path KL); alpha = beta
         "am_steps": None,  # None = all N steps, else this many distinct steps per update
         "adjoint_index": "k",  # k | k+1
     }
@@ -110,8 +117,9 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         c = super().resolve_config(task, overrides)
         if abs(float(c["eta"]) - 1.0) > 1e-12:
             raise ValueError(f"Adjoint Matching needs the memoryless schedule eta=1 during fine-tuning, got eta={c['eta']}")
+        resolve_beta(c, overrides, "alpha", lambda b: b, lambda a: a)
         if not float(c["alpha"]) > 0:
-            raise ValueError(f"alpha must be > 0 (lambda = 1/alpha), got {c['alpha']}")
+            raise ValueError(f"alpha (= beta) must be > 0 (lambda = 1/alpha), got {c['alpha']}")
         check_choice("adjoint_index", c["adjoint_index"], ("k", "k+1"))
         check_positive_int("train_batch", c["train_batch"])
         if c["am_steps"] is not None:

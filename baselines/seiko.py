@@ -14,6 +14,11 @@ the KL). The KL reference is the **previous round's** model (``kl_reference="pre
 step k draw u ~ randint[0, N] and detach both models' ε̂ if k < u (per-step redraw shared by the batch);
 ``truncation="none"`` gives full backprop.
 
+KL scale: SEIKO's KL is a per-element mean, so ``kl_weight`` weighs a nat of path KL at kl_weight/D
+(D = latent elements); the common ``beta`` (reward units per nat, sqdf_bbo/agents/kl_scale.py) sets
+kl_weight = beta·D. With ``kl_reference="previous"`` each round's KL is to the previous round's model, so
+over R rounds the regularisation towards p_pre compounds to roughly beta/R (exact for "pretrained").
+
 Defaults: SEIKO ``config/*.py:aesthetic()``: AdamW lr 1e-3, wd 0.1, grad clip 5.0; official loss
 0.01·|r̂⁺ - 10| + 0.01·kl, i.e. (up to the common factor 0.01 that Adam ignores, and |r - 10| = 10 - r while
 r < 10) kl_weight = 1 relative to -r̂⁺; we keep 1 with r̂⁺ in standardised units and SEIKO's per-element-mean
@@ -30,6 +35,7 @@ import torch
 import torch.utils.checkpoint
 
 from baselines._common import SYNTHETIC_COMMON, check_choice, check_positive_int, draw_noise, truncated_chain
+from sqdf_bbo.agents.kl_scale import latent_elements, resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import gaussian_kl
 
@@ -57,7 +63,8 @@ class SEIKOAgent(OnlineFinetuneAgent):
         "lr": 1e-3,
         "weight_decay": 0.1,
         "max_grad_norm": 5.0,
-        "kl_weight": 1.0,
+        "kl_weight": 1.0,  # native KL weight on Σ_k mean_d KL_k; see beta
+        "beta": None,  # common KL scale: reward units per nat of exact path KL; kl_weight = beta·D
         "kl_reference": "previous",  # previous | pretrained
         "truncation": "per_step",  # per_step | none
         "checkpoint": True,
@@ -71,7 +78,8 @@ class SEIKOAgent(OnlineFinetuneAgent):
         check_positive_int("train_batch", c["train_batch"])
         if not float(c["kl_weight"]) >= 0:
             raise ValueError(f"kl_weight must be >= 0, got {c['kl_weight']}")
-        return c
+        D = latent_elements(task)
+        return resolve_beta(c, overrides, "kl_weight", lambda b: b * D, lambda w: w / D)
 
     def __init__(self, task, config=None, seed: int = 0):
         super().__init__(task, config, seed)
@@ -109,15 +117,19 @@ class SEIKOAgent(OnlineFinetuneAgent):
         xN = truncated_chain(self.policy_eps, sched, x0, noises, cond, checkpoint=ckpt, mask=mask, step_hook=hook)
         return xN, torch.stack(kls).sum()
 
+    def seiko_loss(self, x0: Tensor, noises: Tensor, cond=None, mask=None) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, r̂⁺(x_N) (B,), kl): loss = -mean_b r̂⁺(x_N) + kl_weight · Σ_k mean_b mean_d KL_k."""
+        xN, kl = self.chain_with_kl(x0, noises, cond, mask)
+        r = self.reward(xN)
+        return -r.mean() + float(self.config["kl_weight"]) * kl, r, kl
+
     def update_step(self) -> dict[str, float]:
         B = int(self.config["train_batch"])
         x0, noises, cond = draw_noise(self, B)
         mask = None
         if self.config["truncation"] == "per_step":
             mask = per_step_truncation_mask(B, self.schedule.num_steps, self.generator)
-        xN, kl = self.chain_with_kl(x0, noises, cond, mask)
-        r = self.reward(xN)
-        loss = -r.mean() + float(self.config["kl_weight"]) * kl
+        loss, r, kl = self.seiko_loss(x0, noises, cond, mask)
         if loss.requires_grad:  # the per-step redraw can detach every step (prob. prod_k (N-k)/(N+1)); then no update
             loss.backward()
         norm = self.clip_and_step()

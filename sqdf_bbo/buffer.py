@@ -15,11 +15,15 @@ pairs (trajectory j, step k):
 - ``reward``: the top-n by stored reward, k uniform.
 - ``on-policy+random``: every trajectory of the newest tag (a random n of them if more), topped up with
   distinct uniformly drawn others, k uniform.
-- ``reward+gamma_PER``: n joint draws of (j, k) *with replacement*, P(j, k) ∝ max(r_j, 0) · γ^{N-1-k};
-  ``probs`` are those probabilities (for optional importance weights). If every stored reward is
-  <= 0 the weights are all zero: ``per_fallback="error"`` (default) raises a ValueError saying so;
-  ``per_fallback="uniform"`` drops the reward factor (P(j, k) ∝ γ^{N-1-k}) and counts the event in
-  ``per_fallbacks``. There is never a division by zero.
+- ``reward+gamma_PER``: n joint draws of (j, k) *with replacement*, P(j, k) ∝ w_j · γ^{N-1-k};
+  ``probs`` are those probabilities (for optional importance weights). The reward factor w_j is set by
+  ``per_priority``: ``"clamp"`` (default here; the official rule) w_j = max(r_j, 0), which on the official
+  all-positive aesthetic rewards is close to uniform over trajectories but on standardised rewards drops
+  every below-average trajectory; ``"shift_min"`` w_j = r_j - min_i r_i, the same rule with the reward's
+  zero moved to the buffer's minimum, so it means the same thing on any reward scale or sign (all
+  rewards equal: w_j = 1). If every w_j is 0 (clamp with all rewards <= 0): ``per_fallback="error"``
+  (default) raises a ValueError saying so; ``per_fallback="uniform"`` drops the reward factor
+  (P(j, k) ∝ γ^{N-1-k}) and counts the event in ``per_fallbacks``. There is never a division by zero.
 
 Every method except PER needs at least n stored trajectories (as the official code) and raises otherwise.
 Storage ``memory`` (default) keeps the states in one tensor (capacity, N, *latent_shape);
@@ -37,6 +41,7 @@ import torch
 Tensor = torch.Tensor
 
 SAMPLING_METHODS = ("random", "on-policy", "reward", "on-policy+random", "reward+gamma_PER")
+PER_PRIORITIES = ("clamp", "shift_min")
 
 
 class TrajectoryBuffer:
@@ -44,7 +49,7 @@ class TrajectoryBuffer:
 
     def __init__(self, capacity: int, num_steps: int, latent_shape: Sequence[int], storage: str = "memory",
                  directory: Optional[str | os.PathLike] = None, dtype: torch.dtype = torch.float32,
-                 per_fallback: str = "error"):
+                 per_fallback: str = "error", per_priority: str = "clamp"):
         if int(capacity) < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if int(num_steps) < 1:
@@ -55,6 +60,9 @@ class TrajectoryBuffer:
             raise ValueError("buffer storage 'disk' needs a directory")
         if per_fallback not in ("error", "uniform"):
             raise ValueError(f"per_fallback must be 'error' or 'uniform', got {per_fallback!r}")
+        if per_priority not in PER_PRIORITIES:
+            raise ValueError(f"per_priority must be one of {', '.join(PER_PRIORITIES)}, got {per_priority!r}")
+        self.per_priority = per_priority
         self.capacity, self.num_steps = int(capacity), int(num_steps)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.storage, self.dtype, self.per_fallback = storage, dtype, per_fallback
@@ -126,13 +134,17 @@ class TrajectoryBuffer:
 
     # ---- sampling ------------------------------------------------------------------------------
     def per_probabilities(self, gamma: float) -> Tensor:
-        """(len, N) joint probabilities P(j, k) ∝ max(r_j, 0) γ^{N-1-k} over the filled slots."""
+        """(len, N) joint probabilities P(j, k) ∝ w_j γ^{N-1-k} over the filled slots (w_j: ``per_priority``)."""
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1] for reward+gamma_PER, got {gamma}")
         m = len(self)
         k = torch.arange(self.num_steps, dtype=torch.float64)
         wk = gamma ** (self.num_steps - 1 - k)
-        wr = self.rewards[:m].clamp(min=0)
+        r = self.rewards[:m]
+        if self.per_priority == "clamp":
+            wr = r.clamp(min=0)
+        else:
+            wr = r - r.min() if bool(r.max() > r.min()) else torch.ones_like(r)
         if not bool((wr > 0).any()):
             if self.per_fallback == "error":
                 raise ValueError(

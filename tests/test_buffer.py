@@ -144,3 +144,36 @@ def test_errors_name_values():
         b.add(torch.zeros(1, N - 1, 3), torch.zeros(1), tag=0)
     with pytest.raises(ValueError, match="capacity"):
         TrajectoryBuffer(0, N, (3,))
+
+
+def test_per_priority_shift_min_and_clamp_against_hand_computed_buffer():
+    """N = 2 steps, γ = 0.5, rewards (-1, 0, 2); step factor γ^{N-1-k} = (0.5, 1) for k = (0, 1).
+    shift_min: w = r - min r = (0, 1, 3) -> weights (0 0 | .5 1 | 1.5 3), total 6.
+    clamp:     w = max(r, 0) = (0, 0, 2) -> weights (0 0 | 0 0 | 1 2), total 3."""
+    for priority, expected in (("shift_min", [[0, 0], [1 / 12, 1 / 6], [1 / 4, 1 / 2]]),
+                               ("clamp", [[0, 0], [0, 0], [1 / 3, 2 / 3]])):
+        buf = TrajectoryBuffer(8, 2, (1,), per_priority=priority)
+        buf.add(torch.zeros(3, 2, 1), torch.tensor([-1.0, 0.0, 2.0]), tag=0)
+        torch.testing.assert_close(buf.per_probabilities(0.5), torch.tensor(expected, dtype=torch.float64))
+    # all rewards equal: shift_min is uniform over trajectories, (0.5, 1)/4.5 per row
+    buf = TrajectoryBuffer(8, 2, (1,), per_priority="shift_min")
+    buf.add(torch.zeros(3, 2, 1), torch.full((3,), -4.0), tag=0)
+    torch.testing.assert_close(buf.per_probabilities(0.5), torch.tensor([[1 / 9, 2 / 9]] * 3, dtype=torch.float64))
+    assert buf.per_fallbacks == 0
+    with pytest.raises(ValueError, match="per_priority must be one of"):
+        TrajectoryBuffer(8, 2, (1,), per_priority="rank")
+
+
+def test_per_shift_min_is_near_uniform_on_standardised_rewards():
+    """On 1024 standard-normal rewards the clamp rule gives ~half the buffer probability 0 and the top
+    10 % about a third of the mass; shift_min gives every trajectory but the minimum mass, top 10 % < 20 %."""
+    r = torch.randn(1024, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    top = torch.argsort(r, descending=True)[:102]
+    mass = {}
+    for priority in ("clamp", "shift_min"):
+        buf = TrajectoryBuffer(1024, 5, (1,), per_priority=priority)
+        buf.add(torch.zeros(1024, 5, 1), r, tag=0)
+        p_traj = buf.per_probabilities(0.9).sum(1)
+        mass[priority] = (float(p_traj[top].sum()), int((p_traj == 0).sum()))
+    assert mass["clamp"][0] > 0.3 and mass["clamp"][1] > 400
+    assert mass["shift_min"][0] < 0.2 and mass["shift_min"][1] == 1

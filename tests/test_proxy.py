@@ -113,3 +113,31 @@ def test_bad_config_is_named(bad):
     key = next(iter(bad))
     with pytest.raises(ValueError, match=key):
         fit_proxy(x, y, bad)
+
+
+def test_laion_architecture_matches_the_oracle_head():
+    """proxy_arch=laion: 768 -> 1024 -> 128 -> 64 -> 16 -> 1, dropout 0.2/0.2/0.1, no activations
+    (spec sqdf.md §6): per head the parameter count of that stack, and the net is affine in eval mode."""
+    from sqdf_bbo.proxy.mlp import EnsembleMLP
+
+    net = EnsembleMLP(2, 768, arch="laion", generator=torch.Generator().manual_seed(0)).eval()
+    widths = [768, 1024, 128, 64, 16, 1]
+    per_head = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    assert sum(p.numel() for p in net.parameters()) == 2 * per_head
+    assert [m.p for m in net.drops if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2, 0.1]
+    x, y = torch.randn(3, 768), torch.randn(3, 768)
+    with torch.no_grad():  # affine: f(x) + f(y) - f(0) = f(x + y)
+        torch.testing.assert_close(net(x) + net(y) - net(torch.zeros(3, 768)), net(x + y), rtol=1e-4, atol=1e-4)
+        net.train()
+        assert not torch.allclose(net(x), net(x))  # dropout active in training mode only
+
+
+def test_laion_proxy_fits_and_validates_without_dropout():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 12, generator=g)
+    y = (X[:, 0] - 0.5 * X[:, 1]).double()
+    proxy, stats = fit_proxy(X, y, {"proxy": "bootstrap", "proxy_arch": "laion", "proxy_epochs": 30,
+                                    "proxy_batch": 64}, generator=g)
+    assert not proxy.training and stats["val_spearman"] > 0.8
+    with pytest.raises(ValueError, match="proxy_arch must be one of"):
+        fit_proxy(X, y, {"proxy_arch": "resnet"})

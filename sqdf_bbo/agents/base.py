@@ -149,6 +149,10 @@ class DiffusionAgent(Agent):
             self.config[key] = v // P
         self.generator = dp.local_generator(self.seed)
         self.dp_world_size, self.dp_rank = P, dp.rank
+        self.setup_data_parallel(dp)
+
+    def setup_data_parallel(self, dp) -> None:
+        """Hook run once, when the agent first joins a data-parallel run (not on re-attach after resume)."""
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -39,7 +39,8 @@ class OnlineFinetuneAgent(DiffusionAgent):
         "osm_alpha": 0.01,
         "osm_lambda": 1e-3,
         "osm_clipping": 10.0,
-        "proxy_hidden": 128,  # hidden width of the proxy MLP heads
+        "proxy_hidden": 128,  # hidden width of the proxy MLP heads (proxy_arch=mlp)
+        "proxy_arch": "mlp",  # mlp (small SiLU MLP) | laion (the oracle head's 1024-128-64-16 architecture)
         # fine-tuning
         "updates_per_round": 40,
         "lr": 1e-3,
@@ -59,6 +60,13 @@ class OnlineFinetuneAgent(DiffusionAgent):
         else:
             self.policy.requires_grad_(True)
         self.policy.train()
+        if "beta" in self.config:  # the KL-scale mapping (kl_scale.py) assumed D = the task's latent elements
+            from sqdf_bbo.agents.kl_scale import latent_elements
+
+            D, shape = latent_elements(task), tuple(self.reference.latent_shape)
+            if D != int(torch.Size(shape).numel()):
+                raise ValueError(f"task {task.name!r} declares {D} latent elements but its backbone's latent has "
+                                 f"shape {shape}; set TaskInfo.latent_shape so beta maps onto the right KL scale")
         self.proxy = None
         self.feature_data: list[Tensor] = []  # proxy features of every observed design, (n_i, F) each
         self.reward_offset: Optional[float] = None
@@ -148,12 +156,9 @@ class OnlineFinetuneAgent(DiffusionAgent):
 
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch",)
 
-    def attach_data_parallel(self, dp) -> None:
-        """As DiffusionAgent's, and start every process from rank 0's trainable weights."""
-        fresh = getattr(self, "dp_world_size", None) is None
-        super().attach_data_parallel(dp)
-        if fresh:
-            dp.broadcast_parameters(self.trainable_parameters())
+    def setup_data_parallel(self, dp) -> None:
+        """Start every process from rank 0's trainable weights."""
+        dp.broadcast_parameters(self.trainable_parameters())
 
     def clip_and_step(self) -> float:
         """Clip the global grad norm to ``max_grad_norm``, step, zero grads; returns the pre-clip norm.

@@ -21,20 +21,28 @@ KL reference: the *pretrained* model (``kl_reference="pretrained"``, SQDF) or th
 back to ``tweedie`` (the "w/o CM" variant, spec §10.12); the round stats record ``q_estimator_used``
 and the reason.
 
-Scaling for the synthetic tier (documented honestly): defaults follow the official BBO run —
-α = 1, γ = 0.9, 40 updates per round, 16 new trajectories and 32 replayed pairs per update (the
-official 64 pairs per step are 2 GPUs × 32), buffer ``reward+gamma_PER`` of 1024 trajectories reset
-every round. Our one-process version takes the 32 pairs as one mini-batch rather than 32 accumulated
-micro-batches of 1 (same mean gradient). ``fill_every`` = F > 1 (default 1 = official) amortises the
-rollouts on CPU: every F updates it rolls out F·``on_policy_batch`` trajectories at once (same number of
-fresh trajectories per update on average; the buffer is at most F-1 updates stale), and in no-buffer
-mode F·``train_batch`` fresh trajectories, each used for exactly one pair. The synthetic benchmark
-(benchmarks/sqdf_synthetic.py) uses F = 4 and fewer proxy epochs for CPU time and records every
-setting in each run's config.json.
-Rewards are standardised (see OnlineFinetuneAgent), so PER's max(r, 0) keeps only trajectories whose
-proxy value is above the first round's mean (the official aesthetic rewards are all positive, making
-PER nearly uniform over trajectories there); if every stored reward is <= 0 PER falls back to
-P ∝ γ^{N-1-k} and counts it in ``per_fallbacks``.
+Defaults follow the official BBO run (spec §6-§7), as the union of its 2 GPUs: α = 1, γ = 0.9, 40 updates
+per round, 32 new trajectories and 64 replayed pairs per update (2 GPUs × 16 and × 32), buffer
+``reward+gamma_PER`` of 1024 trajectories reset every round. Our one-process version takes the 64 pairs
+as one mini-batch rather than 64 accumulated micro-batches of 1 (same mean gradient). ``fill_every`` = F
+> 1 (default 1 = official) amortises the rollouts on CPU: every F updates it rolls out
+F·``on_policy_batch`` trajectories at once (same number of fresh trajectories per update on average; the
+buffer is at most F-1 updates stale), and in no-buffer mode F·``train_batch`` fresh trajectories, each
+used for exactly one pair.
+
+KL scale: ``alpha`` is the official knob (KL̃ = (2/D)·KL, so a nat of path KL costs 2α/D reward units);
+the common ``beta`` (reward units per nat, sqdf_bbo/agents/kl_scale.py) sets alpha = beta·D/2
+(``exact``: alpha = beta). Only the reward is discounted, so with γ < 1 step k's effective beta is
+beta/γ^{N-1-k}.
+
+PER priorities: the official P(j, k) ∝ max(r_j, 0)·γ^{N-1-k} sees all-positive raw aesthetic rewards (about
+5.5 ± 0.5), so it is near-uniform over trajectories there (the top 10 % get ~11.5 % of the mass). Our
+rewards are standardised (see OnlineFinetuneAgent), where max(r, 0) drops every below-average trajectory
+(on 1024 standard-normal rewards: ~50 % get probability 0, the top 10 % ~44 % of the mass).
+``per_priority="shift_min"`` (default) uses r_j - min_i r_i: the same rule with the reward's zero moved to
+the buffer's minimum, valid on any scale or sign, and close to the official behaviour (top 10 % ~15 %,
+only the minimum gets 0); ``per_priority="clamp"`` keeps max(r, 0) on standardised rewards (the
+previous default). Tests: tests/test_buffer.py.
 """
 from __future__ import annotations
 
@@ -45,8 +53,9 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
+from sqdf_bbo.agents.kl_scale import latent_elements, resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
-from sqdf_bbo.buffer import SAMPLING_METHODS, TrajectoryBuffer
+from sqdf_bbo.buffer import PER_PRIORITIES, SAMPLING_METHODS, TrajectoryBuffer
 from sqdf_bbo.diffusion import DDIMSchedule
 from sqdf_bbo.tasks.base import TaskInfo
 
@@ -66,6 +75,12 @@ def kl_tilde(mu_p: Tensor, mu_q: Tensor, std: Tensor, reduction: str = "mean_no_
     if reduction == "exact":
         return 0.5 * sq.sum(dim=dims)
     raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {reduction!r}")
+
+
+def sqdf_alpha_per_beta(kl_reduction: str, latent_elements: int) -> float:
+    """alpha / beta: D/2 for the official ``mean_no_half`` KL̃ = (2/D)·KL, 1 for ``exact`` (at γ = 1;
+    with γ < 1 step k's effective beta is beta / γ^{N-1-k}, since only the reward is discounted)."""
+    return latent_elements / 2.0 if kl_reduction == "mean_no_half" else 1.0
 
 
 def ddim_n_predict(eps_fn, schedule: DDIMSchedule, x: Tensor, start: Tensor, n_steps: int, cond: Any = None) -> Tensor:
@@ -113,7 +128,8 @@ class SQDFAgent(OnlineFinetuneAgent):
 
     default_config: ClassVar[dict] = {
         **OnlineFinetuneAgent.default_config,
-        "alpha": 1.0,
+        "alpha": 1.0,  # native KL weight (official scale); see beta
+        "beta": None,  # common KL scale: reward units per nat of exact path KL; sets alpha (kl_scale.py)
         "gamma": 0.9,
         "q_estimator": "cm",  # cm | tweedie | ddim_n
         "ddim_n_steps": 4,
@@ -124,8 +140,9 @@ class SQDFAgent(OnlineFinetuneAgent):
         "buffer_reset_per_round": True,
         "buffer_storage": "memory",  # memory | disk
         "buffer_dir": None,
-        "on_policy_batch": 16,
-        "train_batch": 32,
+        "per_priority": "shift_min",  # shift_min (r - min r) | clamp (max(r, 0)); reward+gamma_PER only
+        "on_policy_batch": 32,
+        "train_batch": 64,
         "per_importance_weight": False,
         "fill_every": 1,  # roll out fresh trajectories every this many updates (x this many at once)
     }
@@ -135,7 +152,12 @@ class SQDFAgent(OnlineFinetuneAgent):
         cfg = super().resolve_config(task, overrides)
         if cfg.get("buffer") is None:  # `--set buffer=none` parses to None; record it as "none"
             cfg["buffer"] = "none"
-        return cfg
+        if cfg["kl_reduction"] not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {cfg['kl_reduction']!r}")
+        if not float(cfg["alpha"]) >= 0.0:
+            raise ValueError(f"alpha must be >= 0, got {cfg['alpha']!r}")
+        per_nat = sqdf_alpha_per_beta(cfg["kl_reduction"], latent_elements(task))
+        return resolve_beta(cfg, overrides, "alpha", lambda b: b * per_nat, lambda a: a / per_nat)
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
@@ -148,6 +170,8 @@ class SQDFAgent(OnlineFinetuneAgent):
             raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {c['kl_reduction']!r}")
         if c["kl_reference"] not in ("pretrained", "previous"):
             raise ValueError(f"kl_reference must be 'pretrained' or 'previous', got {c['kl_reference']!r}")
+        if c["per_priority"] not in PER_PRIORITIES:
+            raise ValueError(f"per_priority must be one of {', '.join(PER_PRIORITIES)}, got {c['per_priority']!r}")
         if c["buffer"] not in ("none",) + SAMPLING_METHODS:
             raise ValueError(f"buffer must be one of none, {', '.join(SAMPLING_METHODS)}, got {c['buffer']!r}")
         if not 0.0 < float(c["gamma"]) <= 1.0:
@@ -175,24 +199,22 @@ class SQDFAgent(OnlineFinetuneAgent):
                       "falling back to q_estimator=tweedie (the 'w/o CM' variant)", flush=True)
         self._fresh: list[tuple[Tensor, Tensor, Any]] = []  # no-buffer mode: pre-rolled pairs
         self._updates_in_round = 0
-        self.buffer: Optional[TrajectoryBuffer] = None
-        if c["buffer"] != "none":
-            self.buffer = TrajectoryBuffer(int(c["buffer_size"]), self.schedule.num_steps,
-                                           self.reference.latent_shape, storage=c["buffer_storage"],
-                                           directory=c["buffer_dir"], per_fallback="uniform")
+        self.buffer: Optional[TrajectoryBuffer] = None if c["buffer"] == "none" else self._make_buffer(c["buffer_dir"])
+
+    def _make_buffer(self, directory: Optional[str]) -> TrajectoryBuffer:
+        c = self.config
+        return TrajectoryBuffer(int(c["buffer_size"]), self.schedule.num_steps, self.reference.latent_shape,
+                                storage=c["buffer_storage"], directory=directory, per_fallback="uniform",
+                                per_priority=c["per_priority"])
 
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "on_policy_batch", "buffer_size")
 
-    def attach_data_parallel(self, dp) -> None:
+    def setup_data_parallel(self, dp) -> None:
         """As the base class's; each process keeps its own buffer of 1/P of ``buffer_size``."""
-        fresh = getattr(self, "dp_world_size", None) is None
-        super().attach_data_parallel(dp)
-        if fresh and self.buffer is not None:
-            c = self.config
-            directory = None if c["buffer_dir"] is None else os.path.join(str(c["buffer_dir"]), f"rank{dp.rank}")
-            self.buffer = TrajectoryBuffer(int(c["buffer_size"]), self.schedule.num_steps,
-                                           self.reference.latent_shape, storage=c["buffer_storage"],
-                                           directory=directory, per_fallback="uniform")
+        super().setup_data_parallel(dp)
+        if self.buffer is not None:
+            d = self.config["buffer_dir"]
+            self.buffer = self._make_buffer(None if d is None else os.path.join(str(d), f"rank{dp.rank}"))
 
     # ---- pieces of the loss ------------------------------------------------------------------------
     def kl_reference_eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:

@@ -18,8 +18,10 @@ validation MAE (the official code keeps a live reference and so ends at the last
 reproduces that). Targets are standardised with the training split's mean/std, inputs with the
 feature mean/std of the first fit. With ``previous`` (a proxy from an earlier round with the same
 architecture) training continues from its weights, as the official proxy is never re-initialised.
-Extra optional key: ``proxy_hidden`` (default 128; the synthetic tier uses that small MLP so a fit of
-~2000 points takes a few seconds on one CPU core).
+Extra optional keys: ``proxy_arch`` (``mlp``, default: F -> hidden -> hidden -> 16 -> 1 with SiLU, so a
+fit of ~2000 points takes a few seconds on one CPU core; ``laion``: the oracle head's architecture
+F -> 1024 -> 128 -> 64 -> 16 -> 1 with dropout and no activations, as the official code, the default of
+the SD tier) and ``proxy_hidden`` (the ``mlp`` width, default 128).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from sqdf_bbo.proxy.bootstrap import bootstrap_indices
-from sqdf_bbo.proxy.mlp import EnsembleMLP
+from sqdf_bbo.proxy.mlp import ARCHS, EnsembleMLP
 from sqdf_bbo.proxy.ucb import precision_matrix, ucb_bonus
 
 Tensor = torch.Tensor
@@ -42,7 +44,7 @@ PROXY_KINDS = ("bootstrap", "ucb", "none")
 SELECT_KINDS = ("best", "last")
 DEFAULTS = {"proxy": "bootstrap", "proxy_heads": 4, "proxy_epochs": 300, "proxy_lr": 1e-3, "proxy_batch": 512,
             "proxy_val_frac": 0.05, "proxy_select": "best", "osm_alpha": 0.01, "osm_lambda": 1e-3,
-            "osm_clipping": 10.0, "proxy_hidden": 128}
+            "osm_clipping": 10.0, "proxy_hidden": 128, "proxy_arch": "mlp"}
 
 
 class ProxyModel(nn.Module):
@@ -99,6 +101,8 @@ def _check_config(config: dict) -> dict:
     cfg.update({k: v for k, v in config.items() if k in DEFAULTS})
     if cfg["proxy"] not in PROXY_KINDS:
         raise ValueError(f"proxy must be one of {', '.join(PROXY_KINDS)}, got {cfg['proxy']!r}")
+    if cfg["proxy_arch"] not in ARCHS:
+        raise ValueError(f"proxy_arch must be one of {', '.join(ARCHS)}, got {cfg['proxy_arch']!r}")
     if cfg["proxy_select"] not in SELECT_KINDS:
         raise ValueError(f"proxy_select must be one of {', '.join(SELECT_KINDS)}, got {cfg['proxy_select']!r}")
     for key, lo in (("proxy_heads", 1), ("proxy_epochs", 0), ("proxy_batch", 1), ("proxy_hidden", 1)):
@@ -156,7 +160,7 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
     y_std = float(y_tr.std()) if n_tr > 1 and float(y_tr.std()) > 0 else 1.0
 
     F = feats.shape[1]
-    net = EnsembleMLP(heads, F, hidden=int(cfg["proxy_hidden"]), generator=g)
+    net = EnsembleMLP(heads, F, hidden=int(cfg["proxy_hidden"]), generator=g, arch=cfg["proxy_arch"])
     same = (isinstance(previous, ProxyModel) and previous.net.arch() == net.arch())
     if same:
         net.load_state_dict(previous.net.state_dict())
@@ -196,6 +200,7 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
             cnt += ib.shape[1]
         last_mse = tot / max(cnt, 1)
         if n_val > 0:
+            net.eval()  # dropout off for validation
             with torch.no_grad():
                 mae = float((y_mean + y_std * net(xs_val).double() - y_val).abs().mean())
             history.append(mae)

@@ -22,7 +22,9 @@ class TaskInfo:
     make_backbone(): a fresh pretrained, frozen :class:`~sqdf_bbo.backbones.Backbone`;
     features(x): differentiable proxy feature map (B, *design_shape) -> (B, feature_dim), never the
     oracle's own; sample_conditions(n, generator): per-sample conditions (None if unconditional);
-    defaults: task-specific run/agent defaults (e.g. ``num_steps``, ``n_eval``, ``batch_size``).
+    defaults: task-specific run/agent defaults (e.g. ``num_steps``, ``n_eval``, ``batch_size``);
+    latent_shape: shape of the backbone's latent when it differs from design_shape (e.g. SD's 4×64×64
+    latents of 3×512×512 images); None = the design shape. The path KL is a sum over its elements.
     """
 
     name: str
@@ -34,6 +36,7 @@ class TaskInfo:
     bounds: Optional[tuple[Tensor, Tensor]] = None
     sample_conditions: Optional[Callable[[int, torch.Generator], Any]] = None
     defaults: dict = field(default_factory=dict)
+    latent_shape: Optional[tuple[int, ...]] = None
 
 
 class Task:

@@ -8,7 +8,8 @@ common animal names (``assets/sd_animals_train.txt``, 45 names; held-out ``asset
 lighting, golden hour light.".
 
 **Proxy feature map.** As in the official protocol, the proxy's features are the CLIP embedding itself
-(the proxy is a freshly initialised head of the oracle-head architecture on top of it). The agent gets
+(the proxy is a freshly initialised head of the oracle-head architecture on top of it: agent default
+``proxy_arch=laion``, 768 → 1024 → 128 → 64 → 16 → 1 with dropout and no activations). The agent gets
 only the embedding function; the oracle head stays with the harness.
 
 Weights are user-provided (local folders or the Hugging Face cache; nothing downloads):
@@ -114,7 +115,7 @@ class AestheticSDTask(Task):
             guidance_scale=float(cfg["guidance_scale"]), autocast=cfg["autocast"],
             gradient_checkpointing=bool(cfg["gradient_checkpointing"]), decode_batch=int(cfg["decode_batch"]))
         self._last_backbone = None
-        design_shape = self._read_design_shape()
+        design_shape, latent_shape = self._read_shapes()
         n_steps = int(cfg["num_steps"])
         self.info = TaskInfo(
             name="aesthetic-sd",
@@ -125,13 +126,15 @@ class AestheticSDTask(Task):
             feature_dim=self.embedder.embed_dim,
             bounds=(torch.zeros(design_shape), torch.ones(design_shape)),
             sample_conditions=self.sample_conditions,
+            latent_shape=latent_shape,
             defaults={
                 "num_steps": n_steps, "n_eval": int(cfg["n_eval"]), "batch_size": int(cfg["batch_size"]),
                 # spec §7 (BBO), scaled to one process: 40 updates/round, lr 1e-3, wd 0.1, clip 5, LoRA rank 4,
                 # alpha 1, gamma 0.9, CFG in the backbone; sampling in batches of 8 (memory)
                 "agent": {"num_steps": n_steps, "eta": 1.0, "sample_batch": 8, "lora_rank": 4,
                           "updates_per_round": 40, "lr": 1e-3, "weight_decay": 0.1, "max_grad_norm": 5.0,
-                          "proxy_batch": 512, "proxy_epochs": 300, "alpha": 1.0, "gamma": 0.9},
+                          "proxy_batch": 512, "proxy_epochs": 300, "proxy_arch": "laion",
+                          "alpha": 1.0, "gamma": 0.9},
             },
         )
         if cfg["lcm_lora_path"] and cfg["cm_mode"]:
@@ -146,8 +149,8 @@ class AestheticSDTask(Task):
     def __setstate__(self, state):
         self.__init__(**state["cfg"])
 
-    def _read_design_shape(self) -> tuple[int, int, int]:
-        """(3, H, W) from the UNet/VAE configs, without loading the weights."""
+    def _read_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """Design (3, H, W) and latent (C, h, w) shapes from the UNet/VAE configs, without loading weights."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         from sqdf_bbo.backbones.stable_diffusion import HOW_TO_PROVIDE
@@ -160,7 +163,8 @@ class AestheticSDTask(Task):
             raise FileNotFoundError(f"could not read the SD configs in {p!r}: {e}\n{HOW_TO_PROVIDE}") from None
         size = uc["sample_size"] if isinstance(uc["sample_size"], int) else uc["sample_size"][0]
         f = 2 ** (len(vc["block_out_channels"]) - 1)
-        return (int(vc.get("out_channels", 3)), int(size) * f, int(size) * f)
+        design = (int(vc.get("out_channels", 3)), int(size) * f, int(size) * f)
+        return design, (int(uc["in_channels"]), int(size), int(size))
 
     # -- public pieces (safe for agents) --
     def _make_backbone(self):
