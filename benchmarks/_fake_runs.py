@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 #: method -> (reward gain at the full budget as a fraction of the gap to the optimum, KL per round, vendi drop)
-FAKE_METHODS = {"pretrained": (0.0, 0.0, 0.0), "sqdf": (0.6, 0.8, 0.15), "ddpo": (0.3, 2.0, 0.45)}
+FAKE_METHODS = {"pretrained": (0.0, 0.0, 0.0), "sqdf": (0.6, 0.8, 0.15), "ddpo": (0.3, 2.0, 0.45),
+                "seiko": (0.5, 1.5, 0.3), "alignprop": (0.7, 4.0, 0.6)}
 #: task -> (tier, pretrained eval reward, optimum or None)
 FAKE_TASKS = {"ackley": ("synthetic", -8.0, 0.0), "levy-manifold": ("synthetic", -20.0, 0.0),
               "aesthetic": ("image", 0.1, None)}
@@ -37,10 +38,18 @@ def _png(path: Path, seed: int, tier: str) -> None:
 
 
 def write_fake_run(out: Path, task: str, method: str, seed: int, budget: int = 200, rounds: int = 3,
-                   finished: bool = True, with_png: bool = True, agent: dict | None = None) -> Path:
-    """Write one fake run folder under ``out`` and return it."""
+                   finished: bool = True, with_png: bool = True, agent: dict | None = None,
+                   move: float = 1.0) -> Path:
+    """Write one fake run folder under ``out`` and return it.
+
+    ``move`` scales how far the method moves from the pretrained model (as a knob would): KL per round
+    x move, reward gain x (1 - e^-move) / (1 - e^-1) (capped at 0.98 of the gap); 1 = the method's default.
+    """
     tier, base, opt = FAKE_TASKS[task]
     gain, kl_step, vendi_drop = FAKE_METHODS[method]
+    if move != 1.0:
+        gain = min(0.98, gain * (1 - math.exp(-move)) / (1 - math.exp(-1)))
+        kl_step = kl_step * move
     rng = np.random.default_rng(_stable_seed(task, method, seed))
     run_dir = Path(out) / f"{task}__{method}__b{budget}__s{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,3 +125,25 @@ def write_fake_sweep(out: Path, tasks: Sequence[str] = ("ackley", "levy-manifold
     """A full grid of fake finished runs; returns their folders."""
     return [write_fake_run(Path(out), t, m, s, budget, rounds, with_png=with_png)
             for t in tasks for m in methods for s in seeds]
+
+
+#: fake knob -> how far a value moves the method: beta (KL weight) moves less as it grows, lr more
+FAKE_KNOBS = {"beta": lambda v: 1.0 / v, "lr": lambda v: v / 1e-3}
+
+
+def write_fake_frontier(out: Path, grid: dict, tasks: Sequence[str] = ("ackley", "levy-manifold"),
+                        seeds: Sequence[int] = range(3), budget: int = 200, rounds: int = 3,
+                        with_png: bool = False) -> list[Path]:
+    """Fake runs laid out as ``benchmarks.frontier`` writes them: ``<out>/<method>__<knob>=<value>/<run>``
+    (``<method>__default`` for a knob of None), config.json recording the knob. ``grid``: method ->
+    (knob, values) or None. Returns the run folders."""
+    dirs = []
+    for method, spec in grid.items():
+        points = [(None, None)] if spec is None else [(spec[0], v) for v in spec[1]]
+        for knob, v in points:
+            folder = Path(out) / (f"{method}__default" if knob is None else f"{method}__{knob}={v:g}")
+            move = 1.0 if knob is None else FAKE_KNOBS[knob](v)
+            dirs += [write_fake_run(folder, t, method, s, budget, rounds, with_png=with_png,
+                                    agent=None if knob is None else {knob: v}, move=move)
+                     for t in tasks for s in seeds]
+    return dirs

@@ -273,10 +273,9 @@ def _tick(bar, res: dict) -> None:
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", required=True, help="comma-separated task names")
-    p.add_argument("--methods", required=True, help="comma-separated method names (or module:Class)")
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options shared by every grid runner (this sweep, ``benchmarks.frontier``): seeds, budgets, output
+    folder, backend and parallelism, resume, settings, dry run."""
     p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,2,5-7 (default 0-4)")
     p.add_argument("--budget", default="2000", help="oracle budget(s), e.g. 2000 or 500,2000 (default 2000)")
     p.add_argument("--out", default="runs", help="parent folder of the run folders (default runs/)")
@@ -296,53 +295,61 @@ def build_parser() -> argparse.ArgumentParser:
                    help="setting for one method's runs only (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--methods", required=True, help="comma-separated method names (or module:Class)")
+    add_run_arguments(p)
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def check_run_arguments(args: argparse.Namespace) -> tuple[list[int], list[int], dict[str, list[str]]]:
+    """(seeds, budgets, per-method settings) from the options of :func:`add_run_arguments`; fills in
+    ``args.threads``; raises SweepError."""
+    seeds = parse_int_ranges(args.seeds, "seeds", 0)
+    budgets = parse_int_ranges(args.budget, "budget", 1)
+    if args.workers < 1:
+        raise SweepError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise SweepError(f"--threads must be >= 1, got {args.threads}")
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    if args.cluster and args.backend != "submitit":
+        raise SweepError("--cluster only applies to --backend submitit")
+    method_sets: dict[str, list[str]] = {}
+    for m, kv in args.set_for:
+        method_sets.setdefault(m, []).append(kv)
+    return seeds, budgets, method_sets
+
+
+def run_statuses(specs: list[RunSpec], resume: bool) -> dict[str, str]:
+    """Status ('done'/'partial'/'new') of every run, keyed by its run folder as a string; raises SweepError
+    when some were interrupted and ``resume`` is off."""
+    status = {str(s.run_dir): s.status() for s in specs}
+    partial = [s.name for s in specs if status[str(s.run_dir)] == "partial"]
+    if partial and not resume:
+        raise SweepError(f"{len(partial)} run(s) were interrupted ({', '.join(partial[:3])}"
+                         f"{', ...' if len(partial) > 3 else ''}); pass --resume to continue them "
+                         "or delete their folders")
+    return status
+
+
+def execute(specs: list[RunSpec], status: dict[str, str], args: argparse.Namespace, command: str,
+            label: str = "sweep") -> int:
+    """Run the unfinished ``specs`` (``status`` from :func:`run_statuses`) on ``args.backend``, or list them
+    with ``--dry-run``; writes ``<out>/_logs/<label>_<time>.json``. Returns 0, or 1 when a run failed."""
     from tqdm import tqdm
 
-    p = build_parser()
-    args = p.parse_args(argv)
     t_start = time.time()
-    try:
-        tasks = parse_list(args.tasks, "tasks")
-        methods = parse_list(args.methods, "methods")
-        seeds = parse_int_ranges(args.seeds, "seeds", 0)
-        budgets = parse_int_ranges(args.budget, "budget", 1)
-        if args.workers < 1:
-            raise SweepError(f"--workers must be >= 1, got {args.workers}")
-        if args.threads is not None and args.threads < 1:
-            raise SweepError(f"--threads must be >= 1, got {args.threads}")
-        args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-        if args.cluster and args.backend != "submitit":
-            raise SweepError("--cluster only applies to --backend submitit")
-        method_sets: dict[str, list[str]] = {}
-        for m, kv in args.set_for:
-            method_sets.setdefault(m, []).append(kv)
-        validate(tasks, methods, budgets, args.sets, method_sets)
-        specs = build_grid(tasks, methods, seeds, budgets, args.out, args.sets, method_sets, args.resume,
-                           args.threads)
-        status = {s.name: s.status() for s in specs}
-        partial = [s.name for s in specs if status[s.name] == "partial"]
-        if partial and not args.resume:
-            raise SweepError(f"{len(partial)} run(s) were interrupted ({', '.join(partial[:3])}"
-                             f"{', ...' if len(partial) > 3 else ''}); pass --resume to continue them "
-                             "or delete their folders")
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    todo = [s for s in specs if status[s.name] != "done"]
+    todo = [s for s in specs if status[str(s.run_dir)] != "done"]
     n_done = len(specs) - len(todo)
-    print(f"sweep: {len(specs)} runs ({len(tasks)} tasks x {len(methods)} methods x {len(budgets)} budgets x "
-          f"{len(seeds)} seeds); {n_done} finished already (skipped), {len(todo)} to run "
-          f"[{args.backend}, {args.workers} worker(s) x {args.threads} thread(s)]", file=sys.stderr)
     if args.dry_run:
         for s in specs:
-            print(f"{status[s.name]:8s} {s.run_dir}")
+            print(f"{status[str(s.run_dir)]:8s} {s.run_dir}")
         return 0
     Path(args.out, LOG_DIR).mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(specs), initial=n_done, unit="run", desc="sweep", disable=args.no_progress,
+    bar = tqdm(total=len(specs), initial=n_done, unit="run", desc=label, disable=args.no_progress,
                dynamic_ncols=True)
     try:
         if not todo:
@@ -355,16 +362,38 @@ def main(argv: Optional[list[str]] = None) -> int:
         bar.close()
     wall = time.time() - t_start
     failed = [r for r in results if r.get("status") != "done"]
-    record = {"command": "python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record = {"command": command,
               "started": _dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"), "wall_time_s": wall,
               "runs": len(specs), "skipped": n_done, "ran": len(results), "failed": len(failed),
-              "results": sorted(results, key=lambda r: r["run"])}
+              "results": sorted(results, key=lambda r: r["run_dir"])}
     stamp = _dt.datetime.fromtimestamp(t_start).strftime("%Y%m%d-%H%M%S")
-    (Path(args.out) / LOG_DIR / f"sweep_{stamp}.json").write_text(json.dumps(record, indent=1))
-    print(f"sweep: ran {len(results)}, skipped {n_done}, failed {len(failed)}, wall {wall:.1f}s", file=sys.stderr)
+    (Path(args.out) / LOG_DIR / f"{label}_{stamp}.json").write_text(json.dumps(record, indent=1))
+    print(f"{label}: ran {len(results)}, skipped {n_done}, failed {len(failed)}, wall {wall:.1f}s", file=sys.stderr)
     for r in failed:
         print(f"  FAILED {r['run']}: {r.get('error')} (log: {r['log']})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        tasks = parse_list(args.tasks, "tasks")
+        methods = parse_list(args.methods, "methods")
+        seeds, budgets, method_sets = check_run_arguments(args)
+        validate(tasks, methods, budgets, args.sets, method_sets)
+        specs = build_grid(tasks, methods, seeds, budgets, args.out, args.sets, method_sets, args.resume,
+                           args.threads)
+        status = run_statuses(specs, args.resume)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_done = sum(v == "done" for v in status.values())
+    print(f"sweep: {len(specs)} runs ({len(tasks)} tasks x {len(methods)} methods x {len(budgets)} budgets x "
+          f"{len(seeds)} seeds); {n_done} finished already (skipped), {len(specs) - n_done} to run "
+          f"[{args.backend}, {args.workers} worker(s) x {args.threads} thread(s)]", file=sys.stderr)
+    command = "python -m benchmarks.sweep " + " ".join(argv if argv is not None else sys.argv[1:])
+    return execute(specs, status, args, command)
 
 
 if __name__ == "__main__":

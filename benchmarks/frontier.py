@@ -1,0 +1,518 @@
+"""Reward–KL frontier sweep: each method over a log-spaced grid of its knob, then the frontier tables and plots.
+
+    python -m benchmarks.frontier --tasks levy,ackley-manifold --methods sqdf,seiko,alignprop,pretrained \
+        --budget 1000 --seeds 0-2 --out runs/frontier [--workers 2] [--threads 1] [--resume] \
+        [--set key=value ...] [--set-for METHOD key=value ...] [--grid METHOD=v1,v2,...] [--knob METHOD=KEY] \
+        [--dry-run] [--report-only] [--csv results/frontier.csv] [--plots results/] \
+        [--leaderboard results/frontier_leaderboard.csv] [--md results/frontier_leaderboard.md]
+
+THE GRID RULE (one rule for every method):
+- KL-regularised methods -- sqdf, seiko, adjoint-matching, and any method whose agent class has a ``beta``
+  key in ``default_config`` -- sweep ``beta`` (standardised reward per nat of exact path KL) over the common
+  grid ``BETA_GRID`` = 0.01, 0.1, 1, 10, the same values for all of them;
+- methods without a KL term (alignprop, draft, draft-k, draft-1, draft-lv, ddpo, ddpo-sf, and any other
+  agent with an ``lr`` key) sweep ``lr`` over default_lr x ``LR_FACTORS`` = 0.01, 0.1, 1, 10, default_lr
+  read from the agent class's ``default_config``;
+- ``pretrained`` is a single point (KL 0).
+``--grid METHOD=v1,v2,...`` replaces a method's values and ``--knob METHOD=KEY`` sweeps another agent key
+(then ``--grid`` is needed unless KEY is beta or lr); both are recorded in ``<out>/_frontier.json`` and in
+the ``grid_source`` column.
+
+Runs go through the sweep engine (``benchmarks/sweep.py``: the same checks, process pool or submitit,
+resume, logs): each grid point's runs live in ``<out>/<method>__<knob>=<value>/`` (``<method>__default``
+for a single point) as the usual ``<task>__<method>__b<budget>__s<seed>`` folders; finished runs are
+skipped. ``--set`` goes to every run, ``--set-for`` to one method's runs; neither may set a swept knob.
+
+After the runs (or with ``--report-only``, which runs nothing) every grid folder under ``--out`` is read:
+- ``--csv`` (results/frontier.csv): one row per (task, method, knob, value, budget) with the number of
+  seeds and the mean and 95% bootstrap CI over seeds of eval_reward, normalised_score (0 = pretrained,
+  1 = task optimum; as ``benchmarks/leaderboard.py``), path_kl (nats), vendi and the task's other metrics
+  (naturalness: invalid_frac, prior_logpdf, fd_*; vendi_valid / n_valid when logged), wall_time_s;
+  ``on_frontier`` marks the Pareto-optimal points (among points with KL > 0);
+- ``--plots`` (results/): ``frontier_<task>.png`` (``_b<budget>`` added when a task has several budgets):
+  eval reward vs path KL (log x; the pretrained model, KL 0, drawn at ``KL_FLOOR`` = 0.01 nats or half
+  the smallest KL, whichever is lower) and eval reward vs the
+  task's naturalness metric, one line per method through its grid points sorted by KL, 95% CI bands;
+- ``--leaderboard`` (results/frontier_leaderboard.csv) and ``--md``: reward and score at matched path KL
+  (1, 10, 100 nats), area under the reward–KL frontier, best score on -manifold tasks; definitions in
+  ``benchmarks/frontier_stats.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import frontier_stats as fs
+from benchmarks import leaderboard as lb
+from benchmarks import stats, sweep
+from benchmarks.sweep import RunSpec, SweepError
+
+BETA_GRID = (0.01, 0.1, 1.0, 10.0)
+LR_FACTORS = (0.01, 0.1, 1.0, 10.0)
+#: KL-regularised methods (they sweep beta even before their class lists it, so a missing key is an error)
+KL_METHODS = ("sqdf", "seiko", "adjoint-matching")
+SINGLE_POINT = ("pretrained",)
+PLAN_FILE = "_frontier.json"
+KL_FLOOR = 1e-2  # nats; where KL-0 points are drawn on the log axis
+_POINT_DIR = re.compile(r"^(?P<method>.+?)__(?:(?P<knob>[A-Za-z_]\w*)=(?P<value>[^=]+)|default)$")
+
+
+# ---- the grid -----------------------------------------------------------------------------------
+@dataclass
+class GridPlan:
+    """One method's knob and values; knob None = a single point."""
+
+    method: str
+    knob: Optional[str]
+    values: list
+    source: str = "rule"
+
+    def folder(self, value) -> str:
+        safe = self.method.replace(":", ".").replace("/", "_")  # as RunSpec / sqdf_bbo.run name folders
+        return f"{safe}__default" if self.knob is None else f"{safe}__{self.knob}={fmt_value(value)}"
+
+    def set_item(self, value) -> list[str]:
+        return [] if self.knob is None else [f"{self.knob}={value!r}"]
+
+
+def fmt_value(v) -> str:
+    """Knob value as written in folder names and tables: 6 significant digits (0.01, 1, 1e-05)."""
+    return f"{v:g}"
+
+
+def _clean(x: float) -> float:
+    return float(f"{x:.6g}")  # 0.001 * 0.01 -> 1e-05, not 1.0000000000000001e-05
+
+
+def default_knob(method: str, cls) -> Optional[str]:
+    """The rule's knob: None (single point), 'beta' (KL-regularised) or 'lr'; SweepError if none applies."""
+    cfg = getattr(cls, "default_config", {})
+    if method in SINGLE_POINT:
+        return None
+    if method in KL_METHODS or "beta" in cfg:
+        return "beta"
+    if "lr" in cfg:
+        return "lr"
+    raise SweepError(f"method {method!r} has neither a beta nor an lr setting; give --knob {method}=KEY "
+                     f"--grid {method}=v1,v2,...")
+
+
+def rule_values(method: str, cls, knob: str) -> list:
+    """BETA_GRID for beta; default x LR_FACTORS for lr; SweepError for any other knob (needs --grid)."""
+    if knob == "beta":
+        return list(BETA_GRID)
+    if knob == "lr":
+        return [_clean(float(cls.default_config["lr"]) * f) for f in LR_FACTORS]
+    raise SweepError(f"--knob {method}={knob}: give its values with --grid {method}=v1,v2,... "
+                     "(the rule only covers beta and lr)")
+
+
+def _parse_pairs(items: Sequence[str], flag: str, methods: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        method, sep, rhs = item.partition("=")
+        method, rhs = method.strip(), rhs.strip()
+        if not sep or not method or not rhs:
+            raise SweepError(f"{flag} expects METHOD=..., got {item!r}")
+        if method not in methods:
+            raise SweepError(f"{flag} names method {method!r} that is not in --methods ({', '.join(methods)})")
+        if method in out:
+            raise SweepError(f"{flag} is given twice for method {method!r}")
+        out[method] = rhs
+    return out
+
+
+def _parse_values(text: str, method: str, integer: bool) -> list:
+    vals = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        try:
+            v = float(part)
+        except ValueError:
+            raise SweepError(f"--grid {method}: {part!r} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise SweepError(f"--grid {method}: values must be finite and >= 0, got {part!r}")
+        if integer:
+            if v != int(v):
+                raise SweepError(f"--grid {method}: the knob takes integers, got {part!r}")
+            v = int(v)
+        vals.append(v)
+    if not vals:
+        raise SweepError(f"--grid {method}: no value given")
+    if len({fmt_value(v) for v in vals}) < len(vals):
+        raise SweepError(f"--grid {method}: values repeat (after rounding to 6 digits): {text}")
+    return sorted(vals)
+
+
+def plan_grid(methods: Sequence[str], grid_args: Sequence[str] = (), knob_args: Sequence[str] = ()) -> dict[str, GridPlan]:
+    """Each method's GridPlan by the rule, with ``--grid`` / ``--knob`` overrides; raises SweepError."""
+    from sqdf_bbo.agents import METHODS, available_methods, resolve_method
+
+    grids, knobs = _parse_pairs(grid_args, "--grid", methods), _parse_pairs(knob_args, "--knob", methods)
+    plans, errors = {}, []
+    for m in methods:
+        try:
+            if ":" not in m and m not in METHODS:
+                raise ValueError(f"unknown method {m!r}")
+            cls = resolve_method(m)
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        if m in SINGLE_POINT and (m in grids or m in knobs):
+            raise SweepError(f"{m!r} is a single point (KL 0); it takes no --grid or --knob")
+        knob = knobs.get(m) or default_knob(m, cls)
+        if m in knobs and knob not in cls.default_config:
+            raise SweepError(f"--knob {m}={knob}: {cls.__name__} has no setting {knob!r}; allowed: "
+                             f"{', '.join(sorted(cls.default_config))}")
+        if knob is None:
+            plans[m] = GridPlan(m, None, [math.nan], "rule")
+        elif m in grids:
+            integer = isinstance(cls.default_config.get(knob), int) and not isinstance(cls.default_config.get(knob), bool)
+            plans[m] = GridPlan(m, knob, _parse_values(grids[m], m, integer), "--grid")
+        else:
+            plans[m] = GridPlan(m, knob, rule_values(m, cls, knob), "--knob" if m in knobs else "rule")
+    if errors:
+        raise SweepError("; ".join(errors) + f". Available methods: {', '.join(available_methods())}")
+    return plans
+
+
+def validate_plans(plans: dict[str, GridPlan], tasks, budgets, sets, method_sets) -> None:
+    """sweep.validate for each method with its knob set (the first value), after checking that no --set or
+    --set-for sets a swept knob and every --set-for names a method of the sweep."""
+    from sqdf_bbo.run import CLIError, parse_sets
+
+    stray = sorted(set(method_sets) - set(plans))
+    if stray:
+        raise SweepError(f"--set-for names method(s) {', '.join(stray)} that are not in --methods ({', '.join(plans)})")
+    for m, plan in plans.items():
+        try:
+            agent_keys = parse_sets(list(sets) + method_sets.get(m, []))[0]
+        except CLIError as e:
+            raise SweepError(str(e)) from None
+        if plan.knob in agent_keys:
+            raise SweepError(f"{plan.knob!r} is the swept knob of {m}; set its values with --grid {m}=v1,v2,... "
+                             "instead of --set")
+        sweep.validate(tasks, [m], budgets, sets, {m: method_sets.get(m, []) + plan.set_item(plan.values[0])})
+
+
+def build_specs(plans: dict[str, GridPlan], tasks, seeds, budgets, out, sets, method_sets, resume,
+                threads) -> list[RunSpec]:
+    """Every run of every grid point, seed-major (a cut-short sweep covers every point with its first seeds)."""
+    return [RunSpec(t, m, b, s, str(Path(out) / plan.folder(v)), list(sets) + method_sets.get(m, []) + plan.set_item(v),
+                    resume, threads)
+            for s in seeds for b in budgets for t in tasks for m, plan in plans.items() for v in plan.values]
+
+
+def record_plan(out: Path, plans: dict[str, GridPlan], command: str) -> None:
+    """Merge the plans into ``<out>/_frontier.json`` (methods from earlier invocations are kept)."""
+    path = Path(out) / PLAN_FILE
+    rec = json.loads(path.read_text()) if path.exists() else {"methods": {}, "commands": []}
+    for m, p in plans.items():
+        rec["methods"][m] = {"knob": p.knob, "values": [] if p.knob is None else p.values, "source": p.source}
+    rec["commands"].append({"command": command, "started": _dt.datetime.now().isoformat(timespec="seconds")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1))
+
+
+# ---- reading the runs ---------------------------------------------------------------------------
+def load_frontier_runs(out: str | Path, tasks=None, methods=None, budgets=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, rounds) of every grid folder ``<out>/<method>__<knob>=<value>`` (or ``__default``).
+
+    ``runs``: one row per finished run (the leaderboard's final.json columns) plus knob, value, point,
+    grid_source and normalised_score / norm_low / norm_high / norm_high_source. Checks that every run's
+    config.json has the folder's knob value and that a point's seeds share their settings.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise lb.LeaderboardError(f"--out {str(out)!r} does not exist or is not a folder")
+    plan = json.loads((out / PLAN_FILE).read_text()).get("methods", {}) if (out / PLAN_FILE).exists() else {}
+    finals, rounds = [], []
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        m = _POINT_DIR.match(d.name)
+        if not lb.find_run_dirs([d])[0]:
+            continue
+        if not m:
+            print(f"note: {d} is not a grid folder (<method>__<knob>=<value>); left out", file=sys.stderr)
+            continue
+        f, r = lb.load_runs([d])
+        lb.check_uniform_settings(f)
+        knob = m.group("knob") or ""
+        value = float(m.group("value")) if knob else math.nan
+        for run_dir in f["run_dir"]:
+            cfg = lb._read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
+            got = cfg.get("agent", {}).get(knob) if knob else None
+            if knob and (got is None or not math.isclose(float(got), value, rel_tol=1e-5)):
+                raise lb.LeaderboardError(f"{run_dir}: its folder says {knob}={m.group('value')} but config.json "
+                                          f"has agent.{knob}={got!r}")
+        f = f.assign(knob=knob, value=value, point=d.name)
+        f["grid_source"] = f["method"].map(lambda x: plan.get(x, {}).get("source", ""))
+        r = r.assign(knob=knob, value=value, point=d.name)
+        finals.append(f)
+        rounds.append(r)
+    if not finals:
+        raise lb.LeaderboardError(f"no finished run in a grid folder under {str(out)!r}")
+    runs, rr = pd.concat(finals, ignore_index=True), pd.concat(rounds, ignore_index=True)
+    for col, keep in (("task", tasks), ("method", methods), ("budget", budgets)):
+        if keep:
+            runs, rr = runs[runs[col].isin(keep)], rr[rr[col].isin(keep)]
+    if runs.empty:
+        raise lb.LeaderboardError("no finished run matches --tasks/--methods/--budget under " + str(out))
+    runs = lb.add_normalised(runs, lb.normalisation_bounds(runs, rr))
+    return runs.reset_index(drop=True), rr.reset_index(drop=True)
+
+
+#: metrics of the frontier CSV, in order; the task's other numeric keys follow
+FIRST_METRICS = ("eval_reward", "normalised_score", "path_kl", "vendi", "vendi_valid", "n_valid",
+                 "mean_pairwise_distance")
+LAST_METRICS = ("wall_time_s",)
+
+
+def point_table(runs: pd.DataFrame, reps: int = stats.DEFAULT_REPS, seed: int = stats.DEFAULT_SEED) -> pd.DataFrame:
+    """One row per grid point: n_seeds, seeds, and ``<metric>_mean/_ci_low/_ci_high`` (95% bootstrap CI over
+    seeds) of every metric; ``on_frontier`` = Pareto-optimal among the method's points with KL > 0."""
+    skip = {"knob", "value", "norm_low", "norm_high", "grid_source", "point", "peak_mem_mb"}
+    extras = [k for k in lb.extra_metric_keys(runs) if k not in skip and k not in FIRST_METRICS]
+    metrics = [k for k in (*FIRST_METRICS, *extras, *LAST_METRICS) if k in runs]
+    rows = []
+    for (task, method, knob, value, budget), g in runs.groupby(fs.POINT_KEY, sort=True, dropna=False):
+        g = g.sort_values("seed")
+        row = {"task": task, "method": method, "knob": knob, "value": value, "budget": int(budget),
+               "grid_source": g["grid_source"].iloc[0], "n_seeds": len(g), "seeds": " ".join(map(str, g["seed"]))}
+        for k in metrics:
+            v = pd.to_numeric(g[k], errors="coerce").dropna().to_numpy(float)
+            if len(v) == 0:
+                row[f"{k}_mean"] = row[f"{k}_ci_low"] = row[f"{k}_ci_high"] = math.nan
+            elif len(v) == 1 or np.ptp(v) == 0:
+                row[f"{k}_mean"] = row[f"{k}_ci_low"] = row[f"{k}_ci_high"] = float(v.mean())
+            else:
+                row[f"{k}_mean"], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = stats.stratified_bootstrap_ci(
+                    [v], stats.aggregate_mean, reps=reps, seed=seed)
+        b = g.iloc[0]
+        row.update({"norm_low": b["norm_low"], "norm_high": b["norm_high"], "norm_high_source": b["norm_high_source"]})
+        rows.append(row)
+    pts = pd.DataFrame(rows)
+    pts["on_frontier"] = False
+    for _, g in pts.groupby(fs.ROW_KEY):
+        pos = g[g["path_kl_mean"] > 0]
+        if len(pos):
+            pts.loc[pos.index, "on_frontier"] = fs.pareto_mask(pos["path_kl_mean"], pos["eval_reward_mean"])
+    return pts
+
+
+def naturalness_key(points: pd.DataFrame) -> Optional[str]:
+    """The naturalness metric of these points: invalid_frac, else fd_phi (or another Fréchet distance),
+    else prior_logpdf; None if none is logged."""
+    def has(k):
+        return f"{k}_mean" in points and points[f"{k}_mean"].notna().any()
+
+    fds = sorted(c[:-5] for c in points.columns if c.endswith("_mean") and not c.startswith("eval_")
+                 and any(s in c.lower() for s in ("fd_", "frechet", "fid")) and not c.startswith("fd_n"))
+    for k in ("invalid_frac", "fd_phi", *fds, "prior_logpdf"):
+        if has(k):
+            return k
+    return None
+
+
+# ---- plots --------------------------------------------------------------------------------------
+def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
+    """frontier_<task>.png: eval reward vs path KL (log x) and vs the naturalness metric, 95% CIs."""
+    from benchmarks import plot as bplot  # sets the Agg backend
+
+    plt = bplot.plt
+    p = points[(points["task"] == task) & (points["budget"] == budget)]
+    nat = naturalness_key(p)
+    methods = bplot._method_order(p["method"])
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6), squeeze=False)
+    ax_kl, ax_nat = axes[0]
+    r_pre = float(p["norm_low"].iloc[0])
+    kl_pos = p.loc[p["path_kl_mean"] > 0, "path_kl_mean"]
+    floor = min(KL_FLOOR, float(kl_pos.min()) / 2) if len(kl_pos) else KL_FLOOR  # left of every real point
+    ax_kl.axhline(r_pre, color="#7f7f7f", lw=0.8, ls=":")
+    ax_kl.plot([floor], [r_pre], marker="*", ms=13, color=bplot.colour("pretrained", methods), ls="none",
+               label="pretrained (KL 0)", zorder=5)
+    for m in methods:
+        g = p[p["method"] == m].sort_values("path_kl_mean")
+        c = bplot.colour(m, methods)
+        if m in SINGLE_POINT or not g["knob"].iloc[0]:
+            if nat:
+                ax_nat.errorbar(g[f"{nat}_mean"], g["eval_reward_mean"],
+                                xerr=_err(g, nat), yerr=_err(g, "eval_reward"), marker="*", ms=13, color=c,
+                                ls="none", label=m, zorder=5)
+            continue
+        x = np.maximum(g["path_kl_mean"].to_numpy(float), floor)
+        y = g["eval_reward_mean"].to_numpy(float)
+        label = f"{m} ({g['knob'].iloc[0]})"
+        ax_kl.plot(x, y, "-", color=c, lw=1.6, label=label)
+        ax_kl.fill_between(x, g["eval_reward_ci_low"], g["eval_reward_ci_high"], color=c, alpha=0.15, lw=0)
+        ax_kl.errorbar(x, y, xerr=np.clip(_err(g, "path_kl"), 0, None), fmt="none", ecolor=c, elinewidth=0.7, alpha=0.7)
+        on = g["on_frontier"].to_numpy(bool)
+        ax_kl.scatter(x[on], y[on], color=c, s=26, zorder=4)
+        ax_kl.scatter(x[~on], y[~on], facecolors="white", edgecolors=c, s=26, zorder=4)
+        if nat:
+            xn = g[f"{nat}_mean"].to_numpy(float)
+            ax_nat.plot(xn, y, "-o", color=c, lw=1.4, ms=4, label=label)
+            ax_nat.fill_between(xn, g["eval_reward_ci_low"], g["eval_reward_ci_high"], color=c, alpha=0.12, lw=0)
+            ax_nat.errorbar(xn, y, xerr=_err(g, nat), fmt="none", ecolor=c, elinewidth=0.7, alpha=0.7)
+    ax_kl.set_xscale("log")
+    ax_kl.set_xlabel(f"path KL to the pretrained model (nats, log scale; pretrained KL 0 drawn at {floor:.2g})")
+    ax_kl.set_ylabel("eval reward")
+    ax_kl.set_title("reward vs KL (hollow = dominated grid point)", fontsize=9)
+    if nat:
+        xv = p[f"{nat}_mean"].dropna()
+        if len(xv) and xv.min() > 0 and xv.max() / xv.min() > 50:  # e.g. Fréchet distances spanning decades
+            ax_nat.set_xscale("log")
+        ax_nat.set_xlabel(bplot.NATURALNESS_LABELS.get(nat, nat))
+        ax_nat.set_ylabel("eval reward")
+        ax_nat.set_title(f"reward vs naturalness ({nat})", fontsize=9)
+    else:
+        ax_nat.text(0.5, 0.5, "no naturalness metric logged", ha="center", va="center", transform=ax_nat.transAxes)
+    for ax in (ax_kl, ax_nat):
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    handles, labels = ax_kl.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    n = f"{int(p['n_seeds'].min())}–{int(p['n_seeds'].max())}" if p["n_seeds"].nunique() > 1 else str(int(p["n_seeds"].iloc[0]))
+    fig.suptitle(f"{task}: reward–KL frontier, budget {budget}, {n} seed(s) per point, 95% bootstrap CIs", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=bplot.DPI)
+    plt.close(fig)
+    return path
+
+
+def _err(g: pd.DataFrame, k: str) -> np.ndarray:
+    m = g[f"{k}_mean"].to_numpy(float)
+    return np.vstack([m - g[f"{k}_ci_low"].to_numpy(float), g[f"{k}_ci_high"].to_numpy(float) - m])
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def write_report(out, csv: Path, plots: Optional[Path], board_csv: Optional[Path], md: Optional[Path],
+                 tasks=None, methods=None, budgets=None, targets=fs.KL_TARGETS, cap=fs.AUF_CAP, low=fs.AUF_LOW,
+                 reps: int = stats.DEFAULT_REPS, seed: int = stats.DEFAULT_SEED) -> list[Path]:
+    """Read the grid folders under ``out`` and write the point CSV, the PNGs and the leaderboard; returns paths."""
+    runs, _ = load_frontier_runs(out, tasks, methods, budgets)
+    pts = point_table(runs, reps, seed)
+    written = []
+    lb.write_csv(pts, Path(csv))
+    written.append(Path(csv))
+    if plots is not None:
+        for task, g in pts.groupby("task", sort=True):
+            budgets_t = sorted(g["budget"].unique())
+            for b in budgets_t:
+                name = f"frontier_{task}.png" if len(budgets_t) == 1 else f"frontier_{task}_b{b}.png"
+                written.append(plot_task(pts, task, int(b), Path(plots) / name))
+    board = fs.frontier_leaderboard(runs, targets, cap, low, reps, seed)
+    if board_csv is not None:
+        lb.write_csv(board, Path(board_csv))
+        written.append(Path(board_csv))
+    if md is not None:
+        Path(md).parent.mkdir(parents=True, exist_ok=True)
+        Path(md).write_text(fs.frontier_markdown(board, targets, cap, low))
+        written.append(Path(md))
+    print(f"frontier: {len(runs)} runs, {len(pts)} grid points -> " + ", ".join(map(str, written)), file=sys.stderr)
+    return written
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontier", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default=None, help="comma-separated task names (with --report-only: a filter)")
+    p.add_argument("--methods", default=None, help="comma-separated method names (with --report-only: a filter)")
+    sweep.add_run_arguments(p)
+    p.set_defaults(seeds=None, budget=None)
+    p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2,...",
+                   help="this method's knob values instead of the rule's (repeatable)")
+    p.add_argument("--knob", action="append", default=[], metavar="METHOD=KEY",
+                   help="sweep this agent setting instead of beta/lr (repeatable; needs --grid unless beta/lr)")
+    p.add_argument("--report-only", action="store_true", help="run nothing; read the runs under --out, write the report")
+    p.add_argument("--csv", default="results/frontier.csv", help="per-point CSV (default results/frontier.csv)")
+    p.add_argument("--plots", default="results", help="folder for frontier_<task>.png (default results/; '' = none)")
+    p.add_argument("--leaderboard", default="results/frontier_leaderboard.csv",
+                   help="headline table CSV (default results/frontier_leaderboard.csv; '' = none)")
+    p.add_argument("--md", default=None, help="also write the headline table as Markdown here")
+    p.add_argument("--kl-targets", default=",".join(f"{t:g}" for t in fs.KL_TARGETS),
+                   help="path KLs (nats) for reward at matched KL (default 1,10,100)")
+    p.add_argument("--kl-cap", type=float, default=fs.AUF_CAP, help="AUF upper KL limit, nats (default 100)")
+    p.add_argument("--kl-low", type=float, default=fs.AUF_LOW, help="AUF lower KL limit, nats (default 0.1)")
+    p.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap resamples (default 2000)")
+    p.add_argument("--boot-seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default 0)")
+    return p
+
+
+def _targets(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SweepError(f"--kl-targets must be comma-separated numbers, got {text!r}") from None
+    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
+        raise SweepError(f"--kl-targets must be positive numbers, got {text!r}")
+    return vals
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "python -m benchmarks.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = dict(csv=Path(args.csv), plots=Path(args.plots) if args.plots else None,
+                  board_csv=Path(args.leaderboard) if args.leaderboard else None,
+                  md=Path(args.md) if args.md else None, cap=args.kl_cap, low=args.kl_low, reps=args.reps,
+                  seed=args.boot_seed)
+    try:
+        report["targets"] = _targets(args.kl_targets)
+        if args.reps < 1:
+            raise SweepError(f"--reps must be >= 1, got {args.reps}")
+        if not 0 < args.kl_low < args.kl_cap:
+            raise SweepError(f"need 0 < --kl-low < --kl-cap, got {args.kl_low} and {args.kl_cap}")
+        if args.report_only:
+            return _report(args.out, report, tasks=args.tasks and sweep.parse_list(args.tasks, "tasks"),
+                           methods=args.methods and sweep.parse_list(args.methods, "methods"),
+                           budgets=args.budget and sweep.parse_int_ranges(args.budget, "budget", 1))
+        if not args.tasks or not args.methods:
+            raise SweepError("--tasks and --methods are required (unless --report-only)")
+        args.seeds, args.budget = args.seeds or "0-4", args.budget or "2000"
+        tasks = sweep.parse_list(args.tasks, "tasks")
+        methods = sweep.parse_list(args.methods, "methods")
+        seeds, budgets, method_sets = sweep.check_run_arguments(args)
+        plans = plan_grid(methods, args.grid, args.knob)
+        validate_plans(plans, tasks, budgets, args.sets, method_sets)
+        specs = build_specs(plans, tasks, seeds, budgets, args.out, args.sets, method_sets, args.resume, args.threads)
+        if len({str(s.run_dir) for s in specs}) < len(specs):
+            raise SweepError("two grid points share a folder (values equal to 6 significant digits)")
+        status = sweep.run_statuses(specs, args.resume)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_points = sum(len(p.values) for p in plans.values())
+    n_done = sum(v == "done" for v in status.values())
+    print(f"frontier: {len(specs)} runs ({len(tasks)} tasks x {n_points} grid points x {len(budgets)} budgets x "
+          f"{len(seeds)} seeds); {n_done} finished already (skipped), {len(specs) - n_done} to run "
+          f"[{args.backend}, {args.workers} worker(s) x {args.threads} thread(s)]", file=sys.stderr)
+    for p in plans.values():
+        grid = "single point (KL 0)" if p.knob is None else f"{p.knob} = {', '.join(map(fmt_value, p.values))}"
+        print(f"  {p.method}: {grid} [{p.source}]", file=sys.stderr)
+    if args.dry_run:
+        return sweep.execute(specs, status, args, command, label="frontier")
+    record_plan(Path(args.out), plans, command)
+    rc = sweep.execute(specs, status, args, command, label="frontier")
+    rc_report = _report(args.out, report)
+    return rc or rc_report
+
+
+def _report(out, report: dict, **filters) -> int:
+    try:
+        write_report(out, **report, **filters)
+    except lb.LeaderboardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Tests of benchmarks/frontier_stats.py (hand-computed frontiers) and benchmarks/frontier.py (grid rule,
+argument checks, dry run, and --report-only over fake run folders). Nothing here trains a model."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import frontier as fr
+from benchmarks import frontier_stats as fs
+from benchmarks._fake_runs import write_fake_frontier
+from sqdf_bbo.agents import Agent, resolve_method
+
+# ---- the frontier math against hand-computed examples --------------------------------------------
+# Grid points (mean KL in nats, mean reward):
+#   A (0.5, 1.0), B (2, 3), C (4, 2.5), D (20, 5), E (2, 2)
+# C is dominated by B (KL 2 <= 4, reward 3 >= 2.5); E by B (same KL, lower reward). Pretrained r_pre = 0.
+KL = [0.5, 2.0, 4.0, 20.0, 2.0]
+REWARD = [1.0, 3.0, 2.5, 5.0, 2.0]
+
+
+def test_pareto_filter_drops_dominated_points():
+    assert fs.pareto_mask(KL, REWARD).tolist() == [True, True, False, True, False]
+    # of two identical points one is kept
+    assert fs.pareto_mask([1.0, 1.0], [2.0, 2.0]).tolist() == [True, False]
+    xs, ys = fs.frontier(KL, REWARD, r_pre=0.0)
+    assert xs.tolist() == [0.0, 0.5, 2.0, 20.0]  # the pretrained start, then A, B, D by KL
+    assert ys.tolist() == [0.0, 1.0, 3.0, 5.0]
+    # a KL-0 grid point is not on the log axis: the start stands for it
+    xs0, ys0 = fs.frontier([0.0, 1.0], [9.0, 2.0], r_pre=0.0)
+    assert xs0.tolist() == [0.0, 1.0] and ys0.tolist() == [0.0, 2.0]
+
+
+def test_interpolation_at_matched_kl():
+    xs, ys = fs.frontier(KL, REWARD, r_pre=0.0)
+    got = fs.frontier_at(xs, ys, [0.0, 0.25, 1.0, 10.0, 20.0, 100.0])
+    # KL 0    : the pretrained start, 0
+    # KL 0.25 : start segment, linear in KL: 0 + (1 - 0) * 0.25 / 0.5 = 0.5
+    # KL 1    : A..B linear in log10 KL: t = (log10 1 - log10 0.5) / (log10 2 - log10 0.5) = 0.30103 / 0.60206
+    #           = 0.5 -> 1 + 0.5 * (3 - 1) = 2.0
+    # KL 10   : B..D: t = (log10 10 - log10 2) / (log10 20 - log10 2) = (1 - 0.30103) / 1 = 0.69897
+    #           -> 3 + 0.69897 * (5 - 3) = 4.39794
+    # KL 20   : D itself, 5 (reached: the largest KL)
+    # KL 100  : beyond the largest KL 20 -> not reached (NaN)
+    assert got[:5] == pytest.approx([0.0, 0.5, 2.0, 4.39794, 5.0], abs=1e-5)
+    assert math.isnan(got[5])
+
+
+def test_start_segment_is_linear_in_kl_and_may_go_below_pretrained():
+    # one point (1, -0.2) below r_pre = 0: f(0.5) = 0 + (-0.2 - 0) * 0.5 / 1 = -0.1 (raw, not clipped)
+    xs, ys = fs.frontier([1.0, 10.0], [-0.2, 0.4], r_pre=0.0)
+    assert fs.frontier_at(xs, ys, [0.5, 1.0])[0] == pytest.approx(-0.1)
+    # ...but R(k), the best score reachable at KL <= k, never drops below the pretrained 0
+    assert fs.best_up_to(xs, ys, [0.5, 1.0, 2.0]).tolist() == pytest.approx([0.0, 0.0, 0.0])
+    # at KL 10^0.5: f = -0.2 + 0.6 * 0.5 = 0.1
+    assert fs.best_up_to(xs, ys, [10 ** 0.5])[0] == pytest.approx(0.1)
+
+
+def test_area_under_frontier_hand_computed():
+    # 1) points (0.1, 0.2), (1, 0.5), (10, 0.6) in score units, cap 100, low 0.1 -> u = log10 KL in [-1, 2]:
+    #    u in [-1, 0]: linear 0.2 -> 0.5, mean 0.35; u in [0, 1]: 0.5 -> 0.6, mean 0.55;
+    #    u in [1, 2]: beyond the last point, the best reachable stays 0.6.  AUF = (0.35 + 0.55 + 0.6) / 3 = 0.5
+    xs, ys = fs.frontier([0.1, 1.0, 10.0], [0.2, 0.5, 0.6], 0.0)
+    assert fs.area_under_frontier(xs, ys, cap=100, low=0.1) == pytest.approx(0.5, abs=1e-6)
+    # 2) one point (1, 0.3), cap 10: on u in [-1, 0] the start segment R = 0.3 * 10^u (linear in KL), so
+    #    integral = 0.3 * (10^0 - 10^-1) / ln 10 = 0.27 / 2.302585 = 0.117260; on u in [0, 1]: 0.3.
+    #    AUF = (0.117260 + 0.3) / 2 = 0.208630
+    xs, ys = fs.frontier([1.0], [0.3], 0.0)
+    assert fs.area_under_frontier(xs, ys, cap=10, low=0.1) == pytest.approx(0.208630, abs=1e-5)
+    # 3) first point below the pretrained model: (1, -0.2), (10, 0.4), cap 100.
+    #    u in [-1, 0]: f <= 0 -> R = 0.  u in [0, 1]: f = -0.2 + 0.6 u, R = max(0, f): 0 up to u = 1/3,
+    #    then a triangle of area 1/2 * (2/3) * 0.4 = 0.133333.  u in [1, 2]: 0.4.
+    #    AUF = (0 + 0.133333 + 0.4) / 3 = 0.177778
+    xs, ys = fs.frontier([1.0, 10.0], [-0.2, 0.4], 0.0)
+    assert fs.area_under_frontier(xs, ys, cap=100, low=0.1) == pytest.approx(0.177778, abs=1e-5)
+    # 4) never better than pretrained -> 0; the pretrained model alone -> 0
+    xs, ys = fs.frontier([1.0, 10.0], [-0.5, -0.1], 0.0)
+    assert fs.area_under_frontier(xs, ys) == 0.0
+    assert fs.area_under_frontier(np.array([0.0]), np.array([0.0])) == 0.0
+    with pytest.raises(ValueError, match="0 < low < cap"):
+        fs.area_under_frontier(xs, ys, cap=0.1, low=0.1)
+
+
+def test_summary_with_seeds_normalises_and_flags_not_reached():
+    # grid points A, B, D of the example with seeds: A's KL (0.4, 0.6) -> mean 0.5, reward (0.5, 1.5) -> 1.0;
+    # B and D without spread. Normalisation low = 0 (pretrained), high = 10 -> score = reward / 10.
+    kl = [np.array([0.4, 0.6]), np.array([2.0, 2.0]), np.array([20.0, 20.0])]
+    rw = [np.array([0.5, 1.5]), np.array([3.0, 3.0]), np.array([5.0, 5.0])]
+    s = fs.frontier_summary(kl, rw, r_pre=0.0, norm_low=0.0, norm_high=10.0, reps=400, seed=0)
+    assert s["reward_at_kl1"] == pytest.approx(2.0) and s["score_at_kl1"] == pytest.approx(0.2)
+    assert s["reward_at_kl10"] == pytest.approx(4.39794, abs=1e-5)
+    assert s["not_reached_kl100"] and math.isnan(s["reward_at_kl100"]) and math.isnan(s["score_at_kl100_ci_low"])
+    assert not s["not_reached_kl1"] and s["kl_max"] == 20.0 and s["n_frontier"] == 3
+    # the CI at KL 1 comes from resampling A's seeds (B fixed): it brackets the point and has width
+    assert s["reward_at_kl1_ci_low"] < 2.0 < s["reward_at_kl1_ci_high"]
+    assert s["score_at_kl1_ci_low"] == pytest.approx(s["reward_at_kl1_ci_low"] / 10)
+    xs, ys = fs.frontier([0.5, 2.0, 20.0], [1.0, 3.0, 5.0], 0.0)
+    assert s["auf"] == pytest.approx(fs.area_under_frontier(xs, ys / 10.0))
+    assert s["auf_ci_low"] <= s["auf"] <= s["auf_ci_high"]
+    # no spread at all -> the CI collapses onto the point
+    s0 = fs.frontier_summary([np.array([1.0, 1.0])], [np.array([2.0, 2.0])], 0.0, 0.0, 10.0, targets=[1.0], reps=50)
+    assert s0["reward_at_kl1_ci_low"] == s0["reward_at_kl1"] == s0["reward_at_kl1_ci_high"] == 2.0
+
+
+# ---- the grid rule -----------------------------------------------------------------------------
+class BetaAgent(Agent):
+    """A future KL-regularised agent: it has a beta key, so it sweeps beta."""
+
+    default_config = {"beta": 1.0, "lr": 0.5}
+
+
+class LrAgent(Agent):
+    default_config = {"lr": 0.2}
+
+
+class NoKnobAgent(Agent):
+    default_config = {"width": 3}
+
+
+def test_grid_rule_same_beta_grid_and_lr_times_factors():
+    kl = ["sqdf", "seiko", "adjoint-matching", f"{__name__}:BetaAgent"]
+    plain = ["alignprop", "draft", "draft-k", "draft-1", "draft-lv", "ddpo", "ddpo-sf", f"{__name__}:LrAgent"]
+    plans = fr.plan_grid(["pretrained", *kl, *plain])
+    assert plans["pretrained"].knob is None and plans["pretrained"].folder(math.nan) == "pretrained__default"
+    for m in kl:
+        assert plans[m].knob == "beta" and plans[m].values == [0.01, 0.1, 1.0, 10.0] == list(fr.BETA_GRID), m
+    for m in plain:
+        lr = resolve_method(m).default_config["lr"]
+        assert plans[m].knob == "lr", m
+        assert plans[m].values == pytest.approx([lr * f for f in (0.01, 0.1, 1, 10)], rel=1e-9), m
+        assert plans[m].source == "rule"
+    assert plans["alignprop"].folder(1e-05) == "alignprop__lr=1e-05"
+    assert plans[f"{__name__}:BetaAgent"].folder(0.1) == f"{__name__.replace(':', '.')}.BetaAgent__beta=0.1"
+    over = fr.plan_grid(["alignprop", "sqdf"], grid_args=["sqdf=3,0.3"])
+    assert over["sqdf"].values == [0.3, 3.0] and over["sqdf"].source == "--grid"
+    assert over["alignprop"].source == "rule"
+    with pytest.raises(fr.SweepError, match="give its values with --grid alignprop"):
+        fr.plan_grid(["alignprop"], knob_args=["alignprop=max_grad_norm"])
+    with pytest.raises(fr.SweepError, match="neither a beta nor an lr"):
+        fr.plan_grid([f"{__name__}:NoKnobAgent"])
+    assert fr.plan_grid(["alignprop"], ["alignprop=5,10"], ["alignprop=updates_per_round"])["alignprop"].values == [5, 10]
+
+
+# ---- the CLI: argument errors and the dry run ------------------------------------------------------
+BASE = ["--tasks", "levy", "--budget", "100", "--seeds", "0-1", "--no-progress"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "sqdf,nope"], "unknown method 'nope'"),
+    (["--methods", "sqdf", "--grid", "alignprop=0.1"], "--grid names method 'alignprop' that is not in --methods"),
+    (["--methods", "sqdf", "--grid", "sqdf=0.1,abc"], "--grid sqdf: 'abc' is not a number"),
+    (["--methods", "sqdf", "--grid", "sqdf=-1"], "must be finite and >= 0"),
+    (["--methods", "sqdf", "--grid", "sqdf"], "--grid expects METHOD=..."),
+    (["--methods", "sqdf", "--grid", "sqdf=1", "--grid", "sqdf=2"], "--grid is given twice"),
+    (["--methods", "pretrained", "--grid", "pretrained=1"], "'pretrained' is a single point"),
+    (["--methods", "alignprop", "--knob", "alignprop=bogus"], "AlignPropAgent has no setting 'bogus'"),
+    (["--methods", "sqdf", "--set", "beta=1"], "'beta' is the swept knob of sqdf"),
+    (["--methods", "pretrained", "--set", "updates_per_round=20"], "unknown setting(s) 'updates_per_round'"),
+    (["--methods", "sqdf", "--set-for", "ddpo", "lr=1"], "--set-for names method(s) ddpo"),
+    (["--methods", "sqdf", "--kl-targets", "1,x"], "--kl-targets must be"),
+])
+def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys, extra, message):
+    out = tmp_path / "runs"
+    assert fr.main([*BASE, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def test_dry_run_lists_the_grid_folders(tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = [*BASE, "--methods", "pretrained,sqdf,alignprop", "--out", str(out), "--grid", "sqdf=0.1,10",
+            "--set", "num_steps=5", "--set-for", "sqdf", "updates_per_round=2", "--dry-run"]
+    assert fr.main(argv) == 0
+    cap = capsys.readouterr()
+    listed = {line.split()[1] for line in cap.out.splitlines()}
+    points = ["pretrained__default", "sqdf__beta=0.1", "sqdf__beta=10", "alignprop__lr=1e-05",
+              "alignprop__lr=0.0001", "alignprop__lr=0.001", "alignprop__lr=0.01"]
+    method = {p: p.split("__")[0] for p in points}
+    expected = {str(out / p / f"levy__{method[p]}__b100__s{s}") for p in points for s in (0, 1)}
+    assert listed == expected
+    assert all(line.startswith("new ") for line in cap.out.splitlines())
+    assert "sqdf: beta = 0.1, 10 [--grid]" in cap.err and "alignprop: lr = 1e-05, 0.0001, 0.001, 0.01 [rule]" in cap.err
+    assert not out.exists()  # a dry run writes nothing
+    specs = fr.build_specs(fr.plan_grid(["sqdf"], ["sqdf=0.1"]), ["levy"], [0], [100], out, ["num_steps=5"], {}, False, 1)
+    assert specs[0].argv()[-4:] == ["--set", "num_steps=5", "--set", "beta=0.1"]
+
+
+# ---- --report-only over fake run folders ---------------------------------------------------------
+GRID = {"pretrained": None, "sqdf": ("beta", [0.01, 0.1, 1.0, 10.0]), "seiko": ("beta", [0.01, 0.1, 1.0, 10.0]),
+        "alignprop": ("lr", [1e-5, 1e-4, 1e-3, 1e-2])}
+
+
+@pytest.fixture(scope="module")
+def fake_frontier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frontier")
+    write_fake_frontier(root / "runs", GRID, tasks=("ackley", "levy-manifold"), seeds=range(3))
+    return root
+
+
+def test_report_only_writes_csv_png_and_leaderboard(fake_frontier, tmp_path, capsys):
+    runs = fake_frontier / "runs"
+    csv, board, md = tmp_path / "frontier.csv", tmp_path / "fl.csv", tmp_path / "fl.md"
+    argv = ["--report-only", "--out", str(runs), "--csv", str(csv), "--plots", str(tmp_path), "--leaderboard",
+            str(board), "--md", str(md), "--reps", "200"]
+    assert fr.main(argv) == 0
+    pts = pd.read_csv(csv)
+    assert len(pts) == 2 * (1 + 4 + 4 + 4)  # tasks x grid points
+    assert set(pts["knob"].dropna()) == {"beta", "lr"} and (pts["n_seeds"] == 3).all()
+    for col in ("eval_reward_mean", "eval_reward_ci_low", "eval_reward_ci_high", "path_kl_mean", "path_kl_ci_high",
+                "normalised_score_mean", "invalid_frac_mean", "prior_logpdf_ci_low", "vendi_mean",
+                "wall_time_s_mean", "on_frontier"):
+        assert col in pts, col
+    # the CSV's mean is the mean over the seeds' final.json
+    row = pts[(pts["task"] == "ackley") & (pts["method"] == "sqdf") & (pts["value"] == 0.1)].iloc[0]
+    vals = [json.loads((runs / "sqdf__beta=0.1" / f"ackley__sqdf__b200__s{s}" / "final.json").read_text())["eval_reward"]
+            for s in range(3)]
+    assert row["eval_reward_mean"] == pytest.approx(np.mean(vals), rel=1e-5)
+    assert row["eval_reward_ci_low"] <= row["eval_reward_mean"] <= row["eval_reward_ci_high"]
+    for task in ("ackley", "levy-manifold"):
+        png = tmp_path / f"frontier_{task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    lead = pd.read_csv(board)
+    assert len(lead) == 2 * 4 and {"score_at_kl1", "reward_at_kl10_ci_low", "not_reached_kl100", "auf",
+                                   "auf_ci_high", "best_score_manifold"} <= set(lead.columns)
+    # the leaderboard's AUF is the hand-checked function applied to the CSV's point means
+    r = lead[(lead["task"] == "ackley") & (lead["method"] == "alignprop")].iloc[0]
+    g = pts[(pts["task"] == "ackley") & (pts["method"] == "alignprop")]
+    xs, ys = fs.frontier(g["path_kl_mean"], g["normalised_score_mean"], 0.0)
+    assert r["auf"] == pytest.approx(fs.area_under_frontier(xs, ys), abs=1e-4)
+    # best score only on -manifold tasks
+    assert lead.loc[lead["task"] == "ackley", "best_score_manifold"].isna().all()
+    assert lead.loc[lead["task"] == "levy-manifold", "best_score_manifold"].notna().all()
+    text = md.read_text()
+    assert "| levy-manifold | sqdf |" in text and "beta = 0.01, 0.1, 1, 10" in text
+
+
+def test_report_only_filters_and_checks_the_knob_in_config(fake_frontier, tmp_path, capsys):
+    runs = fake_frontier / "runs"
+    assert fr.main(["--report-only", "--out", str(runs), "--methods", "sqdf,pretrained", "--tasks", "ackley",
+                    "--csv", str(tmp_path / "f.csv"), "--plots", "", "--leaderboard", "", "--reps", "50"]) == 0
+    pts = pd.read_csv(tmp_path / "f.csv")
+    assert set(pts["method"]) == {"sqdf", "pretrained"} and set(pts["task"]) == {"ackley"}
+    assert not list(tmp_path.glob("*.png"))
+    bad = tmp_path / "bad"
+    write_fake_frontier(bad, {"sqdf": ("beta", [0.1])}, tasks=("ackley",), seeds=[0])
+    (bad / "sqdf__beta=0.1").rename(bad / "sqdf__beta=1")  # folder and config.json disagree
+    assert fr.main(["--report-only", "--out", str(bad), "--csv", str(tmp_path / "x.csv"), "--plots", ""]) == 2
+    assert "its folder says beta=1 but config.json has agent.beta=0.1" in capsys.readouterr().err
+    assert fr.main(["--report-only", "--out", str(tmp_path / "none"), "--csv", str(tmp_path / "x.csv")]) == 2
