@@ -4,7 +4,8 @@ Curves are indexed by queries used: entry ``i`` (0-based) is the metric after ``
 the order the queries were made. Values are the task's (maximised) oracle values in its own units.
 
 * :func:`best_so_far`, :func:`top_k_mean_curve`, :func:`auc_top_k` (PMO, Gao et al. 2022)
-* diversity: :func:`vendi_score` (RBF or cosine kernel), :func:`mean_pairwise_distance`
+* diversity: :func:`vendi_score` (RBF or cosine kernel), :func:`valid_vendi_score` (over valid designs
+  only), :func:`mean_pairwise_distance`
 * distribution distance: :func:`frechet_distance` / :func:`gaussian_frechet` (FID formula on any features)
 * summaries: :func:`mean_sem`, :func:`eval_reward`, :func:`diversity`, :func:`path_kl_summary`
 """
@@ -20,6 +21,7 @@ __all__ = [
     "top_k_mean_curve",
     "auc_top_k",
     "vendi_score",
+    "valid_vendi_score",
     "mean_pairwise_distance",
     "gaussian_frechet",
     "frechet_distance",
@@ -147,6 +149,20 @@ def vendi_score(features: Any, kernel: str = "rbf", bandwidth: Optional[float] =
     return float(np.exp(-np.sum(lam * np.log(lam))))
 
 
+def valid_vendi_score(features: Any, valid: Any, kernel: str = "rbf", bandwidth: Optional[float] = None) -> float:
+    """Vendi score of the valid rows only: :func:`vendi_score` of ``features[valid]``, same kernel/bandwidth.
+
+    features: (n, F); valid: (n,) bool. With no valid row the score is 0.0 (one valid row gives 1.0, as
+    for any single design), so it lies in [0, n_valid] and is never NaN: designs that left the prior
+    (or noise images) add nothing, however far apart they are.
+    """
+    f = _features(features, 1)
+    v = _as_np(valid).astype(bool).reshape(-1)
+    if v.shape[0] != f.shape[0]:
+        raise ValueError(f"valid mask has {v.shape[0]} entries for {f.shape[0]} feature rows")
+    return vendi_score(f[v], kernel, bandwidth) if v.any() else 0.0
+
+
 def mean_pairwise_distance(features: Any) -> float:
     """Mean Euclidean distance over the n(n-1)/2 unordered pairs of rows of (n, F) features (n >= 2)."""
     f = _features(features, 2)
@@ -210,15 +226,26 @@ def eval_reward(task: Any, designs: Any) -> dict:
 
 def diversity(task: Any, designs: Any) -> dict:
     """Vendi score and mean pairwise distance in ``task.diversity_features`` space. The kernel is RBF with
-    ``task.vendi_bandwidth`` when it is set, else cosine; the one used is reported."""
+    ``task.vendi_bandwidth`` when it is set, else cosine; the one used is reported.
+
+    When the task defines validity (``task.valid_mask(designs)`` is not None) also ``n_valid`` and
+    ``vendi_valid`` (:func:`valid_vendi_score`, same kernel): the diversity that invalid designs cannot win.
+    """
     f = _as_np(task.diversity_features(designs))
     h = getattr(task, "vendi_bandwidth", None)
     kernel = "cosine" if h is None else "rbf"
-    return {
+    out = {
         "vendi": vendi_score(f, kernel=kernel, bandwidth=h),
         "vendi_kernel": kernel if h is None else f"rbf(h={h:g})",
         "mean_pairwise_distance": mean_pairwise_distance(f) if f.shape[0] > 1 else float("nan"),
     }
+    valid_mask = getattr(task, "valid_mask", None)
+    valid = None if valid_mask is None else valid_mask(designs)
+    if valid is not None:
+        valid = _as_np(valid).astype(bool)
+        out["vendi_valid"] = valid_vendi_score(f, valid, kernel=kernel, bandwidth=h)
+        out["n_valid"] = int(valid.sum())
+    return out
 
 
 def path_kl_summary(eps_policy, eps_ref, schedule, traj) -> dict:

@@ -63,6 +63,11 @@ class Task:
         """Task-specific naturalness summaries of a batch (e.g. prior log-density, invalid fraction)."""
         return {}
 
+    def valid_mask(self, designs: Tensor) -> Optional[Tensor]:
+        """(B, *design_shape) -> (B,) bool, True = a valid (natural) design; None when the task defines no
+        validity. Diversity is also reported over the valid designs only (``vendi_valid``, ``n_valid``)."""
+        return None
+
     def diversity_features(self, designs: Tensor) -> Tensor:
         """Features in which diversity is measured, (B, F). Defaults to the flattened design."""
         return designs.reshape(designs.shape[0], -1).double()

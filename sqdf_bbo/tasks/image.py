@@ -12,9 +12,21 @@ agents: the pretrained :class:`~sqdf_bbo.backbones.unet.PixelUNet` and the proxy
 oracle's z-scored 512-d random features phi ("fixed feature space"): diversity (cosine Vendi, mean
 pairwise distance) and naturalness (Fréchet distance to held-out patches, and the pretrained model's
 denoising loss on the samples).
+
+Validity (:meth:`ImageTask.valid_mask`, :class:`NaturalnessGate`): a design is invalid when either of two
+statistics is worse than the 99th percentile of held-out natural patches. Calibrated once per process
+and patch size from natural patches (no weights involved, so retraining the UNet does not move it):
+  texture  Mahalanobis distance in pixel space under a Gaussian (Ledoit-Wolf shrunk covariance) fitted
+           to natural train patches; natural images are spatially correlated, noise is not.
+  colour   distance to the 10th nearest train patch in 15 standardised colour/texture features (2x2
+           block mean colours, per-channel log RMS of the detail left); flags flat or saturated colour
+           fields that no photo has.
+The cosine Vendi in phi is won by noise (128 uniform-noise images 12.5, 128 held-out patches 7.7), hence
+``vendi_valid``, the same Vendi over the valid designs only (README "Design decisions", Diversity).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -61,6 +73,77 @@ def _reference_stats(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     x = build_patches(n, size, "heldout", seed=7)
     f = batched(load_rand_aesthetic(size).features, x).double().numpy()
     return f.mean(0), np.cov(f, rowvar=False)
+
+
+#: validity gate calibration: fit / calibration patch counts and seeds, quantile, neighbours
+GATE_N_FIT, GATE_N_CAL, GATE_SEEDS, GATE_QUANTILE, GATE_K = 5000, 2000, (101, 102), 0.99, 10
+
+
+def _colour_texture(x: Tensor) -> Tensor:
+    """(B, 3, S, S) in [0, 1] -> (B, 15) float64: 2x2 block mean colours (12) and per-channel log RMS of
+    the detail left after subtracting them (3, floored at 1/255)."""
+    x = x.double()
+    S = x.shape[-1]
+    blocks = torch.nn.functional.avg_pool2d(x, S // 2)  # (B, 3, 2, 2)
+    detail = x - blocks.repeat_interleave(S // 2, -1).repeat_interleave(S // 2, -2)
+    return torch.cat([blocks.flatten(1), torch.log(detail.pow(2).mean((2, 3)).sqrt() + 1 / 255)], 1)
+
+
+def _ledoit_wolf(X: Tensor) -> Tensor:
+    """Ledoit-Wolf (2004) shrunk covariance (F, F) of centred rows X (n, F): (1 - r) S + r tr(S)/F I."""
+    n, F = X.shape
+    S = X.T @ X / n
+    mu = torch.trace(S) / F
+    delta = ((S - mu * torch.eye(F, dtype=S.dtype)) ** 2).sum()
+    beta = ((X * X).sum(1).pow(2).sum() / n - (S * S).sum()) / n
+    r = torch.clamp(beta / delta, 0.0, 1.0)
+    return (1 - r) * S + r * mu * torch.eye(F, dtype=S.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalnessGate:
+    """Two statistics per image (see the module docstring) and their held-out 99th percentiles.
+
+    mean (D,), precision (D, D): pixel Gaussian of train patches (D = 3 S^2, pixels in [0, 1]);
+    bank (N, 15): standardised colour/texture features of N train patches, scaled by ``ct_mean``/``ct_std``;
+    thresholds (2,): quantile ``GATE_QUANTILE`` of each statistic on held-out patches.
+    """
+
+    mean: Tensor
+    precision: Tensor
+    ct_mean: Tensor
+    ct_std: Tensor
+    bank: Tensor
+    thresholds: Tensor
+
+    def statistics(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, 2) float64: [pixel Mahalanobis^2, colour/texture kNN distance]."""
+        d = x.flatten(1).double() - self.mean
+        maha = ((d @ self.precision) * d).sum(1)
+        ct = (_colour_texture(x) - self.ct_mean) / self.ct_std
+        knn = torch.cdist(ct, self.bank).topk(GATE_K, dim=1, largest=False).values[:, -1]
+        return torch.stack([maha, knn], 1)
+
+    def passes(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B,) bool: both statistics at or below their thresholds."""
+        return (self.statistics(x) <= self.thresholds).all(1)
+
+
+@functools.lru_cache(maxsize=4)
+def naturalness_gate(size: int) -> NaturalnessGate:
+    """The validity gate for S x S patches, fitted on train patches and calibrated on held-out ones (fixed
+    seeds, a second or two on one CPU core; cached per process)."""
+    from sqdf_bbo.data import build_patches
+
+    fit = build_patches(GATE_N_FIT, size, "train", seed=GATE_SEEDS[0])
+    cal = build_patches(GATE_N_CAL, size, "heldout", seed=GATE_SEEDS[1])
+    X = fit.flatten(1).double()
+    mean = X.mean(0)
+    precision = torch.linalg.inv(_ledoit_wolf(X - mean))
+    ct = _colour_texture(fit)
+    ct_mean, ct_std = ct.mean(0), ct.std(0)
+    gate = NaturalnessGate(mean, precision, ct_mean, ct_std, (ct - ct_mean) / ct_std, torch.zeros(2))
+    return dataclasses.replace(gate, thresholds=torch.quantile(gate.statistics(cal), GATE_QUANTILE, dim=0))
 
 
 @functools.lru_cache(maxsize=2)
@@ -203,6 +286,11 @@ class ImageTask(Task):
             out["fd_phi"] = self.frechet_distance(x)
             out["fd_n"] = int(x.shape[0])
         return out
+
+    def valid_mask(self, designs: Tensor) -> Tensor:
+        """(B, 3, S, S) -> (B,) bool: passes the :func:`naturalness_gate` (about 98 % of held-out natural
+        patches do; uniform noise and flat saturated colours do not)."""
+        return naturalness_gate(self.size).passes(self._check(designs).clamp(0, 1))
 
     def diversity_features(self, designs: Tensor) -> Tensor:
         return self.phi(designs)

@@ -13,7 +13,8 @@ Each task has
   for invalid designs: prior log-density below the 1st percentile of prior samples' log-densities.
 
 Naturalness = mean prior log-density and the invalid fraction; diversity is measured in u-space with an
-RBF kernel whose bandwidth is the median pairwise distance of 1000 prior samples.
+RBF kernel whose bandwidth is the median pairwise distance of 1000 prior samples, over all designs
+(``vendi``) and over the valid ones (``vendi_valid``, validity = the ``-manifold`` rule above).
 """
 from __future__ import annotations
 
@@ -156,6 +157,10 @@ class SyntheticTask(Task):
     def invalid(self, x: Tensor) -> Tensor:
         """(B,) bool: prior log-density (u-space) below the 1st percentile of prior samples."""
         return self.prior.log_prob(self.to_u(x)) < self.logpdf_threshold
+
+    def valid_mask(self, designs: Tensor) -> Tensor:
+        """(B, d) -> (B,) bool: not :meth:`invalid` (prior log-density at or above its 1st percentile)."""
+        return ~self.invalid(torch.as_tensor(designs).double().reshape(-1, self.prior.dim))
 
     def evaluate_true(self, designs: Tensor) -> Tensor:
         x = torch.as_tensor(designs).double().reshape(-1, self.prior.dim)
