@@ -163,8 +163,10 @@ def distill_consistency(teacher: nn.Module, sample_x0: Callable[[int, torch.Gene
 
 
 # ---- weights -------------------------------------------------------------------------------------
-def cm_weights_path(backbone: str, prior: str) -> Path:
-    return WEIGHTS_DIR / f"cm_{backbone}_{prior}.safetensors"
+def cm_weights_path(backbone: str, prior: str, num_steps: int = 50) -> Path:
+    """Committed CM file for a DDIM grid of ``num_steps`` (50: ``cm_<backbone>_<prior>``, else ``..._n<N>``)."""
+    suffix = "" if int(num_steps) == 50 else f"_n{int(num_steps)}"
+    return WEIGHTS_DIR / f"cm_{backbone}_{prior}{suffix}.safetensors"
 
 
 def save_consistency(cm: ConsistencyModel, path: Path, record: dict) -> Path:
@@ -183,17 +185,17 @@ def save_consistency(cm: ConsistencyModel, path: Path, record: dict) -> Path:
     return path
 
 
-def load_consistency_mlp(prior: str, lo: Tensor, hi: Tensor) -> ConsistencyModel:
-    """The committed CM of the vector MLP for ``prior``; checks its sha256 and that it was distilled from
-    the current teacher weights (raises FileNotFoundError / RuntimeError otherwise)."""
+def load_consistency_mlp(prior: str, lo: Tensor, hi: Tensor, num_steps: int = 50) -> ConsistencyModel:
+    """The committed CM of the vector MLP for ``prior`` on a ``num_steps`` DDIM grid; checks its sha256 and
+    that it was distilled from the current teacher weights (raises FileNotFoundError / RuntimeError otherwise)."""
     from safetensors.torch import load_file
 
     from sqdf_bbo.backbones.mlp import MLPDenoiser, sha256_file, weights_path
 
-    path = cm_weights_path("mlp", prior)
+    path = cm_weights_path("mlp", prior, num_steps)
     if not path.exists():
-        raise FileNotFoundError(f"no consistency model at {path}; create it with "
-                                f"`python -m sqdf_bbo.pretrain consistency --backbone mlp --prior {prior}`")
+        raise FileNotFoundError(f"no consistency model for {num_steps} steps at {path}; create it with `python -m "
+                                f"sqdf_bbo.pretrain consistency --backbone mlp --prior {prior} --num-steps {num_steps}`")
     meta = json.loads(path.with_suffix(".json").read_text())
     if sha256_file(path) != meta["sha256"]:
         raise RuntimeError(f"checksum mismatch for {path}")
@@ -220,7 +222,7 @@ def find_consistency_model(task_info, reference: nn.Module, num_steps: int) -> t
             cm = factory()
         elif task_info.tier == "synthetic":
             prior = task_info.name.removesuffix("-manifold")
-            cm = load_consistency_mlp(prior, reference.lo, reference.hi)
+            cm = load_consistency_mlp(prior, reference.lo, reference.hi, num_steps)
         else:
             return None, f"no consistency model registered for tier {task_info.tier!r}"
     except (FileNotFoundError, RuntimeError) as e:
@@ -266,6 +268,6 @@ def distill_main(argv: Optional[list[str]] = None) -> None:
                                 f"--steps {args.steps} --batch {args.batch} --lr {args.lr} --ema {args.ema} "
                                 f"--num-steps {args.num_steps} --seed {args.seed}"),
                     "torch": torch.__version__})
-        path = save_consistency(cm, cm_weights_path("mlp", name), rec)
+        path = save_consistency(cm, cm_weights_path("mlp", name, args.num_steps), rec)
         print(f"{name}: cd loss {rec['final_loss']:.5f}; held-out MSE vs {args.num_steps}-step DDIM: "
               f"CM {ev['cm_mse']:.5f}, Tweedie {ev['tweedie_mse']:.5f}; {rec['wall_s']:.0f}s -> {path}", flush=True)

@@ -15,19 +15,22 @@ torch.set_num_threads(1)
 BENCH_PRIORS = ["ackley", "levy", "rastrigin"]
 
 
+@pytest.mark.parametrize("num_steps", [50, 10])
 @pytest.mark.parametrize("prior", BENCH_PRIORS)
-def test_cm_beats_tweedie_against_multistep_ddim(prior):
+def test_cm_beats_tweedie_against_multistep_ddim(prior, num_steps):
     """Held-out x0 from the prior (seed never used in distillation), noised to random grid timesteps; the
-    reference answer is diffusers' own DDIM(η=0) stepping of the frozen teacher to the end of the grid."""
+    reference answer is diffusers' own DDIM(η=0) stepping of the frozen teacher to the end of the grid.
+    Both committed grids: 50 steps (task default) and 10 (the CPU frontier's setting)."""
     p, lo, hi = make_prior_and_bounds(prior)
     teacher = load_mlp(prior, lo.float(), hi.float())
-    cm = load_consistency_mlp(prior, lo.float(), hi.float())
+    cm = load_consistency_mlp(prior, lo.float(), hi.float(), num_steps)
+    assert cm.num_steps == num_steps
     sched = DDIMScheduler.from_config(teacher.scheduler.config)
-    sched.set_timesteps(50)
+    sched.set_timesteps(num_steps)
     g = torch.Generator().manual_seed(777)
     n = 96
     x0 = p.sample(n, g).float()
-    idx = torch.randint(0, 45, (n,), generator=g)  # leave >= 5 DDIM steps to go
+    idx = torch.randint(0, num_steps - 5, (n,), generator=g)  # leave >= 5 DDIM steps to go
     acp = sched.alphas_cumprod
     taus = sched.timesteps[idx]
     a = acp[taus].unsqueeze(1)
@@ -47,9 +50,11 @@ def test_cm_beats_tweedie_against_multistep_ddim(prior):
     assert (errs_cm < errs_tw).double().mean() > 0.5
 
 
-def test_weights_record_command_seed_and_hashes():
+@pytest.mark.parametrize("num_steps", [50, 10])
+def test_weights_record_command_seed_and_hashes(num_steps):
     for prior in BENCH_PRIORS:
-        meta = json.loads(cm_weights_path("mlp", prior).with_suffix(".json").read_text())
+        meta = json.loads(cm_weights_path("mlp", prior, num_steps).with_suffix(".json").read_text())
+        assert meta["num_steps"] == num_steps and f"--num-steps {num_steps}" in meta["command"]
         for key in ("command", "seed", "final_loss", "sha256", "teacher_sha256", "num_steps"):
             assert key in meta, key
         assert meta["command"].startswith("python -m sqdf_bbo.pretrain consistency --backbone mlp")
@@ -71,8 +76,10 @@ def test_find_for_task_and_fallback_reasons():
     ref = task.info.make_backbone()
     cm, reason = find_consistency_model(task.info, ref, 50)
     assert cm is not None and reason == "" and not any(p.requires_grad for p in cm.parameters())
+    cm, reason = find_consistency_model(task.info, ref, 10)
+    assert cm is not None and cm.num_steps == 10
     cm, reason = find_consistency_model(task.info, ref, 20)
-    assert cm is None and "50 steps" in reason
+    assert cm is None and "no consistency model for 20 steps" in reason and "--num-steps 20" in reason
 
 
 def test_distillation_runs_generic_and_seeded():
