@@ -5,20 +5,27 @@ Index convention (spec §0): generation step k = 0..N-1 maps x_k -> x_{k+1}; x_0
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 import torch.utils.checkpoint
 
+from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule
+from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 EpsFn = Callable[[Tensor, Tensor, Any], Tensor]
 
-#: Settings that mean the same thing in every baseline, scaled once for the synthetic (CPU) tier and
-#: shared unchanged: trajectories per optimizer step and optimizer steps per round. The official image
-#: runs use 64-256 trajectories per step; 32 keeps a 4-round budget-2000 run at a few seconds on one core.
-SYNTHETIC_COMMON = {"train_batch": 32, "updates_per_round": 20}
+@dataclass
+class BaselineSettings(OnlineFinetuneAgent.Settings):
+    """Settings that mean the same thing in every baseline, scaled once for the synthetic (CPU) tier and
+    shared unchanged: trajectories per optimizer step and optimizer steps per round. The official image
+    runs use 64-256 trajectories per step; 32 keeps a 4-round budget-2000 run at a few seconds on one core."""
+
+    train_batch: int = setting(32, "trajectories per optimizer step", ge=1)
+    updates_per_round: int = setting(20, "optimizer steps per round", ge=0)
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> Any:

@@ -25,18 +25,20 @@ regularised D/2 and D times more weakly than Adjoint Matching at alpha 1; compar
 
 Defaults: no official image code or hyperparameters were found (spec §7); alpha = 1 (λ = 1), AdamW lr
 1e-3 (AlignProp/SEIKO's lr), wd 1e-4, grad clip 1.0, all steps. Scaled for the synthetic tier: 32 trajectories per step and 20 steps per round, identical to
-every other baseline (``baselines._common.SYNTHETIC_COMMON``).
+every other baseline (``baselines._common.BaselineSettings``).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
-from baselines._common import SYNTHETIC_COMMON, check_choice, check_positive_int
+from baselines._common import BaselineSettings, check_choice
 from sqdf_bbo.agents.kl_scale import resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule
+from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 
@@ -100,17 +102,16 @@ def adjoint_matching_loss(eps_policy, eps_base, schedule: DDIMSchedule, latents:
 class AdjointMatchingAgent(OnlineFinetuneAgent):
     """Adjoint Matching with the memoryless DDPM (η = 1) schedule and the lean adjoint."""
 
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        **SYNTHETIC_COMMON,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 1.0,
-        "alpha": 1.0,  # native KL weight per nat; reward multiplier lambda = 1/alpha
-        "beta": None,  # common KL scale (reward units per nat of path KL); alpha = beta
-        "am_steps": None,  # None = all N steps, else this many distinct steps per update
-        "adjoint_index": "k",  # k | k+1
-    }
+    @dataclass
+    class Settings(BaselineSettings):
+        lr: float = setting(1e-3, "AdamW learning rate", gt=0)
+        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
+        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
+        alpha: float = setting(1.0, "KL weight per nat of path KL; reward multiplier lambda = 1/alpha", gt=0)
+        beta: Optional[float] = setting(None, "common KL scale: reward units per nat of path KL (= alpha)", ge=0)
+        am_steps: Optional[int] = setting(None, "distinct steps per update (None = all N steps)", ge=1)
+        adjoint_index: str = setting("k", "pair the control at x_k with ã_k (QAM) or ã_{k+1} (discrete-exact)",
+                                     choices=("k", "k+1"))
 
     @classmethod
     def resolve_config(cls, task, overrides):
@@ -120,12 +121,8 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         resolve_beta(c, overrides, "alpha", lambda b: b, lambda a: a)
         if not float(c["alpha"]) > 0:
             raise ValueError(f"alpha (= beta) must be > 0 (lambda = 1/alpha), got {c['alpha']}")
-        check_choice("adjoint_index", c["adjoint_index"], ("k", "k+1"))
-        check_positive_int("train_batch", c["train_batch"])
-        if c["am_steps"] is not None:
-            m = check_positive_int("am_steps", c["am_steps"])
-            if m > int(c["num_steps"]):
-                raise ValueError(f"am_steps must be <= num_steps={c['num_steps']} or None, got {m}")
+        if c["am_steps"] is not None and c["am_steps"] > int(c["num_steps"]):
+            raise ValueError(f"am_steps must be <= num_steps={c['num_steps']} or None, got {c['am_steps']}")
         return c
 
     @property

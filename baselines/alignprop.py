@@ -20,16 +20,17 @@ Which strategy AlignProp's aesthetic config uses by default was not confirmed fr
 Defaults: official ``alignprop_config.py`` optimizer (AdamW lr 1e-3, wd 1e-4, grad clip 1.0). Scaled for
 the synthetic tier: 32 trajectories per step (official: 128) and 20 steps per round (official runs: one
 step per epoch, 20 epochs) — the same ``train_batch``/``updates_per_round`` as every other baseline
-(``baselines._common.SYNTHETIC_COMMON``) so methods differ only in their update rule. No KL term.
+(``baselines._common.BaselineSettings``) so methods differ only in their update rule. No KL term.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 
-from baselines._common import SYNTHETIC_COMMON, check_choice, check_positive_int, draw_noise, truncated_chain
+from baselines._common import BaselineSettings, check_choice, check_positive_int, draw_noise, truncated_chain
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
+from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 
@@ -66,26 +67,21 @@ def draw_cut(strategy: str, n: int, num_steps: int, generator: torch.Generator, 
 class AlignPropAgent(OnlineFinetuneAgent):
     """Reward backprop through the whole checkpointed chain with randomised per-trajectory truncation."""
 
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        **SYNTHETIC_COMMON,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 1.0,
-        "truncation": "gaussian",  # gaussian | uniform | fixed | none
-        "truncation_K": 1,  # steps with gradient when truncation == 'fixed'
-        "checkpoint": True,
-    }
+    @dataclass
+    class Settings(BaselineSettings):
+        lr: float = setting(1e-3, "AdamW learning rate (AlignProp config)", gt=0)
+        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
+        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
+        truncation: str = setting("gaussian", "randomised truncation of the backprop (per trajectory)",
+                                  choices=STRATEGIES)
+        truncation_K: int = setting(1, "steps with gradient when truncation = fixed", ge=1)
+        checkpoint: bool = setting(True, "gradient checkpointing of every model call")
 
     @classmethod
     def resolve_config(cls, task, overrides):
         c = super().resolve_config(task, overrides)
-        check_choice("truncation", c["truncation"], STRATEGIES)
-        check_positive_int("train_batch", c["train_batch"])
-        if c["truncation"] == "fixed":
-            K = check_positive_int("truncation_K", c["truncation_K"])
-            if K > int(c["num_steps"]):
-                raise ValueError(f"truncation_K must be <= num_steps={c['num_steps']}, got {K}")
+        if c["truncation"] == "fixed" and c["truncation_K"] > int(c["num_steps"]):
+            raise ValueError(f"truncation_K must be <= num_steps={c['num_steps']}, got {c['truncation_K']}")
         return c
 
     def cut_indices(self, n: int) -> Tensor:

@@ -26,18 +26,20 @@ Defaults (ddpo-pytorch ``config/base.py``): AdamW lr 3e-4, wd 1e-4, grad clip 1.
 adv_clip_max 5, num_inner_epochs 1, timestep_fraction 1.0; two optimizer steps per epoch (official:
 256 samples per epoch, train batch 128). Scaled for the synthetic tier: 32 samples per epoch (minibatch
 16, keeping the 2 steps/epoch ratio) and 20 epochs per round, the same ``train_batch``/
-``updates_per_round`` as every other baseline (``baselines._common.SYNTHETIC_COMMON``). No KL term.
+``updates_per_round`` as every other baseline (``baselines._common.BaselineSettings``). No KL term.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from baselines._common import SYNTHETIC_COMMON, check_positive_int
+from baselines._common import BaselineSettings, check_positive_int
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule, log_prob
+from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 
@@ -140,22 +142,26 @@ def step_log_probs(eps_fn, schedule: DDIMSchedule, latents: Tensor, steps: Tenso
     return lp.reshape(B, T)
 
 
+@dataclass
+class DDPOCommonSettings(BaselineSettings):
+    """Settings shared by DDPO-IS and DDPO-SF (ddpo-pytorch defaults, scaled as every baseline)."""
+
+    lr: float = setting(3e-4, "AdamW learning rate (ddpo-pytorch)", gt=0)
+    weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
+    max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
+    num_inner_epochs: int = setting(1, "passes over each sampled batch (DDPO-SF: 1)", ge=1)
+    adv_clip_max: float = setting(5.0, "advantage clip", gt=0)
+    timestep_fraction: float = setting(1.0, "fraction of the steps of each trajectory trained on", gt=0, le=1)
+
+
 class DDPOAgent(OnlineFinetuneAgent):
     """DDPO-IS: PPO-clipped importance-sampling policy gradient on the denoising MDP."""
 
     importance_sampling: ClassVar[bool] = True
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        **SYNTHETIC_COMMON,
-        "lr": 3e-4,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 1.0,
-        "ppo_minibatch": 16,
-        "num_inner_epochs": 1,
-        "clip_range": 1e-4,
-        "adv_clip_max": 5.0,
-        "timestep_fraction": 1.0,
-    }
+    @dataclass
+    class Settings(DDPOCommonSettings):
+        ppo_minibatch: int = setting(16, "trajectories per PPO minibatch", ge=1)
+        clip_range: float = setting(1e-4, "PPO ratio clip", gt=0)
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "ppo_minibatch")
 
     @classmethod
@@ -164,14 +170,7 @@ class DDPOAgent(OnlineFinetuneAgent):
         if float(c["eta"]) <= 0:
             raise ValueError(f"DDPO needs eta > 0 (the log-prob of an eta=0 step does not exist), got {c['eta']}")
         check_positive_int("train_batch", c["train_batch"], minimum=2)
-        check_positive_int("num_inner_epochs", c["num_inner_epochs"])
-        if not 0.0 < float(c["timestep_fraction"]) <= 1.0:
-            raise ValueError(f"timestep_fraction must be in (0, 1], got {c['timestep_fraction']}")
-        if cls.importance_sampling:
-            check_positive_int("ppo_minibatch", c["ppo_minibatch"])
-            if not float(c["clip_range"]) > 0:
-                raise ValueError(f"clip_range must be > 0, got {c['clip_range']}")
-        elif int(c["num_inner_epochs"]) != 1:
+        if not cls.importance_sampling and int(c["num_inner_epochs"]) != 1:
             raise ValueError(f"DDPO-SF is strictly on-policy: num_inner_epochs must be 1, got {c['num_inner_epochs']}")
         return c
 
@@ -258,6 +257,5 @@ class DDPOSFAgent(DDPOAgent):
     """DDPO-SF: REINFORCE with one optimizer step per freshly sampled batch (num_inner_epochs forced 1)."""
 
     importance_sampling: ClassVar[bool] = False
-    default_config: ClassVar[dict] = {k: v for k, v in DDPOAgent.default_config.items()
-                                      if k not in ("ppo_minibatch", "clip_range")}
+    Settings = DDPOCommonSettings
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch",)

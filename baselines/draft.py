@@ -13,19 +13,21 @@ Defaults: the SQDF comparison's DRaFT settings (AdamW lr 4e-4, wd 1e-4, grad cli
 n_lv = 2 (paper value as recalled, unverified). Paper values for the DRaFT sampler (η, CFG) are unverified
 and irrelevant on the unconditional synthetic tier. Scaled for the synthetic tier: 32 trajectories per step
 (SQDF comparison: 64) and 20 steps per round, identical to every other baseline
-(``baselines._common.SYNTHETIC_COMMON``). For DRaFT-LV the batch counts base trajectories (so each step
+(``baselines._common.BaselineSettings``). For DRaFT-LV the batch counts base trajectories (so each step
 makes 32·n_lv reward evaluations, as in the paper's cost accounting). Gradient checkpointing of every
 model call is on by default (non-reentrant). No KL term.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Union
 
 import torch
 
-from baselines._common import SYNTHETIC_COMMON, check_positive_int, draw_noise, truncated_chain
+from baselines._common import BaselineSettings, check_positive_int, draw_noise, truncated_chain
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory
+from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 
@@ -75,20 +77,17 @@ def resolve_K(K, num_steps: int) -> int:
 class DRaFTKAgent(OnlineFinetuneAgent):
     """DRaFT-K: reward backprop through the last K sampler steps only."""
 
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        **SYNTHETIC_COMMON,
-        "lr": 4e-4,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 1.0,
-        "K": 2,
-        "checkpoint": True,
-    }
+    @dataclass
+    class Settings(BaselineSettings):
+        lr: float = setting(4e-4, "AdamW learning rate (SQDF's DRaFT comparison)", gt=0)
+        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
+        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
+        K: Union[int, str, None] = setting(2, "last steps with gradient: an integer in [1, num_steps] or 'all'")
+        checkpoint: bool = setting(True, "gradient checkpointing of every model call")
 
     @classmethod
     def resolve_config(cls, task, overrides):
         c = super().resolve_config(task, overrides)
-        check_positive_int("train_batch", c["train_batch"])
         resolve_K(c["K"], int(c["num_steps"]))
         return c
 
@@ -113,33 +112,28 @@ class DRaFTKAgent(OnlineFinetuneAgent):
 class DRaFTAgent(DRaFTKAgent):
     """DRaFT: full backprop through all N steps (K = N)."""
 
-    default_config: ClassVar[dict] = {**DRaFTKAgent.default_config, "K": "all"}
+    @dataclass
+    class Settings(DRaFTKAgent.Settings):
+        K: Union[int, str, None] = setting("all", "last steps with gradient: 'all' (full backprop) or an integer")
 
 
 class DRaFT1Agent(DRaFTKAgent):
     """DRaFT-1: gradient through the last sampler step only."""
 
-    default_config: ClassVar[dict] = {**DRaFTKAgent.default_config, "K": 1}
+    @dataclass
+    class Settings(DRaFTKAgent.Settings):
+        K: Union[int, str, None] = setting(1, "last steps with gradient (DRaFT-1: 1)")
 
 
 class DRaFTLVAgent(OnlineFinetuneAgent):
     """DRaFT-LV: K = 1 with n re-noised copies of the final sample through the last step (model re-run)."""
 
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        **SYNTHETIC_COMMON,
-        "lr": 4e-4,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 1.0,
-        "n_lv": 2,
-    }
-
-    @classmethod
-    def resolve_config(cls, task, overrides):
-        c = super().resolve_config(task, overrides)
-        check_positive_int("train_batch", c["train_batch"])
-        check_positive_int("n_lv", c["n_lv"])
-        return c
+    @dataclass
+    class Settings(BaselineSettings):
+        lr: float = setting(4e-4, "AdamW learning rate (SQDF's DRaFT comparison)", gt=0)
+        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
+        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
+        n_lv: int = setting(2, "re-noised copies of the final sample through the last step", ge=1)
 
     def update_step(self) -> dict[str, float]:
         B = int(self.config["train_batch"])

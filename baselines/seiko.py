@@ -24,20 +24,22 @@ Defaults: SEIKO ``config/*.py:aesthetic()``: AdamW lr 1e-3, wd 0.1, grad clip 5.
 r < 10) kl_weight = 1 relative to -r̂⁺; we keep 1 with r̂⁺ in standardised units and SEIKO's per-element-mean
 KL. Scaled for the synthetic tier: 32 trajectories per step (official 64) and 20 steps per round (official
 5 epochs x 2), the same ``train_batch``/``updates_per_round`` as every other baseline
-(``baselines._common.SYNTHETIC_COMMON``).
+(``baselines._common.BaselineSettings``).
 """
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.utils.checkpoint
 
-from baselines._common import SYNTHETIC_COMMON, check_choice, check_positive_int, draw_noise, truncated_chain
+from baselines._common import BaselineSettings, draw_noise, truncated_chain
 from sqdf_bbo.agents.kl_scale import latent_elements, resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import gaussian_kl
+from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 
@@ -57,27 +59,22 @@ def per_step_truncation_mask(batch: int, num_steps: int, generator: torch.Genera
 class SEIKOAgent(OnlineFinetuneAgent):
     """Reward backprop with a per-step KL to the previous round's model (or the pretrained one)."""
 
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        **SYNTHETIC_COMMON,
-        "lr": 1e-3,
-        "weight_decay": 0.1,
-        "max_grad_norm": 5.0,
-        "kl_weight": 1.0,  # native KL weight on Σ_k mean_d KL_k; see beta
-        "beta": None,  # common KL scale: reward units per nat of exact path KL; kl_weight = beta·D
-        "kl_reference": "previous",  # previous | pretrained
-        "truncation": "per_step",  # per_step | none
-        "checkpoint": True,
-    }
+    @dataclass
+    class Settings(BaselineSettings):
+        lr: float = setting(1e-3, "AdamW learning rate (SEIKO aesthetic())", gt=0)
+        weight_decay: float = setting(0.1, "AdamW weight decay", ge=0)
+        max_grad_norm: float = setting(5.0, "global gradient-norm clip", gt=0)
+        kl_weight: float = setting(1.0, "native KL weight on Σ_k mean_d KL_k (see beta)", ge=0)
+        beta: Optional[float] = setting(None, "common KL scale: reward units per nat of path KL; kl_weight = beta·D", ge=0)
+        kl_reference: str = setting("previous", "KL to the previous round's model (SEIKO) or the pretrained one",
+                                    choices=("previous", "pretrained"))
+        truncation: str = setting("per_step", "per-step random gradient truncation (SEIKO code) or full backprop",
+                                  choices=("per_step", "none"))
+        checkpoint: bool = setting(True, "gradient checkpointing of every model call")
 
     @classmethod
     def resolve_config(cls, task, overrides):
         c = super().resolve_config(task, overrides)
-        check_choice("kl_reference", c["kl_reference"], ("previous", "pretrained"))
-        check_choice("truncation", c["truncation"], ("per_step", "none"))
-        check_positive_int("train_batch", c["train_batch"])
-        if not float(c["kl_weight"]) >= 0:
-            raise ValueError(f"kl_weight must be >= 0, got {c['kl_weight']}")
         D = latent_elements(task)
         return resolve_beta(c, overrides, "kl_weight", lambda b: b * D, lambda w: w / D)
 

@@ -133,11 +133,21 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
     return pd.DataFrame(finals), pd.DataFrame(rounds)
 
 
+#: agent settings added after results were committed, with the value that reproduces the earlier
+#: computation exactly: left out of the hash at that value so committed rows stay comparable
+HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
+#: agent settings that are derived from others (beta is recorded beside the native knob it sets)
+HASH_DERIVED = ("beta",)
+
+
 def config_hash(cfg: dict) -> str:
     """8-hex digest of the settings that define a run's method (agent, run and task overrides), not its seed."""
     import hashlib
 
     key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
+    if isinstance(key["agent"], dict):
+        key["agent"] = {k: v for k, v in key["agent"].items()
+                        if k not in HASH_DERIVED and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

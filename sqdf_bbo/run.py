@@ -124,7 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: agent KEY, task.KEY or run.KEY (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--help-settings", action="store_true",
+                   help="print the method's settings (type, default, doc, allowed values) and exit")
     return p
+
+
+def settings_help(method: str) -> str:
+    """The text of ``--help-settings`` for a method name or plug-in path."""
+    from sqdf_bbo import settings as S
+    from sqdf_bbo.agents import resolve_method
+
+    cls = resolve_method(method)
+    typed = cls.typed_settings()
+    title = f"settings of method {method!r} ({cls.__name__}); set with --set KEY=VALUE"
+    if typed is not None:
+        return S.describe(typed, title)
+    rows = [f"  {k} = {v!r}" for k, v in cls.default_config.items()]
+    return "\n".join([title + " (untyped plug-in: values are taken as parsed)"] + rows)
 
 
 def round_sizes(budget: int, rounds: int, explicit: Optional[list] = None) -> list[int]:
@@ -169,10 +185,11 @@ def _peak_mem_mb() -> float:
 
 # ---- evaluation (harness side: never shown to the agent, never charged) -------------------------
 def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
-    """Eval reward (noise-free oracle mean), path KL to the pretrained model, diversity, naturalness."""
+    """Eval reward (noise-free oracle mean), path KL to the pretrained model, diversity (``vendi``, and
+    ``vendi_valid`` / ``n_valid`` where the task defines validity), naturalness."""
     from sqdf_bbo.agents.base import DiffusionAgent
     from sqdf_bbo.diffusion import path_kl
-    from sqdf_bbo.metrics import mean_pairwise_distance, vendi_score
+    from sqdf_bbo.metrics import diversity
 
     if isinstance(agent, DiffusionAgent):
         designs, kls = [], []
@@ -199,10 +216,7 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
     out = {"eval_reward": float(values.mean()), "eval_reward_std": float(values.std()), "path_kl": kl}
     for name, v in task.extra_values(designs).items():
         out[f"eval_{name}"] = float(torch.as_tensor(v).double().mean())
-    feats = task.diversity_features(designs)
-    kernel = "cosine" if task.vendi_bandwidth is None else "rbf"
-    out["vendi"] = float(vendi_score(feats, kernel=kernel, bandwidth=task.vendi_bandwidth))
-    out["mean_pairwise_distance"] = float(mean_pairwise_distance(feats))
+    out.update({k: v for k, v in diversity(task, designs).items() if k != "vendi_kernel"})  # numbers only
     out.update(task.naturalness(designs))
     return out, designs
 
@@ -500,6 +514,13 @@ def _num(v):
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.help_settings:
+        try:
+            print(settings_help(args.method))
+        except (CLIError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         run = Run(args)  # every bad value is caught here, before any work
     except (CLIError, ValueError) as e:
@@ -512,7 +533,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if run.rank != 0:
         return 0
-    keys = ("eval_reward", "best_so_far", "path_kl", "vendi", "wall_time_s")
+    keys = ("eval_reward", "best_so_far", "path_kl", "vendi", "vendi_valid", "n_valid", "wall_time_s")
     print(json.dumps({k: final.get(k) for k in keys}), file=sys.stdout)
     print(f"run folder: {run.dir}", file=sys.stdout)
     return 0

@@ -139,5 +139,5 @@ def test_laion_proxy_fits_and_validates_without_dropout():
     proxy, stats = fit_proxy(X, y, {"proxy": "bootstrap", "proxy_arch": "laion", "proxy_epochs": 30,
                                     "proxy_batch": 64}, generator=g)
     assert not proxy.training and stats["val_spearman"] > 0.8
-    with pytest.raises(ValueError, match="proxy_arch must be one of"):
+    with pytest.raises(ValueError, match="proxy_arch='resnet' must be one of"):
         fit_proxy(X, y, {"proxy_arch": "resnet"})

@@ -7,14 +7,21 @@ The harness drives an agent with three calls per round:
     stats = agent.improve()                 # refit proxy + fine-tune; returns a dict of floats to log
 
 Agents never see the oracle, the environment or noise-free values. ``default_config`` lists every
-hyperparameter an agent accepts; unknown keys are rejected with the allowed list.
+hyperparameter an agent accepts; unknown keys are rejected with the allowed list. Built-in agents declare
+a typed ``Settings`` dataclass (sqdf_bbo/settings.py: a type, default, one-line doc and range per field)
+and ``default_config`` is derived from it; ``--set`` values are then coerced and range-checked when the
+run is built. A plug-in agent may give a plain ``default_config`` dict instead (values taken as parsed).
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
+
+from sqdf_bbo import settings as _settings
+from sqdf_bbo.settings import setting
 
 from sqdf_bbo.diffusion import DDIMSchedule, Trajectory, sample_trajectory
 from sqdf_bbo.tasks.base import TaskInfo
@@ -23,9 +30,23 @@ Tensor = torch.Tensor
 
 
 class Agent:
-    """Base class. Subclasses set ``default_config`` and override propose/observe/improve."""
+    """Base class. Subclasses set ``Settings`` (or a plain ``default_config``) and override
+    propose/observe/improve."""
 
     default_config: ClassVar[dict] = {}
+    #: typed settings dataclass (None: untyped ``default_config``); see sqdf_bbo/settings.py
+    Settings: ClassVar[Optional[type]] = None
+    _typed_defaults: ClassVar[Optional[dict]] = None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "Settings" in cls.__dict__ and cls.Settings is not None:
+            cls.default_config = cls._typed_defaults = _settings.defaults(cls.Settings)
+
+    @classmethod
+    def typed_settings(cls) -> Optional[type]:
+        """The Settings dataclass if ``default_config`` comes from it (not overridden by a plain dict)."""
+        return cls.Settings if cls.Settings is not None and cls.default_config is cls._typed_defaults else None
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         self.task = task
@@ -34,7 +55,11 @@ class Agent:
 
     @classmethod
     def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
-        """Defaults <- task defaults for known keys <- user overrides (unknown keys raise)."""
+        """Defaults <- task defaults for known keys <- user overrides (unknown keys raise); typed settings
+        are coerced to their field types and range-checked (one-line ValueError naming the key)."""
+        typed = cls.typed_settings()
+        if typed is not None:
+            return _settings.resolve(typed, overrides, task.defaults.get("agent", {}), owner=f"method {cls.__name__}")
         defaults = dict(cls.default_config)
         bad = sorted(set(overrides) - set(defaults))
         if bad:
@@ -66,7 +91,12 @@ class DiffusionAgent(Agent):
     (``designs``, ``values``). Subclasses implement :meth:`improve`.
     """
 
-    default_config: ClassVar[dict] = {"num_steps": 50, "eta": 1.0, "sample_batch": 256}
+    @dataclass
+    class Settings:
+        num_steps: int = setting(50, "DDIM steps per sample (the task may set its own default)", ge=1)
+        eta: float = setting(1.0, "DDIM eta: 1 = DDPM-like stochastic steps (SQDF, SEIKO, AM), 0 = deterministic", ge=0)
+        sample_batch: int = setting(256, "trajectories per no-grad sampling batch (memory)", ge=1)
+
     #: config keys counting samples per update or rollout; under data parallelism over P processes
     #: each process uses 1/P of the value, so the union over processes is the configured value
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ()

@@ -12,12 +12,15 @@ first round's observed values (frozen for the run), so one alpha means the same 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
 
 from sqdf_bbo.agents.base import DiffusionAgent
 from sqdf_bbo.diffusion import Trajectory
+from sqdf_bbo.proxy import ProxySettings
+from sqdf_bbo.settings import setting
 from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
@@ -26,34 +29,17 @@ Tensor = torch.Tensor
 class OnlineFinetuneAgent(DiffusionAgent):
     """Base class: subclasses implement :meth:`update_step` (one optimizer step, returns stats)."""
 
-    default_config: ClassVar[dict] = {
-        **DiffusionAgent.default_config,
-        # optimistic proxy (keys starting with proxy_/osm_ are passed to fit_proxy)
-        "proxy": "bootstrap",  # optimism: bootstrap (max over heads) | ucb (feature bonus) | none
-        "proxy_heads": 4,
-        "proxy_epochs": 300,
-        "proxy_lr": 1e-3,
-        "proxy_batch": 512,
-        "proxy_val_frac": 0.05,
-        "proxy_select": "best",  # best | last
-        "osm_alpha": 0.01,
-        "osm_lambda": 1e-3,
-        "osm_clipping": 10.0,
-        "proxy_hidden": 128,  # hidden width of the proxy MLP heads (proxy_arch=mlp)
-        "proxy_arch": "mlp",  # mlp (small SiLU MLP) | laion (the oracle head's 1024-128-64-16 architecture)
-        # fine-tuning
-        "updates_per_round": 40,
-        "lr": 1e-3,
-        "weight_decay": 0.1,
-        "max_grad_norm": 5.0,
-        "lora_rank": 4,  # 0 = full-weight fine-tuning
-    }
+    @dataclass
+    class Settings(DiffusionAgent.Settings, ProxySettings):
+        updates_per_round: int = setting(40, "optimizer steps per round", ge=0)
+        lr: float = setting(1e-3, "AdamW learning rate (a new AdamW every round)", gt=0)
+        weight_decay: float = setting(0.1, "AdamW weight decay", ge=0)
+        max_grad_norm: float = setting(5.0, "global gradient-norm clip", gt=0)
+        lora_rank: int = setting(4, "LoRA rank of the policy (0 = full-weight fine-tuning)", ge=0)
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
         rank = int(self.config["lora_rank"])
-        if rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {rank}")
         self.policy.requires_grad_(False)
         if rank > 0 and self.policy.lora_targets():
             self.policy.add_lora(rank)

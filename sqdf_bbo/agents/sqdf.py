@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -57,6 +58,7 @@ from sqdf_bbo.agents.kl_scale import latent_elements, resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.buffer import PER_PRIORITIES, SAMPLING_METHODS, TrajectoryBuffer
 from sqdf_bbo.diffusion import DDIMSchedule
+from sqdf_bbo.settings import setting
 from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
@@ -126,65 +128,47 @@ def _join_conds(conds: Optional[list]) -> Any:
 class SQDFAgent(OnlineFinetuneAgent):
     """SQDF on the shared online loop; see the module docstring for the update and its settings."""
 
-    default_config: ClassVar[dict] = {
-        **OnlineFinetuneAgent.default_config,
-        "alpha": 1.0,  # native KL weight (official scale); see beta
-        "beta": None,  # common KL scale: reward units per nat of exact path KL; sets alpha (kl_scale.py)
-        "gamma": 0.9,
-        "q_estimator": "cm",  # cm | tweedie | ddim_n
-        "ddim_n_steps": 4,
-        "kl_reduction": "mean_no_half",  # mean_no_half (official) | exact
-        "kl_reference": "pretrained",  # pretrained (SQDF) | previous (SEIKO-style)
-        "buffer": "reward+gamma_PER",  # none | random | on-policy | reward | on-policy+random | reward+gamma_PER
-        "buffer_size": 1024,
-        "buffer_reset_per_round": True,
-        "buffer_storage": "memory",  # memory | disk
-        "buffer_dir": None,
-        "per_priority": "shift_min",  # shift_min (r - min r) | clamp (max(r, 0)); reward+gamma_PER only
-        "on_policy_batch": 32,
-        "train_batch": 64,
-        "per_importance_weight": False,
-        "fill_every": 1,  # roll out fresh trajectories every this many updates (x this many at once)
-    }
+    @dataclass
+    class Settings(OnlineFinetuneAgent.Settings):
+        alpha: float = setting(1.0, "KL weight on the official scale KL~ = (2/D)·KL (see beta)", ge=0)
+        beta: Optional[float] = setting(None, "common KL scale: reward units per nat of path KL; sets alpha = beta·D/2", ge=0)
+        gamma: float = setting(0.9, "discount of the terminal reward per remaining step", gt=0, le=1)
+        q_estimator: str = setting("cm", "soft-Q estimate: consistency model | Tweedie | n-step DDIM", choices=Q_ESTIMATORS)
+        ddim_n_steps: int = setting(4, "jumps of the ddim_n estimator", ge=1)
+        kl_reduction: str = setting("mean_no_half", "KL term: official (2/D)·KL or exact KL", choices=KL_REDUCTIONS)
+        kl_reference: str = setting("pretrained", "KL to the pretrained model or the previous round's policy",
+                                    choices=("pretrained", "previous"))
+        buffer: Optional[str] = setting("reward+gamma_PER", "replay sampling (none = fresh rollouts, no buffer)",
+                                        choices=("none",) + SAMPLING_METHODS)
+        buffer_size: int = setting(1024, "buffer capacity in trajectories", ge=1)
+        buffer_reset_per_round: bool = setting(True, "empty the buffer at the start of every round (official BBO)")
+        buffer_storage: str = setting("memory", "keep trajectories in memory or one file each on disk",
+                                      choices=("memory", "disk"))
+        buffer_dir: Optional[str] = setting(None, "folder for buffer_storage=disk")
+        per_priority: str = setting("shift_min", "PER reward factor: r - min r (shift_min) or max(r, 0) (clamp)",
+                                    choices=PER_PRIORITIES)
+        on_policy_batch: int = setting(32, "fresh trajectories rolled out per update", ge=1)
+        train_batch: int = setting(64, "(trajectory, step) pairs per optimizer step", ge=1)
+        per_importance_weight: bool = setting(False, "weight PER pairs by 1/(n P) (off in the official code)")
+        fill_every: int = setting(1, "roll out every this many updates (x this many at once; 1 = official)", ge=1)
 
     @classmethod
     def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
         cfg = super().resolve_config(task, overrides)
         if cfg.get("buffer") is None:  # `--set buffer=none` parses to None; record it as "none"
             cfg["buffer"] = "none"
-        if cfg["kl_reduction"] not in KL_REDUCTIONS:
-            raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {cfg['kl_reduction']!r}")
-        if not float(cfg["alpha"]) >= 0.0:
-            raise ValueError(f"alpha must be >= 0, got {cfg['alpha']!r}")
+        if cfg["buffer"] not in ("none", "reward+gamma_PER") and cfg["buffer_size"] < cfg["train_batch"]:
+            raise ValueError(f"buffer_size ({cfg['buffer_size']}) must be >= train_batch ({cfg['train_batch']})")
+        if cfg["per_importance_weight"] and cfg["buffer"] != "reward+gamma_PER":
+            raise ValueError("per_importance_weight only applies to buffer='reward+gamma_PER'")
+        if cfg["buffer_storage"] == "disk" and cfg["buffer"] != "none" and not cfg["buffer_dir"]:
+            raise ValueError("buffer_storage='disk' needs --set buffer_dir=FOLDER")
         per_nat = sqdf_alpha_per_beta(cfg["kl_reduction"], latent_elements(task))
         return resolve_beta(cfg, overrides, "alpha", lambda b: b * per_nat, lambda a: a / per_nat)
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
         c = self.config
-        if c["buffer"] is None:  # `--set buffer=none` parses to None
-            c["buffer"] = "none"
-        if c["q_estimator"] not in Q_ESTIMATORS:
-            raise ValueError(f"q_estimator must be one of {', '.join(Q_ESTIMATORS)}, got {c['q_estimator']!r}")
-        if c["kl_reduction"] not in KL_REDUCTIONS:
-            raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {c['kl_reduction']!r}")
-        if c["kl_reference"] not in ("pretrained", "previous"):
-            raise ValueError(f"kl_reference must be 'pretrained' or 'previous', got {c['kl_reference']!r}")
-        if c["per_priority"] not in PER_PRIORITIES:
-            raise ValueError(f"per_priority must be one of {', '.join(PER_PRIORITIES)}, got {c['per_priority']!r}")
-        if c["buffer"] not in ("none",) + SAMPLING_METHODS:
-            raise ValueError(f"buffer must be one of none, {', '.join(SAMPLING_METHODS)}, got {c['buffer']!r}")
-        if not 0.0 < float(c["gamma"]) <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {c['gamma']!r}")
-        if not float(c["alpha"]) >= 0.0:
-            raise ValueError(f"alpha must be >= 0, got {c['alpha']!r}")
-        for key in ("train_batch", "on_policy_batch", "buffer_size", "ddim_n_steps", "fill_every"):
-            if int(c[key]) != c[key] or int(c[key]) < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {c[key]!r}")
-        if c["buffer"] != "none" and c["buffer"] != "reward+gamma_PER" and c["buffer_size"] < c["train_batch"]:
-            raise ValueError(f"buffer_size ({c['buffer_size']}) must be >= train_batch ({c['train_batch']})")
-        if c["per_importance_weight"] and c["buffer"] != "reward+gamma_PER":
-            raise ValueError("per_importance_weight only applies to buffer='reward+gamma_PER'")
         self.kl_ref = self.reference
         self.cm = None
         self.q_estimator_used = c["q_estimator"]

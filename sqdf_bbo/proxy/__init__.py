@@ -30,6 +30,8 @@ import math
 import time
 from typing import Any, Optional
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,14 +39,34 @@ from torch import nn
 from sqdf_bbo.proxy.bootstrap import bootstrap_indices
 from sqdf_bbo.proxy.mlp import ARCHS, EnsembleMLP
 from sqdf_bbo.proxy.ucb import precision_matrix, ucb_bonus
+from sqdf_bbo.settings import defaults, resolve, setting
 
 Tensor = torch.Tensor
 
 PROXY_KINDS = ("bootstrap", "ucb", "none")
 SELECT_KINDS = ("best", "last")
-DEFAULTS = {"proxy": "bootstrap", "proxy_heads": 4, "proxy_epochs": 300, "proxy_lr": 1e-3, "proxy_batch": 512,
-            "proxy_val_frac": 0.05, "proxy_select": "best", "osm_alpha": 0.01, "osm_lambda": 1e-3,
-            "osm_clipping": 10.0, "proxy_hidden": 128, "proxy_arch": "mlp"}
+@dataclass
+class ProxySettings:
+    """The proxy's settings: the one source of their defaults (agents inherit these fields)."""
+
+    proxy: str = setting("bootstrap", "optimism: bootstrap (max over heads) | ucb (feature bonus) | none",
+                         choices=PROXY_KINDS)
+    proxy_heads: int = setting(4, "bootstrap heads", ge=1)
+    proxy_epochs: int = setting(300, "training epochs per refit (continues from the last round's weights)", ge=0)
+    proxy_lr: float = setting(1e-3, "Adam learning rate", gt=0)
+    proxy_batch: int = setting(512, "mini-batch size", ge=1)
+    proxy_val_frac: float = setting(0.05, "newest fraction of the data held out for early stopping", ge=0, lt=1)
+    proxy_select: str = setting("best", "keep the best-validation epoch (best) or the last one (last)",
+                                choices=SELECT_KINDS)
+    osm_alpha: float = setting(0.01, "UCB bonus scale", ge=0)
+    osm_lambda: float = setting(1e-3, "UCB ridge on the feature covariance", ge=0)
+    osm_clipping: float = setting(10.0, "UCB bonus cap", ge=0)
+    proxy_hidden: int = setting(128, "hidden width of the mlp heads", ge=1)
+    proxy_arch: str = setting("mlp", "mlp (small SiLU MLP) | laion (the oracle head: 1024-128-64-16, dropout)",
+                              choices=ARCHS)
+
+
+DEFAULTS = defaults(ProxySettings)
 
 
 class ProxyModel(nn.Module):
@@ -97,25 +119,8 @@ class ProxyModel(nn.Module):
 
 
 def _check_config(config: dict) -> dict:
-    cfg = dict(DEFAULTS)
-    cfg.update({k: v for k, v in config.items() if k in DEFAULTS})
-    if cfg["proxy"] not in PROXY_KINDS:
-        raise ValueError(f"proxy must be one of {', '.join(PROXY_KINDS)}, got {cfg['proxy']!r}")
-    if cfg["proxy_arch"] not in ARCHS:
-        raise ValueError(f"proxy_arch must be one of {', '.join(ARCHS)}, got {cfg['proxy_arch']!r}")
-    if cfg["proxy_select"] not in SELECT_KINDS:
-        raise ValueError(f"proxy_select must be one of {', '.join(SELECT_KINDS)}, got {cfg['proxy_select']!r}")
-    for key, lo in (("proxy_heads", 1), ("proxy_epochs", 0), ("proxy_batch", 1), ("proxy_hidden", 1)):
-        if int(cfg[key]) != cfg[key] or int(cfg[key]) < lo:
-            raise ValueError(f"{key} must be an integer >= {lo}, got {cfg[key]!r}")
-    if not float(cfg["proxy_lr"]) > 0:
-        raise ValueError(f"proxy_lr must be > 0, got {cfg['proxy_lr']!r}")
-    if not 0.0 <= float(cfg["proxy_val_frac"]) < 1.0:
-        raise ValueError(f"proxy_val_frac must be in [0, 1), got {cfg['proxy_val_frac']!r}")
-    for key in ("osm_alpha", "osm_lambda", "osm_clipping"):
-        if not float(cfg[key]) >= 0:
-            raise ValueError(f"{key} must be >= 0, got {cfg[key]!r}")
-    return cfg
+    """The proxy keys of ``config`` (others ignored) over the defaults, coerced and range-checked."""
+    return resolve(ProxySettings, {k: v for k, v in config.items() if k in DEFAULTS})
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -235,4 +240,4 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
 
 
 __all__ = ["fit_proxy", "ProxyModel", "EnsembleMLP", "precision_matrix", "ucb_bonus", "bootstrap_indices",
-           "spearman", "PROXY_KINDS"]
+           "spearman", "PROXY_KINDS", "ProxySettings"]
