@@ -49,8 +49,9 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        safe = self.method.replace(":", ".").replace("/", "_")  # as sqdf_bbo.run.Run names its folder
-        return f"{self.task}__{safe}__b{self.budget}__s{self.seed}"
+        from sqdf_bbo.run import run_folder_name
+
+        return run_folder_name(self.task, self.method, self.budget, self.seed)
 
     @property
     def run_dir(self) -> Path:
@@ -117,9 +118,10 @@ def validate(tasks: list[str], methods: list[str], budgets: list[int], sets: lis
     from sqdf_bbo.tasks import list_tasks, make_task
 
     known = list_tasks()
-    bad = [t for t in tasks if t not in known]
+    bad = [t for t in tasks if t not in known and ":" not in t]  # 'pkg.module:factory' is checked below
     if bad:
-        raise SweepError(f"unknown task(s) {', '.join(map(repr, bad))}; allowed: {', '.join(known)}")
+        raise SweepError(f"unknown task(s) {', '.join(map(repr, bad))}; allowed: {', '.join(known)} "
+                         "or a 'package.module:factory' task")
     errors, classes = [], {}
     for m in methods:
         if ":" not in m and m not in METHODS:

@@ -143,6 +143,13 @@ def settings_help(method: str) -> str:
     return "\n".join([title + " (untyped plug-in: values are taken as parsed)"] + rows)
 
 
+def run_folder_name(task: str, method: str, budget: int, seed: int) -> str:
+    """``<task>__<method>__b<budget>__s<seed>``, plug-in paths made file-name safe (':' -> '.', '/' -> '_')."""
+    def safe(s: str) -> str:
+        return s.replace(":", ".").replace("/", "_")
+    return f"{safe(task)}__{safe(method)}__b{budget}__s{seed}"
+
+
 def round_sizes(budget: int, rounds: int, explicit: Optional[list] = None) -> list[int]:
     """Round sizes that sum to the budget: the official 1:2:4:8 doubling (spec §6) scaled, or explicit."""
     if explicit is not None:
@@ -262,9 +269,12 @@ class Run:
             v = self.run_cfg[key]
             if not isinstance(v, int) or v <= 0:
                 raise CLIError(f"run.{key} must be a positive integer, got {v!r}")
+        if self.run_cfg["batch_size"] > args.budget:  # the env's declared batch cannot exceed the budget
+            if "batch_size" in run_overrides:
+                raise CLIError(f"run.batch_size={self.run_cfg['batch_size']} must be <= the budget {args.budget}")
+            self.run_cfg["batch_size"] = args.budget
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
-        safe_method = args.method.replace(":", ".").replace("/", "_")
-        self.dir = Path(args.out) / f"{args.task}__{safe_method}__b{args.budget}__s{args.seed}"
+        self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.pt"
         self._check_out_dir()
 
@@ -455,7 +465,7 @@ class Run:
         true = task.evaluate_true(designs).numpy()
         extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
         start = len(st["queries"])
-        flat = designs.reshape(n, -1).double().numpy() if task.info.tier == "synthetic" else None
+        flat = task.design_columns(designs)
         for i in range(n):
             row = {"round": r + 1, "query_index": start + i, "observed": float(observed[i]),
                    "true": float(true[i])}
@@ -463,8 +473,8 @@ class Run:
             if flat is not None:
                 row.update({f"x{j}": float(flat[i, j]) for j in range(flat.shape[1])})
             st["queries"].append(row)
-        if flat is None:  # images: keep every design as uint8 beside the CSV
-            self._save_image_designs(designs, r + 1)
+        if flat is None:  # large designs (images): kept in designs/round<k>.npy, as the task stores them
+            self._save_designs(designs, r + 1)
         return observed
 
     def _eval_gen(self) -> torch.Generator:
@@ -481,10 +491,10 @@ class Run:
             raise RuntimeError(f"method {self.args.method!r} proposed non-finite designs")
         return designs.float()
 
-    def _save_image_designs(self, designs: torch.Tensor, rnd: int) -> None:
+    def _save_designs(self, designs: torch.Tensor, rnd: int) -> None:
         from sqdf_bbo.io import atomic_write_bytes
 
-        arr = (designs.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        arr = self.task.design_array(designs)
         buf = io.BytesIO()
         np.save(buf, arr)
         atomic_write_bytes(self.dir / "designs" / f"round{rnd}.npy", buf.getvalue())
@@ -492,7 +502,7 @@ class Run:
     def _render(self, designs, reference, rnd: int) -> None:
         from sqdf_bbo.io import atomic_write_bytes
 
-        for name in ([f"samples_round{rnd}.png"] if self.task.info.tier != "synthetic" else []) + ["samples.png"]:
+        for name in ([f"samples_round{rnd}.png"] if self.task.render_each_round else []) + ["samples.png"]:
             tmp = self.dir / f".{name}.tmp.png"
             try:
                 self.task.render(designs, str(tmp), title=f"{self.args.task} / {self.args.method}, "

@@ -76,3 +76,17 @@ def test_help_settings_prints_types_defaults_and_docs():
     assert p.returncode == 0
     line = next(ln for ln in p.stdout.splitlines() if ln.split()[:1] == ["kl_reference"])
     assert "str" in line and "'previous'" in line and "one of 'previous', 'pretrained'" in line
+
+
+def test_batch_size_above_budget(tmp_path):
+    """The task's default batch (64 on levy) shrinks to a smaller budget; an explicit one is refused at build."""
+    from sqdf_bbo.run import main
+
+    assert main(["--task", "levy", "--method", "random", "--budget", "24", "--out", str(tmp_path), "--no-progress",
+                 "--set", "run.n_eval=8"]) == 0
+    cfg = __import__("json").loads((tmp_path / "levy__random__b24__s0" / "config.json").read_text())
+    assert cfg["run"]["batch_size"] == 24
+    p = subprocess.run([sys.executable, "-m", "sqdf_bbo.run", "--task", "levy", "--method", "random", "--budget", "24",
+                        "--out", str(tmp_path / "o"), "--set", "run.batch_size=64"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == "error: run.batch_size=64 must be <= the budget 24"
+    assert not (tmp_path / "o").exists()

@@ -8,6 +8,7 @@ from sqdf_bbo.agents.base import Agent, DiffusionAgent
 #: method name -> "module:Class" (imported lazily so a missing optional module breaks nothing else)
 METHODS: dict[str, str] = {
     "pretrained": "sqdf_bbo.agents.pretrained:PretrainedAgent",
+    "random": "sqdf_bbo.agents.random_search:RandomSearchAgent",
     "sqdf": "sqdf_bbo.agents.sqdf:SQDFAgent",
     "ddpo": "baselines.ddpo:DDPOAgent",
     "ddpo-sf": "baselines.ddpo:DDPOSFAgent",

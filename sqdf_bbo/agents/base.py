@@ -97,6 +97,13 @@ class DiffusionAgent(Agent):
         eta: float = setting(1.0, "DDIM eta: 1 = DDPM-like stochastic steps (SQDF, SEIKO, AM), 0 = deterministic", ge=0)
         sample_batch: int = setting(256, "trajectories per no-grad sampling batch (memory)", ge=1)
 
+    @classmethod
+    def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
+        if task.make_backbone is None:
+            raise ValueError(f"task {task.name!r} has no pretrained diffusion backbone (TaskInfo.make_backbone is "
+                             f"None), which method {cls.__name__} needs; use a method without one, e.g. 'random'")
+        return super().resolve_config(task, overrides)
+
     #: config keys counting samples per update or rollout; under data parallelism over P processes
     #: each process uses 1/P of the value, so the union over processes is the configured value
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ()

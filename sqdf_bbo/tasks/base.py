@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -82,6 +83,19 @@ class Task:
     def extra_values(self, designs: Tensor) -> dict[str, Tensor]:
         """Extra per-design diagnostics logged beside the oracle value (e.g. a ground-truth score)."""
         return {}
+
+    #: write a sample grid (samples_round<k>.png) after every round, not only the latest samples.png
+    render_each_round: bool = False
+
+    def design_columns(self, designs: Tensor) -> Optional[np.ndarray]:
+        """(n, d) float values logged as columns x0..x{d-1} of queries.csv, or None to keep the designs in
+        ``designs/round<k>.npy`` instead (:meth:`design_array`). Default: the flattened design if d <= 64."""
+        flat = designs.reshape(designs.shape[0], -1)
+        return flat.double().cpu().numpy() if flat.shape[1] <= 64 else None
+
+    def design_array(self, designs: Tensor) -> np.ndarray:
+        """The array stored in ``designs/round<k>.npy`` for designs without columns. Default: float32 as is."""
+        return designs.detach().float().cpu().numpy()
 
     def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None) -> None:
         """Write a PNG picture of a batch of designs (tier-specific); ``reference`` = pretrained samples."""

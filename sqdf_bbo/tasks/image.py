@@ -172,6 +172,11 @@ def jpeg_kb(images: Tensor, quality: int = JPEG_QUALITY) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def images_as_uint8(designs: Tensor) -> np.ndarray:
+    """Images in [0, 1], (n, 3, H, W), as uint8 (values outside [0, 1] are clipped by the image format)."""
+    return (torch.as_tensor(designs).detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
 def render_image_panels(designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
                         reference_label: str = "pretrained", ncol: int = 8) -> None:
     """A PNG with a grid of ``designs`` (B, 3, H, W) in [0, 1] and, if given, a grid of ``reference`` beside it."""
@@ -296,6 +301,10 @@ class ImageTask(Task):
         return self.phi(designs)
 
     vendi_bandwidth: Optional[float] = None  # cosine kernel on z-scored phi features
+    render_each_round = True
+
+    def design_array(self, designs: Tensor) -> np.ndarray:
+        return images_as_uint8(designs)
 
     def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
                max_images: int = 64, reference_label: str = "pretrained") -> None:

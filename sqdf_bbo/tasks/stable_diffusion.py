@@ -210,6 +210,13 @@ class AestheticSDTask(Task):
             return torch.cat([self.embedder(c.to(self.device).float()).double().cpu()
                               for c in torch.as_tensor(designs).split(int(self.cfg["eval_batch"]))])
 
+    render_each_round = True
+
+    def design_array(self, designs: Tensor):
+        from sqdf_bbo.tasks.image import images_as_uint8
+
+        return images_as_uint8(designs)
+
     def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
                max_images: int = 16) -> None:
         """A PNG grid of up to ``max_images`` images (4 per row), and the pretrained model's beside them."""
