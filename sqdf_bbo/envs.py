@@ -63,6 +63,8 @@ class BudgetedOracleEnv(gymnasium.Env):
         out_of_bounds: what to do with designs outside ``task.info.bounds``: ``"allow"`` (default; the oracle
             sees them as sent, so the harness's noise-free values match), ``"clip"`` (project onto the box
             first), ``"error"`` (raise ValueError, charging nothing).
+        report_true: also return the noise-free values in ``info["true_values"]`` (harness only: the runner
+            logs them, so each query is scored once; off for anything an optimiser sees).
     """
 
     metadata = {"render_modes": []}
@@ -75,6 +77,7 @@ class BudgetedOracleEnv(gymnasium.Env):
         task_kwargs: Optional[dict] = None,
         out_of_bounds: str = "allow",
         render_mode: Optional[str] = None,
+        report_true: bool = False,
     ):
         super().__init__()
         if isinstance(task, str):
@@ -98,6 +101,7 @@ class BudgetedOracleEnv(gymnasium.Env):
         if self.batch_size > self.budget:
             raise ValueError(f"batch_size must be <= budget={self.budget}, got {self.batch_size}")
         self.out_of_bounds = out_of_bounds
+        self.report_true = bool(report_true)
         self.render_mode = render_mode
         self.design_shape = tuple(int(s) for s in task.info.design_shape)
         self.noise_std = float(task.noise_std)
@@ -209,10 +213,11 @@ class BudgetedOracleEnv(gymnasium.Env):
         self.queries_used += m  # charged once the oracle has been called
         noise = self.np_random.normal(0.0, 1.0, size=m) * self.noise_std
         values = true + noise
-        del true
         reward = float(values.mean())
         terminated = self.budget_left == 0
         info = {"values": values, "queries_used": self.queries_used, "budget_left": self.budget_left}
+        if self.report_true:
+            info["true_values"] = true
         return self._obs(), reward, terminated, False, info
 
     # ---- checkpointing --------------------------------------------------------------------------

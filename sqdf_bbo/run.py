@@ -357,7 +357,7 @@ class Run:
         from sqdf_bbo.envs import BudgetedOracleEnv
 
         args, task = self.args, self.task
-        env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"])
+        env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"], report_true=True)
         if args.resume and (self.dir / "final.json").exists():
             return json.loads((self.dir / "final.json").read_text())
         main = self.rank == 0
@@ -455,14 +455,14 @@ class Run:
     def _query(self, env, designs: torch.Tensor, st: dict, r: int, bar) -> np.ndarray:
         """Query the oracle through the budgeted env in batches; log every query; (n,) observed values."""
         task, n, bs = self.task, len(designs), self.run_cfg["batch_size"]
-        observed = []
+        observed, true = [], []
         bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: querying")
         for i in range(0, n, bs):
             _, _, _, _, info = env.step(designs[i:i + bs].numpy())
             observed.append(np.asarray(info["values"], dtype=np.float64))
+            true.append(np.asarray(info["true_values"], dtype=np.float64))  # the oracle is called once per query
             bar.update(len(observed[-1]))
-        observed = np.concatenate(observed)
-        true = task.evaluate_true(designs).numpy()
+        observed, true = np.concatenate(observed), np.concatenate(true)
         extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
         start = len(st["queries"])
         flat = task.design_columns(designs)
@@ -519,6 +519,21 @@ def _num(v):
         return f if math.isfinite(f) else None
     except (TypeError, ValueError):
         return v
+
+
+def run_experiment(task: str, method: str = "sqdf", budget: int = 5000, seed: int = 0, out: str = "runs",
+                   resume: bool = False, progress: bool = False, task_settings: Optional[dict] = None,
+                   run_settings: Optional[dict] = None, **settings) -> dict:
+    """Run (or with ``resume`` continue) one experiment and return its final metrics (final.json), the
+    library twin of the CLI: ``settings`` are agent settings (``beta=0.1``), ``task_settings`` and
+    ``run_settings`` the ``task.KEY`` / ``run.KEY`` ones. Bad values raise ValueError before any query."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise CLIError(f"budget must be a positive integer, got {budget!r}")
+    sets = ([f"{k}={v!r}" for k, v in settings.items()] + [f"task.{k}={v!r}" for k, v in (task_settings or {}).items()]
+            + [f"run.{k}={v!r}" for k, v in (run_settings or {}).items()])
+    args = argparse.Namespace(task=task, method=method, budget=budget, seed=int(seed), out=str(out),
+                              resume=bool(resume), sets=sets, no_progress=not progress, help_settings=False)
+    return Run(args).execute(progress=progress)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
