@@ -15,14 +15,13 @@ error between f(x_n, τ_n) and the (detached) target; student initialised from t
 target follows the student with decay ``ema`` (0.95 as LCM). Because the CM is distilled on the agent's
 own grid, τ_{k+1} is always a CM timestep (no LCM timestep-mapping quirk, spec §10.4).
 
-CLI: ``python -m sqdf_bbo.pretrain consistency --backbone mlp --prior ackley [--steps 3000 --seed 0]``
+CLI (sqdf_bbo/pretrain/distill.py): ``python -m sqdf_bbo.pretrain consistency --backbone mlp --prior ackley [--steps 3000 --seed 0]``
 writes ``sqdf_bbo/backbones/weights/cm_mlp_<prior>.safetensors`` + JSON (command, seed, loss, held-out
 errors, sha256 of the CM and of the teacher weights). :func:`find_consistency_model` returns the CM for
 a task, or None (the SQDF agent then falls back to Tweedie, spec §10.12).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -232,42 +231,34 @@ def find_consistency_model(task_info, reference: nn.Module, num_steps: int) -> t
     return cm.eval().requires_grad_(False), ""
 
 
-def distill_main(argv: Optional[list[str]] = None) -> None:
-    """CLI: ``python -m sqdf_bbo.pretrain consistency --backbone mlp --prior ackley``."""
-    from sqdf_bbo.backbones.mlp import load_mlp, sha256_file, weights_path
-    from sqdf_bbo.tasks.synthetic import PRIOR_NAMES, make_prior_and_bounds
+def cm_name(name: str = "unet16") -> str:
+    return f"cm_{name}"
 
-    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.pretrain consistency")
-    p.add_argument("--backbone", default="mlp", help="mlp (other backbones: call distill_consistency directly)")
-    p.add_argument("--prior", default="ackley", help=f"one of {', '.join(PRIOR_NAMES)} (comma-separated) or 'all'")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--ema", type=float, default=0.95)
-    p.add_argument("--num-steps", type=int, default=50, help="DDIM grid size (the agent's num_steps)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    if args.backbone != "mlp":
-        raise SystemExit(f"error: unknown --backbone {args.backbone!r}; allowed: mlp")
-    torch.set_num_threads(args.threads)
-    names = PRIOR_NAMES if args.prior == "all" else args.prior.split(",")
-    for name in names:
-        if name not in PRIOR_NAMES:
-            raise SystemExit(f"error: unknown prior {name!r}; allowed: {', '.join(PRIOR_NAMES)}, all")
-        prior, lo, hi = make_prior_and_bounds(name)
-        teacher = load_mlp(name, lo.float(), hi.float())
-        sample = lambda n, g: prior.sample(n, g).float()  # noqa: E731
-        cm, rec = distill_consistency(teacher, sample, num_steps=args.num_steps, steps=args.steps,
-                                      batch=args.batch, lr=args.lr, ema=args.ema, seed=args.seed)
-        ev = evaluate_consistency(cm, teacher, args.num_steps, sample, n=1024, seed=10_000 + args.seed)
-        rec.update({"heldout_cm_mse_vs_ddim": ev["cm_mse"], "heldout_tweedie_mse_vs_ddim": ev["tweedie_mse"]})
-        rec.update({"arch": teacher.arch, "backbone": "mlp", "prior": name,
-                    "teacher": weights_path(name).name, "teacher_sha256": sha256_file(weights_path(name)),
-                    "command": (f"python -m sqdf_bbo.pretrain consistency --backbone mlp --prior {name} "
-                                f"--steps {args.steps} --batch {args.batch} --lr {args.lr} --ema {args.ema} "
-                                f"--num-steps {args.num_steps} --seed {args.seed}"),
-                    "torch": torch.__version__})
-        path = save_consistency(cm, cm_weights_path("mlp", name, args.num_steps), rec)
-        print(f"{name}: cd loss {rec['final_loss']:.5f}; held-out MSE vs {args.num_steps}-step DDIM: "
-              f"CM {ev['cm_mse']:.5f}, Tweedie {ev['tweedie_mse']:.5f}; {rec['wall_s']:.0f}s -> {path}", flush=True)
+
+def load_consistency_unet(name: str = "unet16", weights_dir: Optional[str | Path] = None):
+    """The committed consistency model distilled from PixelUNet ``name``: a frozen
+    :class:`sqdf_bbo.consistency.ConsistencyModel` with ``num_steps`` = its DDIM grid size. Checks the CM's
+    sha256 and that its teacher is the current ``name`` weights (FileNotFoundError / RuntimeError)."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from sqdf_bbo.backbones.base import default_scheduler
+    from sqdf_bbo.backbones.unet import WEIGHTS_DIR, PixelUNet, _paths
+    from sqdf_bbo.data.checksum import sha256_of, verify_checksum
+
+    weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    st, js = _paths(cm_name(name), weights_dir)
+    if not js.exists():
+        raise FileNotFoundError(f"no consistency model {st}; create it with "
+                                f"`python -m sqdf_bbo.pretrain image --distill --name {name}`")
+    verify_checksum(st)
+    meta = json.loads(js.read_text())
+    teacher_sha = sha256_of(_paths(name, weights_dir)[0])
+    if meta["teacher_sha256"] != teacher_sha:
+        raise RuntimeError(f"{st.name} was distilled from teacher {meta['teacher_sha256'][:12]}, but {name} is "
+                           f"{teacher_sha[:12]}; re-run `python -m sqdf_bbo.pretrain image --distill --name {name}`")
+    unet = UNet2DModel(**meta["unet_config"])
+    unet.load_state_dict(load_file(str(st)))
+    cm = ConsistencyModel(PixelUNet(unet, default_scheduler()), meta["sigma_data"], meta["timestep_scaling"])
+    cm.num_steps = int(meta["num_steps"])
+    return cm.eval().requires_grad_(False)

@@ -153,7 +153,7 @@ def unet():
 
 
 def test_unet_samples_shape_and_range(unet):
-    from sqdf_bbo.backbones.unet import sample_images
+    from sqdf_bbo.pretrain.image import sample_images
 
     assert unet.latent_shape == (3, S, S)
     assert not any(p.requires_grad for p in unet.parameters())
@@ -194,7 +194,8 @@ def test_unet_checksum_tamper(tmp_path):
 def test_pretrain_tiny_run_logs(tmp_path):
     import json
 
-    from sqdf_bbo.backbones.unet import load_pretrained_unet, pretrain_image_main
+    from sqdf_bbo.backbones.unet import load_pretrained_unet
+    from sqdf_bbo.pretrain.image import pretrain_image_main
 
     meta = pretrain_image_main(["--steps", "2", "--n-train", "128", "--batch", "8", "--out", str(tmp_path),
                                 "--fd-samples", "0", "--name", "tiny"])

@@ -320,7 +320,7 @@ def _load_backbone(name: str):
 
 
 def _load_consistency(name: str):
-    from sqdf_bbo.backbones.unet import load_consistency_unet
+    from sqdf_bbo.consistency import load_consistency_unet
 
     return load_consistency_unet(name)
 

@@ -1,4 +1,6 @@
-"""Pretraining of the embedded backbones (seeded; committed weights record the command that made them).
+"""Pretraining and evaluation of the embedded backbones (seeded; committed weights record the command that
+made them). This package sits above ``backbones/``, ``tasks/`` and ``consistency``: the backbones import
+nothing from it or from ``tasks/``.
 
     python -m sqdf_bbo.pretrain vector --prior all          # MLP denoisers for the synthetic priors
     python -m sqdf_bbo.pretrain image ...                   # tiny pixel UNet on natural patches
@@ -9,9 +11,9 @@ from __future__ import annotations
 import sys
 
 TIERS = {
-    "vector": "sqdf_bbo.backbones.mlp:pretrain_vector_main",
-    "image": "sqdf_bbo.backbones.unet:pretrain_image_main",
-    "consistency": "sqdf_bbo.consistency:distill_main",
+    "vector": "sqdf_bbo.pretrain.vector:pretrain_vector_main",
+    "image": "sqdf_bbo.pretrain.image:pretrain_image_main",
+    "consistency": "sqdf_bbo.pretrain.distill:distill_main",
 }
 
 
@@ -24,7 +26,3 @@ def main(argv: list[str] | None = None) -> None:
 
     mod, _, fn = TIERS[argv[0]].partition(":")
     getattr(importlib.import_module(mod), fn)(argv[1:])
-
-
-if __name__ == "__main__":
-    main()

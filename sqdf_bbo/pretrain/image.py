@@ -1,0 +1,222 @@
+"""Pretraining, consistency distillation and evaluation of the tiny pixel UNet (``python -m sqdf_bbo.pretrain
+image ...``); the model itself is :mod:`sqdf_bbo.backbones.unet`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import save_file
+
+from sqdf_bbo.backbones.base import default_scheduler
+from sqdf_bbo.backbones.unet import WEIGHTS_DIR, PixelUNet, _paths, load_pretrained_unet, unet_config
+from sqdf_bbo.consistency import cm_name
+from sqdf_bbo.data.checksum import write_checksum
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.pretrain image",
+                                description="Pretrain the tiny pixel UNet on natural patches.")
+    p.add_argument("--size", type=int, default=16, help="patch side in pixels (multiple of 4)")
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps (upper bound)")
+    p.add_argument("--max-minutes", type=float, default=28.0, help="wall-clock bound; stops early")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--n-train", type=int, default=60000, help="number of training patches")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default=None, help="output stem (default unet<size>)")
+    p.add_argument("--out", default=str(WEIGHTS_DIR))
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at end)")
+    p.add_argument("--fd-samples", type=int, default=512, help="samples for the final Fréchet distance (0: skip)")
+    p.add_argument("--fd-steps", type=int, nargs="+", default=[20, 50], help="DDIM steps (eta 1) for the FD")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only measure FD of the saved weights --name, add it to its JSON, write the sample grid")
+    p.add_argument("--grid", default="results/image_pretrained_samples.png", help="sample grid PNG ('' to skip)")
+    p.add_argument("--init", default=None,
+                   help="continue from the saved weights of this name (EMA weights start both nets; fresh AdamW)")
+    p.add_argument("--distill", action="store_true",
+                   help="distil a consistency model from the saved weights --name (sqdf_bbo/consistency.py) on the "
+                        "--cm-num-steps DDIM grid; writes cm_<name>.safetensors/.json/.sha256")
+    p.add_argument("--cm-num-steps", type=int, default=20, help="DDIM grid of the CM (the agent's num_steps)")
+    p.add_argument("--cm-lr", type=float, default=1e-4)
+    p.add_argument("--cm-ema", type=float, default=0.95)
+    return p
+
+def distill_unet(name: str, steps: int, batch: int, num_steps: int, lr: float, ema: float, seed: int,
+                 n_train: int, command: str) -> dict:
+    """Consistency distillation of the committed PixelUNet ``name`` on natural training patches."""
+    from sqdf_bbo.consistency import distill_consistency, evaluate_consistency
+    from sqdf_bbo.data import build_patches
+    from sqdf_bbo.data.checksum import sha256_of
+
+    teacher = load_pretrained_unet(name)
+    size = teacher.latent_shape[-1]
+    data = build_patches(n_train, size, "train", seed=seed + 300) * 2 - 1
+    sample = lambda n, g: data[torch.randint(len(data), (n,), generator=g)]  # noqa: E731
+    cm, rec = distill_consistency(teacher, sample, num_steps=num_steps, steps=steps, batch=batch, lr=lr,
+                                  ema=ema, seed=seed, log_every=100)
+    held = build_patches(512, size, "heldout", seed=seed + 301) * 2 - 1
+    ev = evaluate_consistency(cm, teacher, num_steps, lambda n, g: held[:n], n=256, seed=10_000 + seed)
+    rec.update(heldout_cm_mse_vs_ddim=ev["cm_mse"], heldout_tweedie_mse_vs_ddim=ev["tweedie_mse"],
+               backbone="unet", teacher=f"{name}.safetensors", teacher_sha256=sha256_of(_paths(name, WEIGHTS_DIR)[0]),
+               command=command, torch=torch.__version__, n_train=n_train)
+    save_unet(cm.net.unet, WEIGHTS_DIR, cm_name(name), rec)
+    return rec
+
+@torch.no_grad()
+def sample_images(model: PixelUNet, n: int, num_steps: int = 20, eta: float = 1.0, seed: int = 0,
+                  batch: int = 64) -> torch.Tensor:
+    """n DDIM(eta) samples decoded to images, (n, 3, S, S) in [0, 1]; deterministic in ``seed``."""
+    from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory
+
+    sched = DDIMSchedule.from_scheduler(model.scheduler, num_steps, eta)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        x0 = torch.randn((min(batch, n - i), *model.latent_shape), generator=g)
+        out.append(model.decode(sample_trajectory(model, sched, x0, generator=g).final))
+    return torch.cat(out)
+
+def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), seed: int = 0,
+                  grid: str = "") -> dict:
+    """Fréchet distance (oracle phi features, see tasks/image.py) of n samples vs held-out patches, per
+    number of DDIM steps, with data-vs-data and baseline references; optionally a sample grid PNG."""
+    from sqdf_bbo.data import build_patches
+    from sqdf_bbo.tasks.image import AestheticTask
+
+    model = load_pretrained_unet(name)
+    task = AestheticTask(unet=name)  # its FD / denoising loss / oracle read the committed weights
+    res: dict[str, Any] = {"fd_samples": n, "fd_space": "RandAesthetic phi, z-scored, 512-d; ref = 5000 held-out patches"}
+    t0 = time.time()
+    for k in steps:
+        x = sample_images(model, n, num_steps=k, seed=seed)
+        res[f"fd_ddim{k}"] = round(task.frechet_distance(x), 3)
+        res[f"denoise_loss_ddim{k}"] = round(float(task.denoising_loss(x).mean()), 4)
+        res[f"aesthetic_ddim{k}"] = round(float(task.evaluate_true(x).mean()), 4)
+        if k == steps[0] and grid:
+            Path(grid).parent.mkdir(parents=True, exist_ok=True)
+            real = build_patches(64, model.latent_shape[-1], "heldout", seed=seed + 1)
+            task.render(x[:64], grid, title=f"{name}: DDIM-{k} (eta 1) samples, FD {res[f'fd_ddim{k}']:.1f}",
+                        reference=real, reference_label="held-out natural patches")
+    real = build_patches(n, model.latent_shape[-1], "heldout", seed=seed + 1)
+    res["fd_heldout_patches"] = round(task.frechet_distance(real), 3)
+    res["fd_train_patches"] = round(task.frechet_distance(build_patches(n, model.latent_shape[-1], "train", seed=seed + 2)), 3)
+    res["fd_flat_patches"] = round(task.frechet_distance(real.mean((2, 3), keepdim=True).expand_as(real).contiguous()), 3)
+    res["fd_shuffled_pixels"] = round(task.frechet_distance(
+        real.flatten(2)[:, :, torch.randperm(real[0, 0].numel(), generator=torch.Generator().manual_seed(seed))]
+        .reshape(real.shape)), 3)
+    res["denoise_loss_heldout"] = round(float(task.denoising_loss(real).mean()), 4)
+    res["aesthetic_heldout"] = round(float(task.evaluate_true(real).mean()), 4)
+    res["eval_wall_s"] = round(time.time() - t0, 1)
+    return res
+
+def save_unet(model_unet: UNet2DModel, out: Path, name: str, meta: dict) -> None:
+    """Write ``name``.safetensors (+ .sha256) and ``name``.json atomically-enough (temp then rename)."""
+    out.mkdir(parents=True, exist_ok=True)
+    st, js = _paths(name, out)
+    tmp = st.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model_unet.state_dict().items()}, str(tmp))
+    os.replace(tmp, st)
+    meta = dict(meta, sha256=write_checksum(st), unet_config=_config_dict(model_unet))
+    tmpj = js.with_suffix(".json.tmp")
+    tmpj.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmpj, js)
+
+def _config_dict(unet: UNet2DModel) -> dict:
+    keys = unet_config(unet.config.sample_size).keys()
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in unet.config.items() if k in keys}
+
+def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
+    """CLI entry: pretrain, save EMA weights + log JSON; returns the log dict."""
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    name = args.name or f"unet{args.size}"
+    out = Path(args.out)
+    if args.distill:
+        rec = distill_unet(name, args.steps, args.batch, args.cm_num_steps, args.cm_lr, args.cm_ema, args.seed,
+                           args.n_train,
+                           "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
+        print(json.dumps(rec, indent=2), flush=True)
+        return rec
+    if args.eval_only:
+        if out.resolve() != WEIGHTS_DIR:
+            raise SystemExit(f"error: --eval-only works on the committed weights in {WEIGHTS_DIR}, not --out {out}")
+        res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid)
+        js = _paths(name, out)[1]
+        meta = json.loads(js.read_text())
+        meta["sample_quality"] = dict(res, command="python -m sqdf_bbo.pretrain image " + " ".join(
+            shlex.quote(a) for a in (argv or sys.argv[1:])))
+        js.write_text(json.dumps(meta, indent=2) + "\n")
+        print(json.dumps(res, indent=2), flush=True)
+        return meta
+    cmd = "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    t0 = time.time()
+    from sqdf_bbo.data import build_patches
+
+    data = build_patches(args.n_train, args.size, "train", seed=args.seed) * 2 - 1  # latents in [-1,1]
+    unet = UNet2DModel(**unet_config(args.size))
+    ema = UNet2DModel(**unet_config(args.size))
+    prev = None
+    if args.init:
+        prev_model = load_pretrained_unet(args.init, out, frozen=False)
+        unet.load_state_dict(prev_model.unet.state_dict())
+        prev = json.loads(_paths(args.init, out)[1].read_text())
+        prev = {k: prev.get(k) for k in ("command", "steps", "wall_s", "final_loss", "init_from")}
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    sched = default_scheduler()
+    acp = sched.alphas_cumprod.float()
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed)
+    loss_avg, hist = None, []
+    step = 0
+    meta = dict(command=cmd, seed=args.seed, size=args.size, batch=args.batch, lr=args.lr, ema=args.ema,
+                n_train=args.n_train, threads=args.threads, torch=torch.__version__, init_from=prev,
+                scheduler="DDIM/DDPM squaredcos_cap_v2, eps-prediction, 1000 steps")
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(len(data), (args.batch,), generator=g)
+        x0 = data[idx]
+        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (args.batch,), generator=g)
+        a = acp[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, eps)
+        for grp in opt.param_groups:
+            grp["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(args.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
+        if step % 100 == 0:
+            hist.append((step, round(time.time() - t0, 1), round(loss_avg, 5)))
+            print(f"step {step} loss(ema-avg) {loss_avg:.4f} wall {time.time() - t0:.0f}s", flush=True)
+        done = (time.time() - t0) / 60 > args.max_minutes
+        if (args.save_every and step % args.save_every == 0) or done:
+            save_unet(ema, out, name, dict(meta, steps=step, wall_s=round(time.time() - t0, 1),
+                                          final_loss=loss_avg, loss_history=hist, complete=False))
+        if done:
+            break
+    meta.update(steps=step, stopped_by_time=step < args.steps, wall_s=round(time.time() - t0, 1),
+                final_loss=loss_avg, loss_history=hist, complete=True)
+    save_unet(ema, out, name, meta)
+    print(json.dumps({k: v for k, v in meta.items() if k != "loss_history"}), flush=True)
+    if args.fd_samples > 0 and out.resolve() == WEIGHTS_DIR:
+        rest = [a for a in (argv or []) if a not in ("--eval-only",)]
+        return pretrain_image_main(rest + ["--eval-only", "--name", name])
+    return meta
