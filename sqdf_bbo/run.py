@@ -198,7 +198,8 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
     from sqdf_bbo.diffusion import path_kl
     from sqdf_bbo.metrics import diversity
 
-    if isinstance(agent, DiffusionAgent):
+    extra: dict = {}
+    if isinstance(agent, DiffusionAgent) and not agent.steers_sampling:
         designs, kls = [], []
         same = agent.policy is agent.reference  # e.g. the pretrained agent: KL exactly 0
         conds = task.eval_conditions(n_eval)  # held-out prompts (None for unconditional tiers)
@@ -216,11 +217,16 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
         designs = torch.cat(designs)
         kl = float(torch.cat(kls).mean())
     else:
+        conds = task.eval_conditions(n_eval)
         with torch.no_grad():
-            designs = agent.propose(n_eval, generator).detach()
-        kl = float("nan")
+            designs = (agent.propose(n_eval, generator) if conds is None else
+                       agent.propose(n_eval, generator, cond=conds)).detach()
+        analytic = getattr(agent, "analytic_path_kl", None)
+        kl = float(analytic()) if callable(analytic) else float("nan")
+        if callable(analytic):
+            extra["path_kl_analytic"] = 1.0  # a closed form of the sampling rule, not measured on trajectories
     values = task.evaluate_true(designs)
-    out = {"eval_reward": float(values.mean()), "eval_reward_std": float(values.std()), "path_kl": kl}
+    out = {"eval_reward": float(values.mean()), "eval_reward_std": float(values.std()), "path_kl": kl, **extra}
     for name, v in task.extra_values(designs).items():
         out[f"eval_{name}"] = float(torch.as_tensor(v).double().mean())
     out.update({k: v for k, v in diversity(task, designs).items() if k != "vendi_kernel"})  # numbers only

@@ -251,3 +251,11 @@ def test_report_only_filters_and_checks_the_knob_in_config(fake_frontier, tmp_pa
     assert fr.main(["--report-only", "--out", str(bad), "--csv", str(tmp_path / "x.csv"), "--plots", ""]) == 2
     assert "its folder says beta=1 but config.json has agent.beta=0.1" in capsys.readouterr().err
     assert fr.main(["--report-only", "--out", str(tmp_path / "none"), "--csv", str(tmp_path / "x.csv")]) == 2
+
+
+def test_best_of_n_sweeps_its_oversample_grid():
+    from baselines.best_of_n import BestOfNAgent
+    from benchmarks import frontier as fr
+
+    assert fr.default_knob("best-of-n", BestOfNAgent) == "oversample"
+    assert fr.rule_values("best-of-n", BestOfNAgent, "oversample") == [2, 4, 16, 64]

@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
     "draft-lv": "baselines.draft:DRaFTLVAgent",
     "adjoint-matching": "baselines.adjoint_matching:AdjointMatchingAgent",
     "seiko": "baselines.seiko:SEIKOAgent",
+    "best-of-n": "baselines.best_of_n:BestOfNAgent",
 }
 
 

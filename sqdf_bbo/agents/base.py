@@ -34,6 +34,10 @@ class Agent:
     propose/observe/improve."""
 
     default_config: ClassVar[dict] = {}
+    #: True for inference-time methods whose designs come from propose() (e.g. best-of-N), not from the
+    #: diffusion policy's own samples: the harness then evaluates through propose() and reports the
+    #: method's ``analytic_path_kl()`` (a closed form of its sampling rule) as the path KL
+    steers_sampling: ClassVar[bool] = False
     #: typed settings dataclass (None: untyped ``default_config``); see sqdf_bbo/settings.py
     Settings: ClassVar[Optional[type]] = None
     _typed_defaults: ClassVar[Optional[dict]] = None

@@ -26,11 +26,65 @@ from sqdf_bbo.tasks.base import TaskInfo
 Tensor = torch.Tensor
 
 
-class OnlineFinetuneAgent(DiffusionAgent):
-    """Base class: subclasses implement :meth:`update_step` (one optimizer step, returns stats)."""
+class ProxyGuidedAgent(DiffusionAgent):
+    """A diffusion agent with the harness's optimistic proxy r̂⁺: stores proxy features and values of every
+    observation, refits r̂⁺ (``sqdf_bbo.proxy.fit_proxy``) and scores designs in standardised units.
+    Base of the fine-tuners (:class:`OnlineFinetuneAgent`) and of the inference-time methods."""
 
     @dataclass
     class Settings(DiffusionAgent.Settings, ProxySettings):
+        pass
+
+    def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
+        super().__init__(task, config, seed)
+        self.proxy = None
+        self.feature_data: list[Tensor] = []  # proxy features of every observed design, (n_i, F) each
+        self.reward_offset: Optional[float] = None
+        self.reward_scale: Optional[float] = None
+        self.round = 0
+
+    def proxy_config(self) -> dict:
+        return {k: v for k, v in self.config.items() if k.startswith(("proxy", "osm_"))}
+
+    def observe(self, designs: Tensor, values: Tensor) -> None:
+        """Store proxy features (not designs: 15k SD images would be ~48 GB) and observed values."""
+        bs = int(self.config["sample_batch"])
+        with torch.no_grad():
+            feats = torch.cat([self.task.features(designs[i:i + bs].float()).detach().cpu()
+                               for i in range(0, len(designs), bs)])
+        self.feature_data.append(feats)
+        self.values.append(torch.as_tensor(values, dtype=torch.float64).cpu())
+
+    def refit_proxy(self) -> dict[str, float]:
+        from sqdf_bbo.proxy import fit_proxy
+
+        feats, values = torch.cat(self.feature_data), torch.cat(self.values)
+        if self.reward_scale is None:
+            self.reward_offset = float(values.mean())
+            self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
+        self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
+                                      generator=self.generator)
+        self.proxy.eval().requires_grad_(False)
+        dp = getattr(self, "dp", None)
+        if dp is not None:  # one proxy for all processes: rank 0's (its stats are the ones logged)
+            dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
+        return stats
+
+    def reward_of_designs(self, designs: Tensor) -> Tensor:
+        """Optimistic proxy reward of designs in standardised units, (B, *design_shape) -> (B,)."""
+        r = self.proxy(self.task.features(designs))
+        return (r - self.reward_offset) / self.reward_scale
+
+    def reward(self, z: Tensor) -> Tensor:
+        """Differentiable optimistic reward of final latents z (B, *latent_shape) -> (B,)."""
+        return self.reward_of_designs(self.policy.decode(z))
+
+
+class OnlineFinetuneAgent(ProxyGuidedAgent):
+    """Base class: subclasses implement :meth:`update_step` (one optimizer step, returns stats)."""
+
+    @dataclass
+    class Settings(ProxyGuidedAgent.Settings):
         updates_per_round: int = setting(40, "optimizer steps per round", ge=0)
         lr: float = setting(1e-3, "AdamW learning rate (a new AdamW every round)", gt=0)
         weight_decay: float = setting(0.1, "AdamW weight decay", ge=0)
@@ -53,11 +107,6 @@ class OnlineFinetuneAgent(DiffusionAgent):
             if D != int(torch.Size(shape).numel()):
                 raise ValueError(f"task {task.name!r} declares {D} latent elements but its backbone's latent has "
                                  f"shape {shape}; set TaskInfo.latent_shape so beta maps onto the right KL scale")
-        self.proxy = None
-        self.feature_data: list[Tensor] = []  # proxy features of every observed design, (n_i, F) each
-        self.reward_offset: Optional[float] = None
-        self.reward_scale: Optional[float] = None
-        self.round = 0
         self.global_step = 0
 
     # ---- sampling ----------------------------------------------------------------------------------
@@ -95,42 +144,10 @@ class OnlineFinetuneAgent(DiffusionAgent):
         pol = self.sampling_policy()
         return [self._sample_with(pol, min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
 
-    # ---- proxy -----------------------------------------------------------------------------------
-    def proxy_config(self) -> dict:
-        return {k: v for k, v in self.config.items() if k.startswith(("proxy", "osm_"))}
 
-    def observe(self, designs: Tensor, values: Tensor) -> None:
-        """Store proxy features (not designs: 15k SD images would be ~48 GB) and observed values."""
-        bs = int(self.config["sample_batch"])
-        with torch.no_grad():
-            feats = torch.cat([self.task.features(designs[i:i + bs].float()).detach().cpu()
-                               for i in range(0, len(designs), bs)])
-        self.feature_data.append(feats)
-        self.values.append(torch.as_tensor(values, dtype=torch.float64).cpu())
 
-    def refit_proxy(self) -> dict[str, float]:
-        from sqdf_bbo.proxy import fit_proxy
 
-        feats, values = torch.cat(self.feature_data), torch.cat(self.values)
-        if self.reward_scale is None:
-            self.reward_offset = float(values.mean())
-            self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
-        self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
-                                      generator=self.generator)
-        self.proxy.eval().requires_grad_(False)
-        dp = getattr(self, "dp", None)
-        if dp is not None:  # one proxy for all processes: rank 0's (its stats are the ones logged)
-            dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
-        return stats
 
-    def reward_of_designs(self, designs: Tensor) -> Tensor:
-        """Optimistic proxy reward of designs in standardised units, (B, *design_shape) -> (B,)."""
-        r = self.proxy(self.task.features(designs))
-        return (r - self.reward_offset) / self.reward_scale
-
-    def reward(self, z: Tensor) -> Tensor:
-        """Differentiable optimistic reward of final latents z (B, *latent_shape) -> (B,)."""
-        return self.reward_of_designs(self.policy.decode(z))
 
     # ---- optimisation ----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
