@@ -13,8 +13,8 @@ THE GRID RULE (one rule for every method):
 - methods without a KL term (alignprop, draft, draft-k, draft-1, draft-lv, ddpo, ddpo-sf, and any other
   agent with an ``lr`` key) sweep ``lr`` over default_lr x ``LR_FACTORS`` = 0.01, 0.1, 1, 10, default_lr
   read from the agent class's ``default_config``;
-- inference-time methods that select among pretrained samples (best-of-n) sweep ``oversample`` N over
-  ``OVERSAMPLE_GRID`` = 2, 4, 16, 64 (analytic KL 0.19 to 3.2 nats);
+- inference-time methods that select among pretrained samples sweep their candidate count over
+  ``COUNT_GRID`` = 2, 4, 16, 64: best-of-n's ``oversample`` N, svdd's ``candidates`` M (per step);
 - ``pretrained`` is a single point (KL 0).
 ``--grid METHOD=v1,v2,...`` replaces a method's values and ``--knob METHOD=KEY`` sweeps another agent key
 (then ``--grid`` is needed unless KEY is beta or lr); both are recorded in ``<out>/_frontier.json`` and in
@@ -61,8 +61,10 @@ from benchmarks.sweep import RunSpec, SweepError
 
 BETA_GRID = (0.01, 0.1, 1.0, 10.0)
 LR_FACTORS = (0.01, 0.1, 1.0, 10.0)
-#: best-of-N's N (``oversample``): KL log N - (N-1)/N = 0.19, 0.64, 1.83, 3.17 nats
-OVERSAMPLE_GRID = (2, 4, 16, 64)
+#: candidate counts of the selection methods: best-of-N's N (``oversample``; KL log N - (N-1)/N = 0.19,
+#: 0.64, 1.83, 3.17 nats) and SVDD's M (``candidates``; that KL per selecting step)
+COUNT_GRID = (2, 4, 16, 64)
+COUNT_KNOBS = ("oversample", "candidates")
 #: KL-regularised methods (they sweep beta even before their class lists it, so a missing key is an error)
 KL_METHODS = ("sqdf", "seiko", "adjoint-matching")
 SINGLE_POINT = ("pretrained",)
@@ -107,8 +109,9 @@ def default_knob(method: str, cls) -> Optional[str]:
         return "beta"
     if "lr" in cfg:
         return "lr"
-    if "oversample" in cfg:
-        return "oversample"
+    for knob in COUNT_KNOBS:
+        if knob in cfg:
+            return knob
     raise SweepError(f"method {method!r} has neither a beta nor an lr setting; give --knob {method}=KEY "
                      f"--grid {method}=v1,v2,...")
 
@@ -119,10 +122,10 @@ def rule_values(method: str, cls, knob: str) -> list:
         return list(BETA_GRID)
     if knob == "lr":
         return [_clean(float(cls.default_config["lr"]) * f) for f in LR_FACTORS]
-    if knob == "oversample":
-        return list(OVERSAMPLE_GRID)
+    if knob in COUNT_KNOBS:
+        return list(COUNT_GRID)
     raise SweepError(f"--knob {method}={knob}: give its values with --grid {method}=v1,v2,... "
-                     "(the rule only covers beta, lr and oversample)")
+                     f"(the rule only covers beta, lr and {', '.join(COUNT_KNOBS)})")
 
 
 def _parse_pairs(items: Sequence[str], flag: str, methods: Sequence[str]) -> dict[str, str]:

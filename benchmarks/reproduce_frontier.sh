@@ -3,7 +3,7 @@
 # results/frontier_leaderboard.{csv,md}): every method on ackley-manifold, levy-manifold,
 # rastrigin-manifold and levy, budget 1000, seeds 0-2, each method over its knob grid (the rule in
 # benchmarks/frontier.py: beta = 0.01, 0.1, 1, 10 for the KL-regularised methods, lr = default x 0.01, 0.1,
-# 1, 10 for the others, oversample N = 2, 4, 16, 64 for best-of-n, pretrained as one point). Resumable: re-running skips finished runs and continues
+# 1, 10 for the others, candidate counts 2, 4, 16, 64 for best-of-n and svdd, pretrained as one point). Resumable: re-running skips finished runs and continues
 # interrupted ones.
 #
 #   bash benchmarks/reproduce_frontier.sh [OUT=runs/frontier] [WORKERS=2]
@@ -16,7 +16,7 @@ WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TASKS=ackley-manifold,levy-manifold,rastrigin-manifold,levy
 TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf)
-PEERS=(best-of-n)  # inference-time: refits the same proxy, trains nothing
+PEERS=(best-of-n svdd)  # inference-time: refit the same proxy, train nothing
 METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}")
 
 # Common settings: 128 eval draws and 10 DDIM steps for every method (pretrained included); the

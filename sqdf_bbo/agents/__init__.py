@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "adjoint-matching": "baselines.adjoint_matching:AdjointMatchingAgent",
     "seiko": "baselines.seiko:SEIKOAgent",
     "best-of-n": "baselines.best_of_n:BestOfNAgent",
+    "svdd": "baselines.svdd:SVDDAgent",
 }
 
 
