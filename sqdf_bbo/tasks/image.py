@@ -211,6 +211,14 @@ def image_grid(images: Tensor, ncol: int = 8, pad: int = 1) -> np.ndarray:
     return grid
 
 
+def proxy_features(size: int, x: Tensor) -> Tensor:
+    """The agent's feature map (TaskInfo.features; no reference to the task): (B, 3, S, S) in [0, 1] ->
+    (B, 256) z-scored features of a frozen random conv net that is not the oracle's; differentiable."""
+    from sqdf_bbo.oracles.proxy_features import load_proxy_features
+
+    return load_proxy_features(size)(x)
+
+
 class ImageTask(Task):
     """Base for the image tasks: shared design space, backbone, proxy features and metrics."""
 
@@ -237,7 +245,7 @@ class ImageTask(Task):
             tier="image",
             design_shape=(3, S, S),
             make_backbone=functools.partial(_load_backbone, cfg["unet"]),
-            features=self._proxy_features,
+            features=functools.partial(proxy_features, S),
             feature_dim=FEATURE_DIM,
             bounds=(torch.zeros(3, S, S), torch.ones(3, S, S)),
             defaults={"num_steps": n_steps, "n_eval": cfg["n_eval"], "batch_size": cfg["batch_size"],
@@ -245,13 +253,6 @@ class ImageTask(Task):
                       # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model
                       "consistency": functools.partial(_load_consistency, cfg["unet"])},
         )
-
-    # -- public (agents) --
-    def _proxy_features(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) in [0, 1] -> (B, 256) z-scored proxy features; differentiable, frozen."""
-        from sqdf_bbo.oracles.proxy_features import load_proxy_features
-
-        return load_proxy_features(self.size)(x)
 
     # -- harness only --
     def _check(self, designs: Tensor) -> Tensor:

@@ -18,6 +18,8 @@ RBF kernel whose bandwidth is the median pairwise distance of 1000 prior samples
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import zlib
 from dataclasses import dataclass
@@ -100,6 +102,27 @@ def make_prior_and_bounds(name: str) -> tuple[GaussianMixturePrior, Tensor, Tens
     return GaussianMixturePrior(torch.stack(means), PRIOR_STD), lo, hi
 
 
+# -- the public pieces an agent gets (TaskInfo): they hold no reference to the task or its oracle --
+def load_backbone(base: str, lo: Tensor, hi: Tensor):
+    """The committed pretrained MLP denoiser of prior ``base`` (decodes to the box [lo, hi])."""
+    from sqdf_bbo.backbones.mlp import load_mlp
+
+    return load_mlp(base, lo, hi)
+
+
+class UnitBoxFeatures(torch.nn.Module):
+    """Proxy feature map: the normalised design u = 2 (x - lo)/(hi - lo) - 1 in [-1, 1]^d, differentiable."""
+
+    def __init__(self, lo: Tensor, hi: Tensor):
+        super().__init__()
+        self.register_buffer("lo", lo.clone())
+        self.register_buffer("hi", hi.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        lo, hi = self.lo.to(x.dtype).to(x.device), self.hi.to(x.dtype).to(x.device)
+        return 2 * (x - lo) / (hi - lo) - 1
+
+
 class SyntheticTask(Task):
     """A BoTorch function with a Gaussian-mixture prior; see the module docstring."""
 
@@ -126,24 +149,13 @@ class SyntheticTask(Task):
             name=name,
             tier="synthetic",
             design_shape=(self.prior.dim,),
-            make_backbone=self._make_backbone,
-            features=self._features,
+            make_backbone=functools.partial(load_backbone, base, lo32, hi32),
+            features=UnitBoxFeatures(lo32, hi32),
             feature_dim=self.prior.dim,
             bounds=(lo32, hi32),
             defaults={"num_steps": num_steps, "n_eval": 256, "batch_size": 64,
                       "agent": {"num_steps": num_steps}},
         )
-
-    # -- public pieces (safe for agents) --
-    def _make_backbone(self):
-        from sqdf_bbo.backbones.mlp import load_mlp
-
-        return load_mlp(self.base, self.lo.float(), self.hi.float())
-
-    def _features(self, x: Tensor) -> Tensor:
-        """Proxy feature map: the normalised design u in [-1, 1]^d, differentiable."""
-        lo, hi = self.lo.to(x.dtype).to(x.device), self.hi.to(x.dtype).to(x.device)
-        return 2 * (x - lo) / (hi - lo) - 1
 
     # -- harness-only pieces --
     def to_u(self, x: Tensor) -> Tensor:

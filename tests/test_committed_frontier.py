@@ -1,0 +1,35 @@
+"""The committed frontier reproduces from a clean clone: re-run one of its cells (levy x sqdf at beta = 1,
+seeds 0-2, budget 1000, the exact settings of benchmarks/reproduce_frontier.sh) through
+benchmarks.frontier and check that its mean eval reward and path KL land inside the committed 95% CIs of
+results/frontier.csv. The whole frontier is a benchmark; this cell costs about 30 CPU-seconds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks import frontier
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "results" / "frontier.csv"
+SETTINGS = ["--set", "run.n_eval=128", "--set", "num_steps=10",
+            "--set-for", "sqdf", "updates_per_round=20", "--set-for", "sqdf", "proxy_epochs=30"]
+
+
+def test_committed_frontier_cell_reproduces(tmp_path):
+    committed = pd.read_csv(COMMITTED)
+    ref = committed[(committed.task == "levy") & (committed.method == "sqdf") & (committed.knob == "beta")
+                    & (committed.value.astype(float) == 1.0) & (committed.budget == 1000)]
+    assert len(ref) == 1, "levy x sqdf x beta=1 is not in results/frontier.csv"
+    ref = ref.iloc[0]
+    csv = tmp_path / "frontier.csv"
+    assert frontier.main(["--tasks", "levy", "--methods", "sqdf", "--grid", "sqdf=1", "--budget", "1000",
+                          "--seeds", "0-2", "--out", str(tmp_path / "runs"), "--workers", "2", "--threads", "1",
+                          "--no-progress", *SETTINGS, "--csv", str(csv), "--plots", str(tmp_path),
+                          "--leaderboard", str(tmp_path / "lb.csv")]) == 0
+    new = pd.read_csv(csv)
+    row = new[(new.method == "sqdf")].iloc[0]
+    assert row["n_seeds"] == ref["n_seeds"] == 3
+    for metric in ("eval_reward", "path_kl"):
+        lo, hi = ref[f"{metric}_ci_low"], ref[f"{metric}_ci_high"]
+        assert lo - 1e-9 <= row[f"{metric}_mean"] <= hi + 1e-9, (metric, row[f"{metric}_mean"], lo, hi)
