@@ -280,6 +280,7 @@ class Run:
                 raise CLIError(f"run.batch_size={self.run_cfg['batch_size']} must be <= the budget {args.budget}")
             self.run_cfg["batch_size"] = args.budget
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
+        self.replayed_queries = 0  # oracle answers taken from the query journal on resume (not re-bought)
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.pt"
         self._check_out_dir()
@@ -362,8 +363,11 @@ class Run:
 
         from sqdf_bbo.envs import BudgetedOracleEnv
 
+        from sqdf_bbo.journal import QueryJournal
+
         args, task = self.args, self.task
         env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"], report_true=True)
+        self.journal = QueryJournal(self.dir / "journal.jsonl")
         if args.resume and (self.dir / "final.json").exists():
             return json.loads((self.dir / "final.json").read_text())
         main = self.rank == 0
@@ -386,6 +390,7 @@ class Run:
             env.reset(seed=args.seed)
             if main:
                 atomic_write_json(self.dir / "config.json", self.config_record())
+                self.journal.reset()
             agent = self.agent_cls(task.info, self.agent_overrides, args.seed)
             if self.dp is not None:
                 if not hasattr(agent, "attach_data_parallel"):
@@ -461,13 +466,31 @@ class Run:
     def _query(self, env, designs: torch.Tensor, st: dict, r: int, bar) -> np.ndarray:
         """Query the oracle through the budgeted env in batches; log every query; (n,) observed values."""
         task, n, bs = self.task, len(designs), self.run_cfg["batch_size"]
+        from sqdf_bbo.journal import designs_sha256
+
         observed, true = [], []
         bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: querying")
-        for i in range(0, n, bs):
-            _, _, _, _, info = env.step(designs[i:i + bs].numpy())
-            observed.append(np.asarray(info["values"], dtype=np.float64))
-            true.append(np.asarray(info["true_values"], dtype=np.float64))  # the oracle is called once per query
-            bar.update(len(observed[-1]))
+        for b, i in enumerate(range(0, n, bs)):
+            batch = designs[i:i + bs]
+            old = self.journal.get(r + 1, b)
+            if old is not None:  # answered before a kill: replay it, never ask the oracle twice
+                if old["designs_sha256"] != designs_sha256(batch) or old["n"] != len(batch):
+                    raise CLIError(f"resume: round {r + 1} batch {b} proposes other designs than the query journal "
+                                   "records (code or settings changed since?); refusing to re-query the oracle")
+                obs, tru = np.asarray(old["observed"]), np.asarray(old["true"])
+                env.set_state(old["env_state"])
+                self.replayed_queries += len(batch)
+            else:
+                _, _, _, _, info = env.step(batch.numpy())
+                obs = np.asarray(info["values"], dtype=np.float64)
+                tru = np.asarray(info["true_values"], dtype=np.float64)  # the oracle is called once per query
+                self.journal.append(r + 1, b, len(st["queries"]) + i, batch, obs, tru, env.get_state())
+                crash = os.environ.get("SQDF_BBO_CRASH_AFTER_QUERIES")  # test hook: simulate a kill mid-round
+                if crash and env.queries_used >= int(crash):
+                    os._exit(17)
+            observed.append(obs)
+            true.append(tru)
+            bar.update(len(obs))
         observed, true = np.concatenate(observed), np.concatenate(true)
         extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
         start = len(st["queries"])
