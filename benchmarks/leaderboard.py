@@ -136,6 +136,8 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
 #: agent settings added after results were committed, with the value that reproduces the earlier
 #: computation exactly: left out of the hash at that value so committed rows stay comparable
 HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
+#: run settings that do not change what a run computes (how often a failing oracle is retried)
+HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s")
 #: agent settings that are derived from others (beta is recorded beside the native knob it sets)
 HASH_DERIVED = ("beta",)
 
@@ -145,6 +147,8 @@ def config_hash(cfg: dict) -> str:
     import hashlib
 
     key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
+    if isinstance(key["run"], dict):  # harness settings that do not change what a run computes
+        key["run"] = {k: v for k, v in key["run"].items() if k not in HASH_NEUTRAL_RUN}
     if isinstance(key["agent"], dict):
         key["agent"] = {k: v for k, v in key["agent"].items()
                         if k not in HASH_DERIVED and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}

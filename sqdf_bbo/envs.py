@@ -38,6 +38,10 @@ class BudgetExceededError(RuntimeError):
     """A batch asked for more oracle queries than the budget has left (nothing was charged)."""
 
 
+class OracleError(RuntimeError):
+    """The task's oracle raised while scoring a batch (nothing was charged; the call may be retried)."""
+
+
 def env_id(task_name: str) -> str:
     """Gymnasium id of a task's environment, e.g. ``"sqdf_bbo/ackley-v0"``."""
     return f"{NAMESPACE}/{task_name}-v0"
@@ -204,7 +208,10 @@ class BudgetedOracleEnv(gymnasium.Env):
                 f"{self.queries_used} used); nothing was charged. Send at most {self.budget_left} designs"
                 + (" or reset()" if self.budget_left == 0 else "")
             )
-        true = self._task.evaluate_true(x)
+        try:
+            true = self._task.evaluate_true(x)
+        except Exception as e:  # noqa: BLE001 - any oracle failure: nothing charged, the caller may retry
+            raise OracleError(f"task {self.task_name!r} oracle raised {type(e).__name__}: {e}") from e
         true = np.asarray(torch.as_tensor(true).detach().cpu().double().numpy(), dtype=np.float64)
         if true.shape != (m,):
             raise RuntimeError(
@@ -277,4 +284,4 @@ def make_env(task: str, budget: int, batch_size: Optional[int] = None, **kwargs)
 
 register_envs()
 
-__all__ = ["BudgetedOracleEnv", "BudgetExceededError", "register_envs", "make_env", "env_id"]
+__all__ = ["BudgetedOracleEnv", "BudgetExceededError", "OracleError", "register_envs", "make_env", "env_id"]

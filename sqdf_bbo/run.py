@@ -40,7 +40,8 @@ import torch
 
 from sqdf_bbo.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
-RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None}
+RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None,
+                "oracle_retries": 3, "oracle_retry_wait_s": 1.0}
 TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s")
 
 
@@ -235,10 +236,13 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
 
 
 def curve_summary(true_values: np.ndarray, budget: int) -> dict:
-    """Best-so-far and top-k means of the noise-free values of every queried design."""
+    """Best-so-far and top-k means of the noise-free values of every queried design. A NaN value (an oracle
+    that failed to score a design) counts as the worst possible outcome, -inf; ``nonfinite_values`` counts them."""
     from sqdf_bbo.metrics import auc_top_k
 
-    out = {"queries_used": int(len(true_values))}
+    true_values = np.asarray(true_values, dtype=np.float64)
+    out = {"queries_used": int(len(true_values)), "nonfinite_values": int((~np.isfinite(true_values)).sum())}
+    true_values = np.where(np.isnan(true_values), -np.inf, true_values)
     if len(true_values) == 0:
         return out
     srt = np.sort(true_values)[::-1]
@@ -275,6 +279,12 @@ class Run:
             v = self.run_cfg[key]
             if not isinstance(v, int) or v <= 0:
                 raise CLIError(f"run.{key} must be a positive integer, got {v!r}")
+        if isinstance(self.run_cfg["oracle_retries"], bool) or not isinstance(self.run_cfg["oracle_retries"], int) \
+                or self.run_cfg["oracle_retries"] < 0:
+            raise CLIError(f"run.oracle_retries must be an integer >= 0, got {self.run_cfg['oracle_retries']!r}")
+        w = self.run_cfg["oracle_retry_wait_s"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise CLIError(f"run.oracle_retry_wait_s must be a number >= 0 (seconds), got {w!r}")
         if self.run_cfg["batch_size"] > args.budget:  # the env's declared batch cannot exceed the budget
             if "batch_size" in run_overrides:
                 raise CLIError(f"run.batch_size={self.run_cfg['batch_size']} must be <= the budget {args.budget}")
@@ -481,7 +491,7 @@ class Run:
                 env.set_state(old["env_state"])
                 self.replayed_queries += len(batch)
             else:
-                _, _, _, _, info = env.step(batch.numpy())
+                info = self._step_with_retries(env, batch)
                 obs = np.asarray(info["values"], dtype=np.float64)
                 tru = np.asarray(info["true_values"], dtype=np.float64)  # the oracle is called once per query
                 self.journal.append(r + 1, b, len(st["queries"]) + i, batch, obs, tru, env.get_state())
@@ -505,6 +515,21 @@ class Run:
         if flat is None:  # large designs (images): kept in designs/round<k>.npy, as the task stores them
             self._save_designs(designs, r + 1)
         return observed
+
+    def _step_with_retries(self, env, batch: torch.Tensor) -> dict:
+        """env.step, retried when the oracle itself raises (nothing is charged for a failed call)."""
+        from sqdf_bbo.envs import OracleError
+
+        tries = int(self.run_cfg["oracle_retries"]) + 1
+        for attempt in range(tries):
+            try:
+                return env.step(batch.numpy())[4]
+            except OracleError as e:
+                if attempt == tries - 1:
+                    raise CLIError(f"the oracle failed {tries} times on one batch ({e}); every answer so far is in "
+                                   "journal.jsonl: fix the oracle and --resume") from None
+                time.sleep(min(2.0 ** attempt, 30.0) * float(self.run_cfg["oracle_retry_wait_s"]))
+        raise AssertionError("unreachable")
 
     def _eval_gen(self) -> torch.Generator:
         # the same eval noise every round (common random numbers across rounds and methods)

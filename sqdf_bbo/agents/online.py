@@ -59,12 +59,16 @@ class ProxyGuidedAgent(DiffusionAgent):
         from sqdf_bbo.proxy import fit_proxy
 
         feats, values = torch.cat(self.feature_data), torch.cat(self.values)
+        finite = torch.isfinite(values) & torch.isfinite(feats.reshape(len(feats), -1)).all(dim=1)
+        dropped = int((~finite).sum())  # NaN / ±inf oracle answers carry no usable signal: the proxy ignores them
+        feats, values = feats[finite], values[finite]
         if self.reward_scale is None:
             self.reward_offset = float(values.mean())
             self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
         self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
                                       generator=self.generator)
         self.proxy.eval().requires_grad_(False)
+        stats["dropped_nonfinite"] = dropped
         dp = getattr(self, "dp", None)
         if dp is not None:  # one proxy for all processes: rank 0's (its stats are the ones logged)
             dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
