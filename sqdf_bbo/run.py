@@ -18,6 +18,7 @@ before each step; process 0 alone queries the oracle, evaluates and writes the r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ast
 import datetime as _dt
 import io
@@ -41,7 +42,7 @@ import torch
 from sqdf_bbo.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None,
-                "oracle_retries": 3, "oracle_retry_wait_s": 1.0}
+                "oracle_retries": 3, "oracle_retry_wait_s": 1.0, "tracker": "none"}
 TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s")
 
 
@@ -282,6 +283,13 @@ class Run:
         if isinstance(self.run_cfg["oracle_retries"], bool) or not isinstance(self.run_cfg["oracle_retries"], int) \
                 or self.run_cfg["oracle_retries"] < 0:
             raise CLIError(f"run.oracle_retries must be an integer >= 0, got {self.run_cfg['oracle_retries']!r}")
+        from sqdf_bbo.trackers import TRACKERS
+
+        if self.run_cfg["tracker"] not in TRACKERS:
+            raise CLIError(f"run.tracker must be one of {', '.join(TRACKERS)}, got {self.run_cfg['tracker']!r}")
+        needs = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(self.run_cfg["tracker"])
+        if needs and importlib.util.find_spec(needs) is None:
+            raise CLIError(f"run.tracker={self.run_cfg['tracker']} needs the {needs} package (pip install {needs})")
         w = self.run_cfg["oracle_retry_wait_s"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
             raise CLIError(f"run.oracle_retry_wait_s must be a number >= 0 (seconds), got {w!r}")
@@ -378,6 +386,11 @@ class Run:
         args, task = self.args, self.task
         env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"], report_true=True)
         self.journal = QueryJournal(self.dir / "journal.jsonl")
+        from sqdf_bbo.trackers import make_tracker
+
+        self.tracker = make_tracker(self.run_cfg["tracker"] if self.rank == 0 else "none", self.dir, self.dir.name,
+                                    {"task": args.task, "method": args.method, "budget": args.budget, "seed": args.seed,
+                                     **self.agent_config})
         if args.resume and (self.dir / "final.json").exists():
             return json.loads((self.dir / "final.json").read_text())
         main = self.rank == 0
@@ -416,6 +429,7 @@ class Run:
                 st["rounds"].append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
                                      "round_wall_s": time.time() - t0, "train": {}})
                 self.write_logs(st)
+                self.track(st)
             st["wall_s"] += time.time() - t0
             self.save_checkpoint(st, agent)
 
@@ -453,6 +467,7 @@ class Run:
                 st["last_designs"] = designs_eval
                 self._render(designs_eval, st.get("reference_designs"), r + 1)
                 self.write_logs(st)
+                self.track(st)
             self.save_checkpoint(st, agent)
             if os.environ.get("SQDF_BBO_CRASH_AFTER_ROUND") == str(r + 1):  # test hook: simulate a kill
                 bar.close()
@@ -469,6 +484,7 @@ class Run:
         if self.world_size > 1:
             final["world_size"] = self.world_size
         atomic_write_json(self.dir / "final.json", final)
+        self.tracker.close()
         if self.dp is not None:
             self.dp.barrier()
         return final
@@ -515,6 +531,12 @@ class Run:
         if flat is None:  # large designs (images): kept in designs/round<k>.npy, as the task stores them
             self._save_designs(designs, r + 1)
         return observed
+
+    def track(self, st: dict) -> None:
+        """Mirror the newest round's record (and its sample grid) to the optional tracker."""
+        rec = st["rounds"][-1]
+        img = self.dir / "samples.png"
+        self.tracker.log_round(rec, step=int(rec.get("queries_used", 0)), image=img if img.exists() else None)
 
     def _step_with_retries(self, env, batch: torch.Tensor) -> dict:
         """env.step, retried when the oracle itself raises (nothing is charged for a failed call)."""
