@@ -26,6 +26,8 @@ class BaselineSettings(OnlineFinetuneAgent.Settings):
 
     train_batch: int = setting(32, "trajectories per optimizer step", ge=1)
     updates_per_round: int = setting(20, "optimizer steps per round", ge=0)
+    weight_decay: float = setting(1e-4, "AdamW weight decay (AlignProp/DDPO/DRaFT configs)", ge=0)
+    max_grad_norm: float = setting(1.0, "global gradient-norm clip (AlignProp/DDPO/DRaFT configs)", gt=0)
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> Any:

@@ -105,8 +105,6 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
     @dataclass
     class Settings(BaselineSettings):
         lr: float = setting(1e-3, "AdamW learning rate", gt=0)
-        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
-        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
         alpha: float = setting(1.0, "KL weight per nat of path KL; reward multiplier lambda = 1/alpha", gt=0)
         beta: Optional[float] = setting(None, "common KL scale: reward units per nat of path KL (= alpha)", ge=0)
         am_steps: Optional[int] = setting(None, "distinct steps per update (None = all N steps)", ge=1)

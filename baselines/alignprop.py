@@ -70,8 +70,6 @@ class AlignPropAgent(OnlineFinetuneAgent):
     @dataclass
     class Settings(BaselineSettings):
         lr: float = setting(1e-3, "AdamW learning rate (AlignProp config)", gt=0)
-        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
-        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
         truncation: str = setting("gaussian", "randomised truncation of the backprop (per trajectory)",
                                   choices=STRATEGIES)
         truncation_K: int = setting(1, "steps with gradient when truncation = fixed", ge=1)

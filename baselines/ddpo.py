@@ -147,8 +147,6 @@ class DDPOCommonSettings(BaselineSettings):
     """Settings shared by DDPO-IS and DDPO-SF (ddpo-pytorch defaults, scaled as every baseline)."""
 
     lr: float = setting(3e-4, "AdamW learning rate (ddpo-pytorch)", gt=0)
-    weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
-    max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
     num_inner_epochs: int = setting(1, "passes over each sampled batch (DDPO-SF: 1)", ge=1)
     adv_clip_max: float = setting(5.0, "advantage clip", gt=0)
     timestep_fraction: float = setting(1.0, "fraction of the steps of each trajectory trained on", gt=0, le=1)

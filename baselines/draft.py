@@ -80,8 +80,6 @@ class DRaFTKAgent(OnlineFinetuneAgent):
     @dataclass
     class Settings(BaselineSettings):
         lr: float = setting(4e-4, "AdamW learning rate (SQDF's DRaFT comparison)", gt=0)
-        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
-        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
         K: Union[int, str, None] = setting(2, "last steps with gradient: an integer in [1, num_steps] or 'all'")
         checkpoint: bool = setting(True, "gradient checkpointing of every model call")
 
@@ -131,8 +129,6 @@ class DRaFTLVAgent(OnlineFinetuneAgent):
     @dataclass
     class Settings(BaselineSettings):
         lr: float = setting(4e-4, "AdamW learning rate (SQDF's DRaFT comparison)", gt=0)
-        weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
-        max_grad_norm: float = setting(1.0, "global gradient-norm clip", gt=0)
         n_lv: int = setting(2, "re-noised copies of the final sample through the last step", ge=1)
 
     def update_step(self) -> dict[str, float]:
