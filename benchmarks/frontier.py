@@ -92,8 +92,9 @@ class GridPlan:
 
 
 def fmt_value(v) -> str:
-    """Knob value as written in folder names and tables: 6 significant digits (0.01, 1, 1e-05)."""
-    return f"{v:g}"
+    """Knob value as written in folder names and tables: 6 significant digits (0.01, 1, 1e-05); a categorical
+    value (e.g. ``buffer=none`` for an ablation) as itself."""
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def _clean(x: float) -> float:
@@ -148,8 +149,11 @@ def _parse_values(text: str, method: str, integer: bool) -> list:
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         try:
             v = float(part)
-        except ValueError:
-            raise SweepError(f"--grid {method}: {part!r} is not a number") from None
+        except ValueError:  # a categorical knob value (an ablation such as buffer=none)
+            if not re.fullmatch(r"[A-Za-z][\w+.-]*", part):
+                raise SweepError(f"--grid {method}: {part!r} is neither a number nor a plain word") from None
+            vals.append(part)
+            continue
         if not math.isfinite(v) or v < 0:
             raise SweepError(f"--grid {method}: values must be finite and >= 0, got {part!r}")
         if integer:
@@ -161,7 +165,26 @@ def _parse_values(text: str, method: str, integer: bool) -> list:
         raise SweepError(f"--grid {method}: no value given")
     if len({fmt_value(v) for v in vals}) < len(vals):
         raise SweepError(f"--grid {method}: values repeat (after rounding to 6 digits): {text}")
-    return sorted(vals)
+    return sorted(vals) if all(isinstance(v, (int, float)) for v in vals) else vals
+
+
+def _folder_value(text: str):
+    """A grid folder's knob value: a float, or the word itself for a categorical knob."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _same_value(got, value) -> bool:
+    if got is None:
+        return False
+    if isinstance(value, float):
+        try:
+            return math.isclose(float(got), value, rel_tol=1e-5)
+        except (TypeError, ValueError):
+            return False
+    return str(got) == str(value)
 
 
 def plan_grid(methods: Sequence[str], grid_args: Sequence[str] = (), knob_args: Sequence[str] = ()) -> dict[str, GridPlan]:
@@ -197,7 +220,7 @@ def plan_grid(methods: Sequence[str], grid_args: Sequence[str] = (), knob_args: 
 
 
 def validate_plans(plans: dict[str, GridPlan], tasks, budgets, sets, method_sets) -> None:
-    """sweep.validate for each method with its knob set (the first value), after checking that no --set or
+    """sweep.validate for each method with its knob set to each grid value, after checking that no --set or
     --set-for sets a swept knob and every --set-for names a method of the sweep."""
     from sqdf_bbo.run import CLIError, parse_sets
 
@@ -212,7 +235,9 @@ def validate_plans(plans: dict[str, GridPlan], tasks, budgets, sets, method_sets
         if plan.knob in agent_keys:
             raise SweepError(f"{plan.knob!r} is the swept knob of {m}; set its values with --grid {m}=v1,v2,... "
                              "instead of --set")
-        sweep.validate(tasks, [m], budgets, sets, {m: method_sets.get(m, []) + plan.set_item(plan.values[0])})
+        for value in plan.values or [None]:  # every grid value, resolved by the agent's typed settings
+            extra = [] if value is None else plan.set_item(value)
+            sweep.validate(tasks, [m], budgets, sets, {m: method_sets.get(m, []) + extra})
 
 
 def build_specs(plans: dict[str, GridPlan], tasks, seeds, budgets, out, sets, method_sets, resume,
@@ -257,11 +282,11 @@ def load_frontier_runs(out: str | Path, tasks=None, methods=None, budgets=None) 
         f, r = lb.load_runs([d])
         lb.check_uniform_settings(f)
         knob = m.group("knob") or ""
-        value = float(m.group("value")) if knob else math.nan
+        value = _folder_value(m.group("value")) if knob else math.nan
         for run_dir in f["run_dir"]:
             cfg = lb._read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
             got = cfg.get("agent", {}).get(knob) if knob else None
-            if knob and (got is None or not math.isclose(float(got), value, rel_tol=1e-5)):
+            if knob and not _same_value(got, value):
                 raise lb.LeaderboardError(f"{run_dir}: its folder says {knob}={m.group('value')} but config.json "
                                           f"has agent.{knob}={got!r}")
         f = f.assign(knob=knob, value=value, point=d.name)

@@ -151,7 +151,8 @@ BASE = ["--tasks", "levy", "--budget", "100", "--seeds", "0-1", "--no-progress"]
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "sqdf,nope"], "unknown method 'nope'"),
     (["--methods", "sqdf", "--grid", "alignprop=0.1"], "--grid names method 'alignprop' that is not in --methods"),
-    (["--methods", "sqdf", "--grid", "sqdf=0.1,abc"], "--grid sqdf: 'abc' is not a number"),
+    (["--methods", "sqdf", "--grid", "sqdf=0.1,abc"], "setting beta='abc' must be float"),
+    (["--methods", "sqdf", "--grid", "sqdf=0.1,a b"], "--grid sqdf: 'a b' is neither a number nor a plain word"),
     (["--methods", "sqdf", "--grid", "sqdf=-1"], "must be finite and >= 0"),
     (["--methods", "sqdf", "--grid", "sqdf"], "--grid expects METHOD=..."),
     (["--methods", "sqdf", "--grid", "sqdf=1", "--grid", "sqdf=2"], "--grid is given twice"),
