@@ -35,7 +35,8 @@ from benchmarks.leaderboard import LeaderboardError, load_runs  # noqa: E402
 #: fixed colours so a method looks the same in every figure
 METHOD_COLOURS = {"pretrained": "#7f7f7f", "sqdf": "#d62728", "ddpo": "#1f77b4", "ddpo-sf": "#17becf",
                   "alignprop": "#2ca02c", "draft": "#ff7f0e", "draft-k": "#bcbd22", "draft-lv": "#8c564b",
-                  "adjoint-matching": "#9467bd", "seiko": "#e377c2"}
+                  "adjoint-matching": "#9467bd", "seiko": "#e377c2", "draft-1": "#393b79",
+                  "best-of-n": "#000000", "svdd": "#8c6d31", "random": "#c7c7c7"}
 NATURALNESS_LABELS = {"invalid_frac": "invalid fraction (off-manifold designs)",
                       "prior_logpdf": "prior log-density (nats)"}
 CI_REPS = 1000
@@ -43,7 +44,7 @@ DPI = 110
 
 
 def colour(method: str, methods: Sequence[str]) -> str:
-    """Fixed colour for built-in methods, tab10 by position for the rest."""
+    """Fixed colour for built-in methods (all distinct), tab10 by position for the rest."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
     others = [m for m in methods if m not in METHOD_COLOURS]
