@@ -197,17 +197,15 @@ class DDPOAgent(OnlineFinetuneAgent):
         """(B,) advantages of this process's rewards r (B,), normalised over the union batch of all
         processes: per prompt when ``cond`` is a list of prompt strings, else over the batch; clipped."""
         clip = float(self.config["adv_clip_max"])
-        dp = getattr(self, "dp", None)
-        multi = dp is not None and dp.distributed
-        r_all = dp.gather(r.double()) if multi else r.double()
+        r_all = self.dp.gather(r.double())
         if isinstance(cond, (list, tuple)) and cond and all(isinstance(c, str) for c in cond):
-            prompts = dp.gather_object(list(cond)) if multi else list(cond)
+            prompts = self.dp.gather_object(list(cond))
             if getattr(self, "stat_tracker", None) is None:
                 self.stat_tracker = PerPromptStatTracker(self.STAT_BUFFER_SIZE, self.STAT_MIN_COUNT)
             adv_all = self.stat_tracker.update(prompts, r_all.cpu()).to(r_all.device).clamp(-clip, clip)
         else:
             adv_all = normalise_advantages(r_all, clip)
-        return (dp.shard(adv_all) if multi else adv_all).to(r.dtype)
+        return self.dp.shard(adv_all).to(r.dtype)
 
     def step_order(self, n: int) -> Tensor:
         """(n, T) per-sample independently shuffled step indices, first T = train_steps kept."""

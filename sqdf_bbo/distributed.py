@@ -24,6 +24,43 @@ import torch
 Tensor = torch.Tensor
 
 
+class SingleProcess:
+    """The one-process case of :class:`DataParallel` (same interface; every collective is the identity),
+    so agent code calls ``self.dp.<collective>`` without branching on whether it runs data-parallel."""
+
+    rank, world_size, is_main, distributed = 0, 1, True, False
+
+    def shard(self, x):
+        return x
+
+    def local_generator(self, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(seed))
+
+    def all_reduce_grads(self, params, n_local: Optional[int] = None, n_total: Optional[int] = None) -> None:
+        pass
+
+    def broadcast_parameters(self, params, src: int = 0) -> None:
+        pass
+
+    def broadcast_object(self, obj, src: int = 0):
+        return obj
+
+    def gather(self, x: Tensor) -> Tensor:
+        return x
+
+    def gather_object(self, obj: list) -> list:
+        return list(obj)
+
+    def sample_sharded(self, fn: Callable[[int], Tensor], n: int) -> Tensor:
+        return fn(n)
+
+    def mean(self, value: float) -> float:
+        return float(value)
+
+    def barrier(self) -> None:
+        pass
+
+
 class DataParallel:
     """Rank/world information and the collectives a data-parallel run needs (see module docstring).
 

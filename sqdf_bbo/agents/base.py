@@ -24,6 +24,7 @@ from sqdf_bbo import settings as _settings
 from sqdf_bbo.settings import setting
 
 from sqdf_bbo.diffusion import DDIMSchedule, Trajectory, sample_trajectory
+from sqdf_bbo.distributed import SingleProcess
 from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
@@ -108,6 +109,9 @@ class DiffusionAgent(Agent):
                              f"None), which method {cls.__name__} needs; use a method without one, e.g. 'random'")
         return super().resolve_config(task, overrides)
 
+    #: the data-parallel group: the stateless one-process identity unless the runner attaches a real
+    #: group (attach_data_parallel), so agent code calls self.dp.<collective> without branching
+    dp = SingleProcess()
     #: config keys counting samples per update or rollout; under data parallelism over P processes
     #: each process uses 1/P of the value, so the union over processes is the configured value
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ()
@@ -153,12 +157,11 @@ class DiffusionAgent(Agent):
         return [self.sample(min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
 
     def propose(self, n: int, generator: torch.Generator) -> Tensor:
-        dp = getattr(self, "dp", None)
-        if dp is None or not dp.distributed:
+        if not self.dp.distributed:
             return self._propose_local(n, generator)
         # every process draws the same seed from the harness's generator, then its own noise from it
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        return dp.sample_sharded(lambda m: self._propose_local(m, dp.local_generator(seed)), n)
+        return self.dp.sample_sharded(lambda m: self._propose_local(m, self.dp.local_generator(seed)), n)
 
     def _propose_local(self, n: int, generator: torch.Generator) -> Tensor:
         if n == 0:

@@ -69,9 +69,8 @@ class ProxyGuidedAgent(DiffusionAgent):
                                       generator=self.generator)
         self.proxy.eval().requires_grad_(False)
         stats["dropped_nonfinite"] = dropped
-        dp = getattr(self, "dp", None)
-        if dp is not None:  # one proxy for all processes: rank 0's (its stats are the ones logged)
-            dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
+        # one proxy for all processes: rank 0's (its stats are the ones logged)
+        self.dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
         return stats
 
     def reward_of_designs(self, designs: Tensor) -> Tensor:
@@ -172,9 +171,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
 
         Under data parallelism the gradients are first averaged over processes (each process's loss
         is a mean over its equal share), so every process takes the same step."""
-        dp = getattr(self, "dp", None)
-        if dp is not None:
-            dp.all_reduce_grads(self.trainable_parameters())
+        self.dp.all_reduce_grads(self.trainable_parameters())
         norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), float(self.config["max_grad_norm"]))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
