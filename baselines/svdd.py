@@ -11,7 +11,8 @@ resampling from M pretrained proposals. Per design (batched), for k = 0..N-1:
     α = 0: m* = argmax v (official);  α > 0: m* ~ Categorical(softmax(v/α))
     z_{k+1} = z'(m*)
 
-``improve()`` only refits r̂⁺; before the first refit the proposals are plain pretrained samples.
+``improve()`` only refits r̂⁺; before the first refit the proposals are plain pretrained samples. The
+setting ``temperature`` is the paper's α (named apart from SQDF's ``alpha``, which task defaults set).
 
 KL to the pretrained model: with α = 0 and a continuous value every selecting step is a best-of-M, so the
 path KL is exactly J·(log M − (M−1)/M), J = the number of selecting steps (N with ``select_last``, else
@@ -59,7 +60,7 @@ class SVDDAgent(ProxyGuidedAgent):
     @dataclass
     class Settings(ProxyGuidedAgent.Settings):
         candidates: int = setting(20, "M: pretrained candidates per step (official image setting 20)", ge=1)
-        alpha: float = setting(0.0, "temperature of the resampling (0 = argmax, the official rule)", ge=0)
+        temperature: float = setting(0.0, "α, temperature of the resampling (0 = argmax, the official rule)", ge=0)
         select_last: bool = setting(True, "also select at the last step (exact target); False = official")
         sample_batch: int = setting(64, "designs decoded at once (each carries M candidates)", ge=1)
 
@@ -79,7 +80,7 @@ class SVDDAgent(ProxyGuidedAgent):
         M, N = int(self.config["candidates"]), self.schedule.num_steps
         if self.proxy is None or M == 1:
             return 0.0
-        if float(self.config["alpha"]) > 0:
+        if float(self.config["temperature"]) > 0:
             return float("nan")
         J = N if self.config["select_last"] else N - 1
         return J * best_of_n_kl(M)
@@ -96,7 +97,7 @@ class SVDDAgent(ProxyGuidedAgent):
     def decode_batch(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         """n value-guided designs (n, *design_shape)."""
         M, N, sched = int(self.config["candidates"]), self.schedule.num_steps, self.schedule
-        alpha = float(self.config["alpha"])
+        alpha = float(self.config["temperature"])
         param = next(self.reference.parameters())
         shape = tuple(self.reference.latent_shape)
         z = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)

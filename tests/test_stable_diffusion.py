@@ -377,9 +377,26 @@ TINY_AGENT = {"lora_rank": 2, "train_batch": 2, "updates_per_round": 1, "proxy_e
 
 
 def _method_list():
-    from sqdf_bbo.agents import available_methods
+    """The fine-tuning methods (SQDF and the baselines)."""
+    from sqdf_bbo.agents import available_methods, resolve_method
+    from sqdf_bbo.agents.online import OnlineFinetuneAgent
 
-    return [m for m in available_methods() if m != "pretrained"]
+    return [m for m in available_methods() if issubclass(resolve_method(m), OnlineFinetuneAgent)]
+
+
+@pytest.mark.parametrize("method", ["best-of-n", "svdd"])
+def test_inference_time_peers_on_the_sd_tier(task, method):
+    """One round of the inference-time peers on the tiny SD tier: prompts pass through, the model is untouched."""
+    from sqdf_bbo.agents import make_agent
+
+    agent = make_agent(method, task.info, {"num_steps": 3, "sample_batch": 4, "proxy_epochs": 2}, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = agent.propose(4, g)
+    agent.observe(x, torch.randn(4, dtype=torch.float64, generator=g))
+    agent.improve()
+    y = agent.propose(2, g, cond=["a cat", "a dog"])
+    assert y.shape == (2, *task.info.design_shape) and torch.isfinite(y).all()
+    assert agent.policy is agent.reference and agent.analytic_path_kl() > 0
 
 
 def test_one_round_of_every_method(task):
@@ -446,3 +463,27 @@ def test_slim_pickle_round_trip(task):
         assert torch.allclose(a2.cm(z, t, PROMPTS), agent.cm(z, t, PROMPTS), atol=1e-6)
     assert sorted(n for n, p in a2.policy.named_parameters() if p.requires_grad) == \
         sorted(n for n, p in agent.policy.named_parameters() if p.requires_grad)
+
+
+def test_agent_view_reaches_neither_task_head_nor_eval_prompts(task):
+    """The SD TaskInfo is backed by SDAgentView: no path from it to the task, the aesthetic head (the
+    oracle) or the held-out evaluation prompts; it survives pickling (reloading only CLIP)."""
+    import io
+
+    from sqdf_bbo.oracles.clip_aesthetic import AestheticMLP
+    from sqdf_bbo.tasks import Task
+    from sqdf_bbo.tasks.stable_diffusion import EVAL_ANIMALS
+    from tests.test_isolation import reachable
+
+    objs = reachable(task.info)
+    assert not [type(o).__name__ for o in objs if isinstance(o, (Task, AestheticMLP))]
+    assert not any(isinstance(o, str) and o in EVAL_ANIMALS for o in objs)
+    prompts = task.info.sample_conditions(200, torch.Generator().manual_seed(0))
+    assert not any(name in p for p in prompts for name in EVAL_ANIMALS)
+    buf = io.BytesIO()
+    torch.save(task.info.features, buf)
+    buf.seek(0)
+    f2 = torch.load(buf, weights_only=False)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(f2(x), task.info.features(x))

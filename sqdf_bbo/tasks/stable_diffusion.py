@@ -114,18 +114,19 @@ class AestheticSDTask(Task):
             lcm_lora_path=cfg["lcm_lora_path"], cm_mode=cfg["cm_mode"], weights_dtype=dt, device=self.device,
             guidance_scale=float(cfg["guidance_scale"]), autocast=cfg["autocast"],
             gradient_checkpointing=bool(cfg["gradient_checkpointing"]), decode_batch=int(cfg["decode_batch"]))
-        self._last_backbone = None
+        self.view = SDAgentView(cfg["sd_path"], self._backbone_kwargs, self.embedder, float(cfg["template_prob"]),
+                                cfg["clip_path"], dt, self.device)
         design_shape, latent_shape = self._read_shapes()
         n_steps = int(cfg["num_steps"])
         self.info = TaskInfo(
             name="aesthetic-sd",
             tier="sd",
             design_shape=design_shape,
-            make_backbone=self._make_backbone,
-            features=self._features,
+            make_backbone=self.view.make_backbone,
+            features=self.view.features,
             feature_dim=self.embedder.embed_dim,
             bounds=(torch.zeros(design_shape), torch.ones(design_shape)),
-            sample_conditions=self.sample_conditions,
+            sample_conditions=self.view.sample_conditions,
             latent_shape=latent_shape,
             defaults={
                 "num_steps": n_steps, "n_eval": int(cfg["n_eval"]), "batch_size": int(cfg["batch_size"]),
@@ -140,7 +141,7 @@ class AestheticSDTask(Task):
         if cfg["lcm_lora_path"] and cfg["cm_mode"]:
             # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model: the CM of the
             # backbone most recently made by make_backbone (the agent's own; toggle mode shares its UNet)
-            self.info.defaults["consistency"] = self._make_consistency
+            self.info.defaults["consistency"] = self.view.make_consistency
 
     def __getstate__(self):
         """Pickle the settings only (the oracle and any backbone are reloaded from the weight paths)."""
@@ -165,24 +166,6 @@ class AestheticSDTask(Task):
         f = 2 ** (len(vc["block_out_channels"]) - 1)
         design = (int(vc.get("out_channels", 3)), int(size) * f, int(size) * f)
         return design, (int(uc["in_channels"]), int(size), int(size))
-
-    # -- public pieces (safe for agents) --
-    def _make_backbone(self):
-        from sqdf_bbo.backbones.stable_diffusion import StableDiffusionBackbone
-
-        self._last_backbone = StableDiffusionBackbone.from_pretrained(self.cfg["sd_path"], **self._backbone_kwargs)
-        return self._last_backbone
-
-    def _make_consistency(self):
-        from sqdf_bbo.backbones.stable_diffusion import SDConsistencyModel
-
-        if self._last_backbone is None:
-            raise RuntimeError("make_backbone() must be called before the consistency model is requested")
-        return SDConsistencyModel(self._last_backbone)
-
-    def _features(self, x: Tensor) -> Tensor:
-        """Proxy features = the L2-normalised CLIP image embedding (official protocol), (B,3,H,W) -> (B,D)."""
-        return self.embedder(x.to(self.device))
 
     def sample_conditions(self, n: int, generator: torch.Generator, split: str = "train") -> list[str]:
         """n prompts from the training (default) or held-out evaluation animal list, 20 % templated."""
@@ -225,6 +208,51 @@ class AestheticSDTask(Task):
         x = torch.as_tensor(designs)[:max_images].float()
         ref = None if reference is None else torch.as_tensor(reference)[:max_images].float()
         render_image_panels(x, path, title, ref, ncol=4)
+
+
+class SDAgentView:
+    """What an agent of ``aesthetic-sd`` receives through TaskInfo: the backbone factory (and the consistency
+    model of the backbone it made last), the proxy feature map (the L2-normalised CLIP image embedding, as
+    in the official protocol) and the training prompts. It holds no reference to the task, the aesthetic
+    head (the oracle) or the held-out evaluation prompts; pickled, it keeps its settings only and reloads
+    the CLIP embedding."""
+
+    def __init__(self, sd_path, backbone_kwargs: dict, embedder, template_prob: float, clip_path, dtype, device):
+        self.sd_path, self.backbone_kwargs, self.embedder = sd_path, dict(backbone_kwargs), embedder
+        self.template_prob, self.clip_path, self.dtype, self.device = template_prob, clip_path, dtype, device
+        self._last_backbone = None
+
+    def make_backbone(self):
+        from sqdf_bbo.backbones.stable_diffusion import StableDiffusionBackbone
+
+        self._last_backbone = StableDiffusionBackbone.from_pretrained(self.sd_path, **self.backbone_kwargs)
+        return self._last_backbone
+
+    def make_consistency(self):
+        from sqdf_bbo.backbones.stable_diffusion import SDConsistencyModel
+
+        if self._last_backbone is None:
+            raise RuntimeError("make_backbone() must be called before the consistency model is requested")
+        return SDConsistencyModel(self._last_backbone)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, D) unit CLIP embeddings; differentiable in x."""
+        return self.embedder(x.to(self.device))
+
+    def sample_conditions(self, n: int, generator: torch.Generator) -> list[str]:
+        """n training prompts (the 45 training animals, 20 % templated)."""
+        return sample_prompts(TRAIN_ANIMALS, n, generator, self.template_prob)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("embedder", "_last_backbone")}
+
+    def __setstate__(self, state):
+        from sqdf_bbo.oracles.clip_aesthetic import CLIPEmbedder, load_clip_vision
+
+        self.__dict__.update(state)
+        self._last_backbone = None
+        vision, proj, size = load_clip_vision(self.clip_path, self.dtype)
+        self.embedder = CLIPEmbedder(vision, proj, size).to(self.device)
 
 
 def make_aesthetic_sd(**overrides) -> AestheticSDTask:
