@@ -398,6 +398,12 @@ def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
             ax_nat.plot(xn, y, "-o", color=c, lw=1.4, ms=4, label=label)
             ax_nat.fill_between(xn, g["eval_reward_ci_low"], g["eval_reward_ci_high"], color=c, alpha=0.12, lw=0)
             ax_nat.errorbar(xn, y, xerr=_err(g, nat), fmt="none", ecolor=c, elinewidth=0.7, alpha=0.7)
+    lo = _focus_ylim(p, r_pre)
+    if lo is not None:  # collapsed grid points far below the pretrained model would flatten the frontier
+        for ax in (ax_kl, ax_nat):
+            ax.set_ylim(bottom=lo)
+        ax_kl.text(0.01, 0.01, f"y axis cut at {lo:.3g}: points below it (collapsed runs) are off the chart",
+                   transform=ax_kl.transAxes, fontsize=7, color="#555555")
     ax_kl.set_xscale("log")
     ax_kl.set_xlabel(f"path KL to the pretrained model (nats, log scale; pretrained KL 0 drawn at {floor:.2g})")
     ax_kl.set_ylabel("eval reward")
@@ -422,6 +428,16 @@ def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
     fig.savefig(path, dpi=bplot.DPI)
     plt.close(fig)
     return path
+
+
+def _focus_ylim(p: pd.DataFrame, r_pre: float) -> Optional[float]:
+    """A lower y limit that keeps every Pareto-optimal point and the pretrained model in view when dominated
+    points lie more than 3x further below the pretrained model than the frontier rises above it; else None."""
+    top = max(float(p.loc[p["on_frontier"].astype(bool), "eval_reward_mean"].max()), r_pre) \
+        if p["on_frontier"].astype(bool).any() else r_pre
+    span = max(top - r_pre, 1e-9)
+    low = float(p["eval_reward_ci_low"].min())
+    return r_pre - 3 * span if low < r_pre - 3 * span else None
 
 
 def _err(g: pd.DataFrame, k: str) -> np.ndarray:
