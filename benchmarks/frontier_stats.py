@@ -184,7 +184,7 @@ def frontier_leaderboard(runs: pd.DataFrame, targets: Sequence[float] = KL_TARGE
         pts = [p for _, p in g.groupby("value", dropna=False, sort=True)]
         b = g.iloc[0]
         row = {"task": task, "method": method, "budget": int(budget), "knob": b["knob"] or "",
-               "grid": ",".join(f"{v:g}" for v in sorted(g["value"].dropna().unique())),
+               "grid": ",".join(_fmt_value(v) for v in sorted(g["value"].dropna().unique(), key=_value_key)),
                "n_points": len(pts), "seeds_per_point": int(min(len(p) for p in pts)),
                "pretrained_reward": float(b["norm_low"])}
         row.update(frontier_summary([p["path_kl"].to_numpy(float) for p in pts],
@@ -199,7 +199,8 @@ def frontier_leaderboard(runs: pd.DataFrame, targets: Sequence[float] = KL_TARGE
                 v = pts[j]["normalised_score"].dropna().to_numpy(float)
                 best = stats.stratified_bootstrap_ci([v], stats.aggregate_mean, reps=reps, seed=seed)
                 val = pts[j]["value"].iloc[0]
-                best_at = f"{row['knob']}={val:g}" if row["knob"] and np.isfinite(val) else "default"
+                best_at = (f"{row['knob']}={_fmt_value(val)}" if row["knob"] and (isinstance(val, str) or np.isfinite(val))
+                           else "default")
         row["best_score_manifold"], row["best_score_manifold_ci_low"], row["best_score_manifold_ci_high"] = best
         row["best_score_manifold_at"] = best_at
         row.update({"norm_low": b["norm_low"], "norm_high": b["norm_high"], "norm_high_source": b["norm_high_source"]})
@@ -254,3 +255,13 @@ def frontier_markdown(board: pd.DataFrame, targets: Sequence[float] = KL_TARGETS
             "(-manifold) = best grid point's mean score on tasks whose oracle punishes leaving the prior. "
             "[95% CI]: percentile bootstrap over seeds within each grid point.", "", *lines]
     return "\n".join(text) + "\n"
+
+
+def _fmt_value(v) -> str:
+    """A knob value: 6 significant digits, or the word of a categorical knob."""
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def _value_key(v):
+    """Numbers first (ascending), then categorical values (ablations such as buffer=none) by name."""
+    return (1, 0.0, str(v)) if isinstance(v, str) else (0, float(v), "")
