@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 
@@ -76,24 +76,13 @@ class BestOfNAgent(ProxyGuidedAgent):
     def propose(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         N = int(self.config["oversample"])
         if self.proxy is None or N == 1 or n == 0:
-            return self._decode_samples(n, generator, cond)
+            return self._propose_local(n, generator, cond)
         cand_cond = None if cond is None else [c for c in cond for _ in range(N)]
-        cands = self._decode_samples(N * n, generator, cand_cond)
+        cands = self._propose_local(N * n, generator, cand_cond)
         bs = int(self.config["sample_batch"])
         with torch.no_grad():
             scores = torch.cat([self.reward_of_designs(cands[i:i + bs]) for i in range(0, len(cands), bs)])
         return cands[select_best(scores.detach().cpu(), n, self.config["mode"])]
-
-    def _decode_samples(self, n: int, generator: torch.Generator, cond: Optional[list] = None) -> Tensor:
-        if n == 0:
-            return torch.empty((0, *self.task.design_shape))
-        bs = int(self.config["sample_batch"])
-        out = []
-        with torch.no_grad():
-            for i in range(0, n, bs):
-                c = None if cond is None else cond[i:i + bs]
-                out.append(self.policy.decode(self.sample(min(bs, n - i), generator, cond=c).final).detach())
-        return torch.cat(out)
 
     def improve(self) -> dict[str, float]:
         stats = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}

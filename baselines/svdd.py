@@ -124,17 +124,11 @@ class SVDDAgent(ProxyGuidedAgent):
             return torch.empty((0, *self.task.design_shape))
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
+        if self.proxy is None or int(self.config["candidates"]) == 1:  # plain pretrained samples
+            return self._propose_local(n, generator, cond)
         bs = int(self.config["sample_batch"])
-        out = []
-        for i in range(0, n, bs):
-            c = None if cond is None else cond[i:i + bs]
-            m = min(bs, n - i)
-            if self.proxy is None or int(self.config["candidates"]) == 1:
-                with torch.no_grad():
-                    out.append(self.policy.decode(self.sample(m, generator, cond=c).final))
-            else:
-                out.append(self.decode_batch(m, generator, c))
-        return torch.cat(out).detach()
+        return torch.cat([self.decode_batch(min(bs, n - i), generator, None if cond is None else cond[i:i + bs])
+                          for i in range(0, n, bs)]).detach()
 
     def improve(self) -> dict[str, float]:
         stats = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}

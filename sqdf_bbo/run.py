@@ -18,8 +18,8 @@ before each step; process 0 alone queries the oracle, evaluates and writes the r
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ast
+import importlib.util
 import datetime as _dt
 import io
 import json
@@ -201,10 +201,10 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
     from sqdf_bbo.metrics import diversity
 
     extra: dict = {}
+    conds = task.eval_conditions(n_eval)  # held-out prompts (None for unconditional tiers)
     if isinstance(agent, DiffusionAgent) and not agent.steers_sampling:
         designs, kls = [], []
         same = agent.policy is agent.reference  # e.g. the pretrained agent: KL exactly 0
-        conds = task.eval_conditions(n_eval)  # held-out prompts (None for unconditional tiers)
         bs = int(agent.config["sample_batch"])
         chunks = [(i, min(bs, n_eval - i)) for i in range(0, n_eval, bs)]
         trajs = (agent.sample(m, generator, cond=None if conds is None else conds[i:i + m], record_means=not same)
@@ -219,7 +219,6 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tup
         designs = torch.cat(designs)
         kl = float(torch.cat(kls).mean())
     else:
-        conds = task.eval_conditions(n_eval)
         with torch.no_grad():
             designs = (agent.propose(n_eval, generator) if conds is None else
                        agent.propose(n_eval, generator, cond=conds)).detach()
@@ -287,9 +286,9 @@ class Run:
 
         if self.run_cfg["tracker"] not in TRACKERS:
             raise CLIError(f"run.tracker must be one of {', '.join(TRACKERS)}, got {self.run_cfg['tracker']!r}")
-        needs = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(self.run_cfg["tracker"])
-        if needs and importlib.util.find_spec(needs) is None:
-            raise CLIError(f"run.tracker={self.run_cfg['tracker']} needs the {needs} package (pip install {needs})")
+        needs = self.run_cfg["tracker"]  # each tracker's package has the tracker's name
+        if needs != "none" and importlib.util.find_spec(needs) is None:
+            raise CLIError(f"run.tracker={needs} needs the {needs} package (pip install {needs})")
         w = self.run_cfg["oracle_retry_wait_s"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
             raise CLIError(f"run.oracle_retry_wait_s must be a number >= 0 (seconds), got {w!r}")
@@ -298,7 +297,6 @@ class Run:
                 raise CLIError(f"run.batch_size={self.run_cfg['batch_size']} must be <= the budget {args.budget}")
             self.run_cfg["batch_size"] = args.budget
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
-        self.replayed_queries = 0  # oracle answers taken from the query journal on resume (not re-bought)
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.pt"
         self._check_out_dir()
@@ -385,14 +383,14 @@ class Run:
 
         args, task = self.args, self.task
         env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"], report_true=True)
-        self.journal = QueryJournal(self.dir / "journal.jsonl")
+        if args.resume and (self.dir / "final.json").exists():
+            return json.loads((self.dir / "final.json").read_text())
         from sqdf_bbo.trackers import make_tracker
 
+        self.journal = QueryJournal(self.dir / "journal.jsonl")
         self.tracker = make_tracker(self.run_cfg["tracker"] if self.rank == 0 else "none", self.dir, self.dir.name,
                                     {"task": args.task, "method": args.method, "budget": args.budget, "seed": args.seed,
                                      **self.agent_config})
-        if args.resume and (self.dir / "final.json").exists():
-            return json.loads((self.dir / "final.json").read_text())
         main = self.rank == 0
         if args.resume and self.ckpt.exists():
             st, agent, rng = self.load_checkpoint()
@@ -505,7 +503,6 @@ class Run:
                                    "records (code or settings changed since?); refusing to re-query the oracle")
                 obs, tru = np.asarray(old["observed"]), np.asarray(old["true"])
                 env.set_state(old["env_state"])
-                self.replayed_queries += len(batch)
             else:
                 info = self._step_with_retries(env, batch)
                 obs = np.asarray(info["values"], dtype=np.float64)

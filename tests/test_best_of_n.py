@@ -50,7 +50,7 @@ def test_agent_proposes_the_proxy_best_of_its_own_draws():
     assert agent.analytic_path_kl() == pytest.approx(math.log(6) - 5 / 6)
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     picked = agent.propose(4, g1)
-    cands = agent._decode_samples(24, g2)  # the same 24 draws, then the argmax by hand
+    cands = agent._propose_local(24, g2)  # the same 24 draws, then the argmax by hand
     with torch.no_grad():
         scores = agent.reward_of_designs(cands)
     expect = torch.stack([cands[j * 6 + int(scores[j * 6:(j + 1) * 6].argmax())] for j in range(4)])

@@ -151,10 +151,12 @@ class DiffusionAgent(Agent):
         x0 = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)
         return sample_trajectory(eps_fn or self.policy_eps, self.schedule, x0, cond=cond, generator=generator, **kw)
 
-    def sample_batched(self, n: int, generator: torch.Generator, **kw) -> list[Trajectory]:
-        """n trajectories in chunks of ``sample_batch`` (keyword arguments go to :meth:`sample`)."""
+    def sample_batched(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> list[Trajectory]:
+        """n trajectories in chunks of ``sample_batch``; ``cond`` (n conditions or None) is split with them,
+        other keyword arguments go to :meth:`sample`."""
         bs = int(self.config["sample_batch"])
-        return [self.sample(min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
+        return [self.sample(min(bs, n - i), generator, cond=None if cond is None else cond[i:i + bs], **kw)
+                for i in range(0, n, bs)]
 
     def propose(self, n: int, generator: torch.Generator) -> Tensor:
         if not self.dp.distributed:
@@ -163,11 +165,12 @@ class DiffusionAgent(Agent):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         return self.dp.sample_sharded(lambda m: self._propose_local(m, self.dp.local_generator(seed)), n)
 
-    def _propose_local(self, n: int, generator: torch.Generator) -> Tensor:
+    def _propose_local(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
+        """n decoded policy samples (n, *design_shape), no grad; ``cond``: n conditions or None (drawn)."""
         if n == 0:
             return torch.empty((0, *self.task.design_shape))
         with torch.no_grad():
-            return torch.cat([self.policy.decode(tr.final) for tr in self.sample_batched(n, generator)])
+            return torch.cat([self.policy.decode(tr.final) for tr in self.sample_batched(n, generator, cond=cond)])
 
     # ---- data parallelism (sqdf_bbo.distributed) ---------------------------------------------------
     def attach_data_parallel(self, dp) -> None:

@@ -139,13 +139,14 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
             return super().sample(n, generator, cond=cond, **kw)
         return self._sample_with(self.sampling_policy(), n, generator, cond=cond, **kw)
 
-    def sample_batched(self, n: int, generator: torch.Generator, **kw) -> list[Trajectory]:
+    def sample_batched(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> list[Trajectory]:
         """As DiffusionAgent.sample_batched, merging the LoRA weights once for all chunks."""
         if kw.get("grad", False):
-            return super().sample_batched(n, generator, **kw)
+            return super().sample_batched(n, generator, cond=cond, **kw)
         bs = int(self.config["sample_batch"])
         pol = self.sampling_policy()
-        return [self._sample_with(pol, min(bs, n - i), generator, **kw) for i in range(0, n, bs)]
+        return [self._sample_with(pol, min(bs, n - i), generator, cond=None if cond is None else cond[i:i + bs], **kw)
+                for i in range(0, n, bs)]
 
 
 
