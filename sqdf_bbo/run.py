@@ -629,6 +629,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a user's plug-in agent failed: one line, not a traceback
+        if ":" not in args.method:
+            raise  # our own methods keep their tracebacks
+        print(f"error: method {args.method!r} raised {type(e).__name__}: {e} (every oracle answer so far is in "
+              "journal.jsonl: fix the agent and --resume)", file=sys.stderr)
+        return 2
     if run.rank != 0:
         return 0
     keys = ("eval_reward", "best_so_far", "path_kl", "vendi", "vendi_valid", "n_valid", "wall_time_s")

@@ -87,3 +87,13 @@ def test_misbehaving_tasks_give_one_line_errors(plugin_path, tmp_path, task, met
             plugin_path, tmp_path)
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_misbehaving_plugin_agent_gives_one_line(plugin_path, tmp_path):
+    (plugin_path / "badagents.py").write_text(
+        "import torch\nfrom sqdf_bbo.agents import Agent\n"
+        "class Raises(Agent):\n    def propose(self, n, generator):\n        raise RuntimeError('my bug')\n")
+    p = run(["-m", "sqdf_bbo.run", "--task", "levy", "--method", "badagents:Raises", "--budget", "16",
+             "--out", str(tmp_path / "o")], plugin_path, tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "method 'badagents:Raises' raised RuntimeError: my bug" in p.stderr
