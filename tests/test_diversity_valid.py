@@ -119,7 +119,7 @@ def test_image_gate_passes_photos_and_fails_garbage(image):
 
     gate = naturalness_gate(16)
     assert gate is naturalness_gate(16)  # calibrated once
-    over = lambda x: (gate.statistics(x) > gate.thresholds).double().mean(0)  # noqa: E731
+    over = lambda x: (gate.statistics(x) > gate.scales).double().mean(0)  # noqa: E731
     assert over(image["noise"])[0] == 1.0 and over(image["flat_saturated"])[1] >= 0.95
 
 

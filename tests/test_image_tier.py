@@ -40,7 +40,7 @@ def test_patches_build_offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_net)
     monkeypatch.setattr(socket, "create_connection", no_net)
     load_source_images.cache_clear()
-    patches_mod._regions.cache_clear()
+    patches_mod._crop_sites.cache_clear()
     x = build_patches(64, S, "train", seed=3)
     assert x.shape == (64, 3, S, S) and x.dtype == torch.float32
     assert float(x.min()) >= 0 and float(x.max()) <= 1
@@ -49,17 +49,26 @@ def test_patches_build_offline(monkeypatch):
     assert len(load_source_images()) == 11
 
 
-def test_split_regions_disjoint():
-    """Train and held-out regions tile each downsampled image side by side without overlap."""
-    tr, ho = patches_mod._regions("train"), patches_mod._regions("heldout")
+def test_split_sites_disjoint():
+    """Every train crop and every held-out crop, mapped back to full resolution, covers only pixels of its
+    own split's tiles (checked by brute force on sampled corners), and both splits have crops at every scale."""
+    rng = np.random.default_rng(0)
     imgs = list(load_source_images().values())
-    k = 0
-    for img in imgs:
-        for f in patches_mod.SCALES:
-            d = patches_mod._box_down(img, f)
-            assert tr[k].shape[1] + ho[k].shape[1] == d.shape[1]
-            np.testing.assert_array_equal(np.concatenate([tr[k], ho[k]], axis=1), d)
-            k += 1
+    for split, want in (("train", False), ("heldout", True)):
+        sites = patches_mod._crop_sites(split, S)
+        k = 0
+        for i, img in enumerate(imgs):
+            held = patches_mod.heldout_mask(i, img.shape[:2])
+            for f in patches_mod.SCALES:
+                d, corners = sites[k]
+                k += 1
+                np.testing.assert_array_equal(d, patches_mod._box_down(img, f))
+                for y, x in corners[rng.integers(len(corners), size=min(20, len(corners)))]:
+                    assert (held[y * f:(y + S) * f, x * f:(x + S) * f] == want).all()
+        assert all(len(c) > 0 for _, c in sites[::3]), split  # full scale: every image has crops
+        assert sum(len(c) > 0 for _, c in sites[2::3]) >= 8, split  # quarter scale: most images do
+    frac = np.mean([patches_mod.heldout_mask(i, im.shape[:2]).mean() for i, im in enumerate(imgs)])
+    assert 0.12 < frac < 0.28  # about HELDOUT_FRAC of the pixels are held out
     # box downsampling = mean of f x f blocks (independent check on one block)
     img = imgs[0]
     np.testing.assert_allclose(patches_mod._box_down(img, 2)[3, 5], img[6:8, 10:12].mean((0, 1)), rtol=1e-6)
@@ -198,12 +207,45 @@ def test_pretrain_tiny_run_logs(tmp_path):
     from sqdf_bbo.pretrain.image import pretrain_image_main
 
     meta = pretrain_image_main(["--steps", "2", "--n-train", "128", "--batch", "8", "--out", str(tmp_path),
-                                "--fd-samples", "0", "--name", "tiny"])
+                                "--fd-samples", "0", "--name", "tiny", "--ckpt-dir", str(tmp_path / "ck")])
     js = json.loads((tmp_path / "tiny.json").read_text())
     assert js["steps"] == 2 and js["command"].startswith("python -m sqdf_bbo.pretrain image")
     assert js["wall_s"] > 0 and np.isfinite(js["final_loss"]) and js["complete"]
     assert meta["seed"] == 0
     load_pretrained_unet("tiny", tmp_path)
+
+
+def test_pretrain_resume_is_exact(tmp_path):
+    """A 2-step run continued for 2 more (a new process's worth of state: safetensors + JSON) gives the
+    same weights, EMA and loss as one 4-step run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from sqdf_bbo.pretrain.image import pretrain_image_main
+
+    common = ["--steps", "4", "--n-train", "128", "--batch", "8", "--warmup", "1", "--fd-samples", "0",
+              "--name", "tiny", "--threads", "1"]
+    pretrain_image_main(common + ["--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "cka")])
+    part = pretrain_image_main(common + ["--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "ckb"),
+                                         "--stop-after", "2"])
+    assert part["complete"] is False and part["step"] == 2 and not (tmp_path / "b" / "tiny.safetensors").exists()
+    with pytest.raises(SystemExit, match="--resume"):  # never silently restarts over a run
+        pretrain_image_main(common + ["--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "ckb")])
+    with pytest.raises(SystemExit, match="lr was 0.002, now 0.001"):
+        pretrain_image_main(common + ["--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "ckb"),
+                                      "--resume", "--lr", "1e-3"])
+    pretrain_image_main(common + ["--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "ckb"), "--resume"])
+    a, b = load_file(str(tmp_path / "a" / "tiny.safetensors")), load_file(str(tmp_path / "b" / "tiny.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    sa, sb = (load_file(str(tmp_path / d / "state.safetensors")) for d in ("cka", "ckb"))
+    for k in sa:  # raw weights, AdamW moments and the data/noise generator agree too
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+    ja, jb = (json.loads((tmp_path / d / "tiny.json").read_text()) for d in ("a", "b"))
+    assert ja["steps"] == jb["steps"] == 4 and ja["final_loss"] == jb["final_loss"]
+    assert len(jb["invocations"]) == 2 and jb["invocations"][1]["start_step"] == 2
 
 
 # ---- tasks and metrics -------------------------------------------------------------------------------

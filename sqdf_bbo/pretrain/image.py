@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -25,25 +26,35 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sqdf_bbo.pretrain image",
                                 description="Pretrain the tiny pixel UNet on natural patches.")
     p.add_argument("--size", type=int, default=16, help="patch side in pixels (multiple of 4)")
-    p.add_argument("--steps", type=int, default=6000, help="optimizer steps (upper bound)")
-    p.add_argument("--max-minutes", type=float, default=28.0, help="wall-clock bound; stops early")
+    p.add_argument("--steps", type=int, default=30000, help="total optimizer steps of the run (sets the LR schedule)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock bound of this invocation: saves the checkpoint and stops; --resume continues")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop this invocation after this many steps (checkpointed; --resume continues)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (after warm-up)")
+    p.add_argument("--lr-min", type=float, default=1e-4, help="cosine decay floor, reached at --steps")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.9995)
     p.add_argument("--n-train", type=int, default=60000, help="number of training patches")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ckpt-dir", default=None,
+                   help="resumable training state (default runs/pretrain/<name>): model, EMA, AdamW moments and "
+                        "the RNG state in safetensors, step and settings in JSON")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --ckpt-dir exactly where it stopped (same settings required)")
     p.add_argument("--name", default=None, help="output stem (default unet<size>)")
     p.add_argument("--out", default=str(WEIGHTS_DIR))
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at end)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only when stopping)")
     p.add_argument("--fd-samples", type=int, default=512, help="samples for the final Fréchet distance (0: skip)")
     p.add_argument("--fd-steps", type=int, nargs="+", default=[20, 50], help="DDIM steps (eta 1) for the FD")
     p.add_argument("--eval-only", action="store_true",
                    help="only measure FD of the saved weights --name, add it to its JSON, write the sample grid")
     p.add_argument("--grid", default="results/image_pretrained_samples.png", help="sample grid PNG ('' to skip)")
     p.add_argument("--init", default=None,
-                   help="continue from the saved weights of this name (EMA weights start both nets; fresh AdamW)")
+                   help="warm start from the saved weights of this name (EMA weights start both nets; fresh AdamW "
+                        "and schedule); to continue a run exactly use --resume")
     p.add_argument("--distill", action="store_true",
                    help="distil a consistency model from the saved weights --name (sqdf_bbo/consistency.py) on the "
                         "--cm-num-steps DDIM grid; writes cm_<name>.safetensors/.json/.sha256")
@@ -136,17 +147,69 @@ def _config_dict(unet: UNet2DModel) -> dict:
     keys = unet_config(unet.config.sample_size).keys()
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in unet.config.items() if k in keys}
 
+#: settings that must match for --resume to continue a run exactly
+RESUME_KEYS = ("size", "steps", "batch", "lr", "lr_min", "warmup", "ema", "n_train", "seed", "init")
+
+
+def learning_rate(step: int, peak: float, floor: float, warmup: int, total: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``."""
+    if step <= warmup:
+        return peak * step / max(1, warmup)
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * frac))
+
+
+def save_train_state(ckpt: Path, unet: UNet2DModel, ema: UNet2DModel, opt: torch.optim.Optimizer,
+                     gen: torch.Generator, record: dict) -> None:
+    """Write ``state.safetensors`` (weights, EMA, AdamW moments, generator state) and ``state.json`` (step,
+    settings, loss history, AdamW hyper-parameters); no pickle. Temp files then rename, tensors first."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in unet.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v).detach().contiguous()
+    tensors["rng.generator"] = gen.get_state()
+    tmp = ckpt / "state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, ckpt / "state.safetensors")
+    rec = dict(record, optimizer_param_groups=osd["param_groups"])
+    tmpj = ckpt / "state.json.tmp"
+    tmpj.write_text(json.dumps(rec, indent=1) + "\n")
+    os.replace(tmpj, ckpt / "state.json")
+
+
+def load_train_state(ckpt: Path, unet: UNet2DModel, ema: UNet2DModel, opt: torch.optim.Optimizer,
+                     gen: torch.Generator) -> dict:
+    """Inverse of :func:`save_train_state`; returns the JSON record."""
+    from safetensors.torch import load_file
+
+    rec = json.loads((ckpt / "state.json").read_text())
+    t = load_file(str(ckpt / "state.safetensors"))
+    unet.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    state: dict[int, dict] = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": rec["optimizer_param_groups"]})
+    gen.set_state(t["rng.generator"])
+    return rec
+
+
 def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
-    """CLI entry: pretrain, save EMA weights + log JSON; returns the log dict."""
+    """CLI entry: pretrain (resumably), write the EMA weights + JSON record when the run is complete;
+    returns the record."""
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     name = args.name or f"unet{args.size}"
     out = Path(args.out)
+    cmd = "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.distill:
         rec = distill_unet(name, args.steps, args.batch, args.cm_num_steps, args.cm_lr, args.cm_ema, args.seed,
-                           args.n_train,
-                           "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
+                           args.n_train, cmd)
         print(json.dumps(rec, indent=2), flush=True)
         return rec
     if args.eval_only:
@@ -155,36 +218,57 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
         res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid)
         js = _paths(name, out)[1]
         meta = json.loads(js.read_text())
-        meta["sample_quality"] = dict(res, command="python -m sqdf_bbo.pretrain image " + " ".join(
-            shlex.quote(a) for a in (argv or sys.argv[1:])))
+        meta["sample_quality"] = dict(res, command=cmd)
         js.write_text(json.dumps(meta, indent=2) + "\n")
         print(json.dumps(res, indent=2), flush=True)
         return meta
-    cmd = "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    for key in ("steps", "batch", "n_train", "warmup", "threads"):
+        v = getattr(args, key)
+        if v < (0 if key == "warmup" else 1):
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be a positive integer, got {v}")
+    ckpt = Path(args.ckpt_dir or Path("runs") / "pretrain" / name)
+    settings = {k: getattr(args, k) for k in RESUME_KEYS}
+    if not args.resume and (ckpt / "state.json").exists():
+        raise SystemExit(f"error: {ckpt} already holds a pretraining run; continue it with --resume or pick "
+                         f"another --ckpt-dir")
+    if args.resume and not (ckpt / "state.json").exists():
+        raise SystemExit(f"error: --resume: no pretraining state in {ckpt} (state.json missing)")
     t0 = time.time()
     from sqdf_bbo.data import build_patches
 
+    torch.manual_seed(args.seed)
     data = build_patches(args.n_train, args.size, "train", seed=args.seed) * 2 - 1  # latents in [-1,1]
     unet = UNet2DModel(**unet_config(args.size))
     ema = UNet2DModel(**unet_config(args.size))
-    prev = None
+    init_from = None
     if args.init:
-        prev_model = load_pretrained_unet(args.init, out, frozen=False)
-        unet.load_state_dict(prev_model.unet.state_dict())
+        unet.load_state_dict(load_pretrained_unet(args.init, out, frozen=False).unet.state_dict())
         prev = json.loads(_paths(args.init, out)[1].read_text())
-        prev = {k: prev.get(k) for k in ("command", "steps", "wall_s", "final_loss", "init_from")}
+        init_from = {k: prev.get(k) for k in ("command", "steps", "wall_s", "final_loss", "init_from")}
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    sched = default_scheduler()
-    acp = sched.alphas_cumprod.float()
+    acp = default_scheduler().alphas_cumprod.float()
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
-    loss_avg, hist = None, []
-    step = 0
-    meta = dict(command=cmd, seed=args.seed, size=args.size, batch=args.batch, lr=args.lr, ema=args.ema,
-                n_train=args.n_train, threads=args.threads, torch=torch.__version__, init_from=prev,
-                scheduler="DDIM/DDPM squaredcos_cap_v2, eps-prediction, 1000 steps")
-    for step in range(1, args.steps + 1):
+    rec = dict(settings=settings, step=0, wall_s=0.0, loss_avg=None, loss_history=[], invocations=[])
+    if args.resume:
+        rec = load_train_state(ckpt, unet, ema, opt, g)
+        if rec["settings"] != settings:
+            diff = {k: (rec["settings"].get(k), v) for k, v in settings.items() if rec["settings"].get(k) != v}
+            raise SystemExit(f"error: --resume with other settings than the run in {ckpt}: "
+                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        print(f"resuming {ckpt} at step {rec['step']}", flush=True)
+    rec["invocations"].append(dict(command=cmd, start_step=rec["step"], threads=args.threads))
+    start, wall0, loss_avg = rec["step"], rec["wall_s"], rec["loss_avg"]
+    step = start
+    stop_at = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
+
+    def checkpoint() -> None:
+        rec.update(step=step, wall_s=round(wall0 + time.time() - t0, 1), loss_avg=loss_avg)
+        save_train_state(ckpt, unet, ema, opt, g, rec)
+
+    while step < stop_at:
+        step += 1
         idx = torch.randint(len(data), (args.batch,), generator=g)
         x0 = data[idx]
         eps = torch.randn(x0.shape, generator=g)
@@ -193,7 +277,7 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, eps)
         for grp in opt.param_groups:
-            grp["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
+            grp["lr"] = learning_rate(step, args.lr, args.lr_min, args.warmup, args.steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -204,19 +288,27 @@ def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
         if step % 100 == 0:
-            hist.append((step, round(time.time() - t0, 1), round(loss_avg, 5)))
-            print(f"step {step} loss(ema-avg) {loss_avg:.4f} wall {time.time() - t0:.0f}s", flush=True)
-        done = (time.time() - t0) / 60 > args.max_minutes
-        if (args.save_every and step % args.save_every == 0) or done:
-            save_unet(ema, out, name, dict(meta, steps=step, wall_s=round(time.time() - t0, 1),
-                                          final_loss=loss_avg, loss_history=hist, complete=False))
-        if done:
+            rec["loss_history"].append((step, round(wall0 + time.time() - t0, 1), round(loss_avg, 5)))
+            print(f"step {step} loss(ema-avg) {loss_avg:.4f} wall {wall0 + time.time() - t0:.0f}s", flush=True)
+        timed_out = args.max_minutes is not None and (time.time() - t0) / 60 > args.max_minutes
+        if (args.save_every and step % args.save_every == 0) or timed_out:
+            checkpoint()
+        if timed_out:
             break
-    meta.update(steps=step, stopped_by_time=step < args.steps, wall_s=round(time.time() - t0, 1),
-                final_loss=loss_avg, loss_history=hist, complete=True)
+    checkpoint()
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}; continue with the same command plus --resume", flush=True)
+        return dict(rec, complete=False)
+    meta = dict(command=cmd, invocations=rec["invocations"], seed=args.seed, size=args.size, batch=args.batch,
+                lr=args.lr, lr_min=args.lr_min, warmup=args.warmup, lr_schedule="linear warm-up, cosine decay",
+                ema=args.ema, n_train=args.n_train, torch=torch.__version__, init_from=init_from,
+                data_split="tiles of 64 px, 20 % held out (sqdf_bbo/data/patches.py)",
+                scheduler="DDIM/DDPM squaredcos_cap_v2, eps-prediction, 1000 steps", steps=step,
+                wall_s=rec["wall_s"], final_loss=loss_avg, loss_history=rec["loss_history"], complete=True)
     save_unet(ema, out, name, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "loss_history"}), flush=True)
     if args.fd_samples > 0 and out.resolve() == WEIGHTS_DIR:
-        rest = [a for a in (argv or []) if a not in ("--eval-only",)]
-        return pretrain_image_main(rest + ["--eval-only", "--name", name])
+        return pretrain_image_main(["--eval-only", "--name", name, "--fd-samples", str(args.fd_samples),
+                                    "--fd-steps", *map(str, args.fd_steps), "--grid", args.grid,
+                                    "--threads", str(args.threads)])
     return meta

@@ -5,6 +5,10 @@
                        ``extra_values`` logs A ("ground_truth_A") beside the oracle so hacking shows.
     compressibility    -(JPEG size in kB), Pillow, quality 95 (as in DDPO); not differentiable.
     incompressibility  +(JPEG size in kB); not differentiable.
+    <task>-manifold    the same oracle, except that a design failing the naturalness gate (below) gets
+                       ``worst_value``, the worst value any of the gate's 2000 held-out calibration
+                       patches gets: the image analogue of the synthetic ``-manifold`` tasks. The plain
+                       tasks stay the papers' protocol; the manifold ones cannot be won by hacking.
 
 Designs are images (B, 3, S, S) in [0, 1] (S = 16 with the committed weights). Public pieces for
 agents: the pretrained :class:`~sqdf_bbo.backbones.unet.PixelUNet` and the proxy feature map
@@ -13,9 +17,12 @@ oracle's z-scored 512-d random features phi ("fixed feature space"): diversity (
 pairwise distance) and naturalness (Fréchet distance to held-out patches, and the pretrained model's
 denoising loss on the samples).
 
-Validity (:meth:`ImageTask.valid_mask`, :class:`NaturalnessGate`): a design is invalid when either of two
-statistics is worse than the 99th percentile of held-out natural patches. Calibrated once per process
-and patch size from natural patches (no weights involved, so retraining the UNet does not move it):
+Validity (:meth:`ImageTask.valid_mask`, :class:`NaturalnessGate`): a design is invalid when its
+unnaturalness score, the larger of two statistics each divided by its 99th percentile on held-out natural
+patches, is above the 99th percentile of that score on the same patches (so 1 % of them fail; other
+held-out patches fail at about the same rate). Calibrated once per process and patch size from natural
+patches, in a feature space that is neither the oracle's phi nor the proxy's encoder (no weights involved,
+so retraining the UNet does not move it):
   texture  Mahalanobis distance in pixel space under a Gaussian (Ledoit-Wolf shrunk covariance) fitted
            to natural train patches; natural images are spatially correlated, noise is not.
   colour   distance to the 10th nearest train patch in 15 standardised colour/texture features (2x2
@@ -49,7 +56,7 @@ DEFAULTS = {
     "noise_std": None,  # None: the task's own default (below)
     "fd_reference": 5000,  # held-out patches for the Fréchet-distance reference statistics
 }
-NOISE_DEFAULT = {"aesthetic": 0.1, "compressibility": 0.005, "incompressibility": 0.005}
+NOISE_DEFAULT = {"aesthetic": 0.1, "compressibility": 0.005, "incompressibility": 0.005}  # by base task
 JPEG_QUALITY = 95
 
 
@@ -102,11 +109,12 @@ def _ledoit_wolf(X: Tensor) -> Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class NaturalnessGate:
-    """Two statistics per image (see the module docstring) and their held-out 99th percentiles.
+    """Two statistics per image (see the module docstring), their held-out scales and the score threshold.
 
     mean (D,), precision (D, D): pixel Gaussian of train patches (D = 3 S^2, pixels in [0, 1]);
     bank (N, 15): standardised colour/texture features of N train patches, scaled by ``ct_mean``/``ct_std``;
-    thresholds (2,): quantile ``GATE_QUANTILE`` of each statistic on held-out patches.
+    scales (2,): quantile ``GATE_QUANTILE`` of each statistic on held-out calibration patches;
+    threshold (): quantile ``GATE_QUANTILE`` of :meth:`score` on the same patches.
     """
 
     mean: Tensor
@@ -114,7 +122,8 @@ class NaturalnessGate:
     ct_mean: Tensor
     ct_std: Tensor
     bank: Tensor
-    thresholds: Tensor
+    scales: Tensor
+    threshold: Tensor
 
     def statistics(self, x: Tensor) -> Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, 2) float64: [pixel Mahalanobis^2, colour/texture kNN distance]."""
@@ -124,9 +133,13 @@ class NaturalnessGate:
         knn = torch.cdist(ct, self.bank).topk(GATE_K, dim=1, largest=False).values[:, -1]
         return torch.stack([maha, knn], 1)
 
+    def score(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B,) float64 unnaturalness: max over the two statistics of stat / scale."""
+        return (self.statistics(x) / self.scales).max(1).values
+
     def passes(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) in [0, 1] -> (B,) bool: both statistics at or below their thresholds."""
-        return (self.statistics(x) <= self.thresholds).all(1)
+        """(B, 3, S, S) in [0, 1] -> (B,) bool: unnaturalness score at or below the threshold."""
+        return self.score(x) <= self.threshold
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,14 +149,24 @@ def naturalness_gate(size: int) -> NaturalnessGate:
     from sqdf_bbo.data import build_patches
 
     fit = build_patches(GATE_N_FIT, size, "train", seed=GATE_SEEDS[0])
-    cal = build_patches(GATE_N_CAL, size, "heldout", seed=GATE_SEEDS[1])
+    cal = gate_calibration_patches(size)
     X = fit.flatten(1).double()
     mean = X.mean(0)
     precision = torch.linalg.inv(_ledoit_wolf(X - mean))
     ct = _colour_texture(fit)
     ct_mean, ct_std = ct.mean(0), ct.std(0)
-    gate = NaturalnessGate(mean, precision, ct_mean, ct_std, (ct - ct_mean) / ct_std, torch.zeros(2))
-    return dataclasses.replace(gate, thresholds=torch.quantile(gate.statistics(cal), GATE_QUANTILE, dim=0))
+    gate = NaturalnessGate(mean, precision, ct_mean, ct_std, (ct - ct_mean) / ct_std, torch.ones(2),
+                           torch.tensor(0.0))
+    gate = dataclasses.replace(gate, scales=torch.quantile(gate.statistics(cal), GATE_QUANTILE, dim=0))
+    return dataclasses.replace(gate, threshold=torch.quantile(gate.score(cal), GATE_QUANTILE))
+
+
+@functools.lru_cache(maxsize=4)
+def gate_calibration_patches(size: int) -> Tensor:
+    """The held-out patches the gate is calibrated on, (GATE_N_CAL, 3, S, S) in [0, 1]."""
+    from sqdf_bbo.data import build_patches
+
+    return build_patches(GATE_N_CAL, size, "heldout", seed=GATE_SEEDS[1])
 
 
 @functools.lru_cache(maxsize=2)
@@ -220,20 +243,25 @@ def proxy_features(size: int, x: Tensor) -> Tensor:
 
 
 class ImageTask(Task):
-    """Base for the image tasks: shared design space, backbone, proxy features and metrics."""
+    """Base for the image tasks: shared design space, backbone, proxy features and metrics.
+
+    ``kind`` is the base task; ``manifold=True`` makes the ``<kind>-manifold`` variant (module docstring).
+    """
 
     kind = ""
 
-    def __init__(self, **overrides):
-        check_overrides(self.kind, overrides, DEFAULTS)
+    def __init__(self, manifold: bool = False, **overrides):
+        self.manifold = manifold
+        name = f"{self.kind}-manifold" if manifold else self.kind
+        check_overrides(name, overrides, DEFAULTS)
         cfg = dict(DEFAULTS, **overrides)
         for key in ("num_steps", "n_eval", "batch_size", "fd_reference"):
             v = cfg[key]
             if not isinstance(v, int) or isinstance(v, bool) or v < (2 if key == "fd_reference" else 1):
-                raise ValueError(f"{key} must be a positive integer for task {self.kind!r}, got {v!r}")
+                raise ValueError(f"{key} must be a positive integer for task {name!r}, got {v!r}")
         noise = NOISE_DEFAULT[self.kind] if cfg["noise_std"] is None else cfg["noise_std"]
         if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
-            raise ValueError(f"noise_std must be a number >= 0 for task {self.kind!r}, got {noise!r}")
+            raise ValueError(f"noise_std must be a number >= 0 for task {name!r}, got {noise!r}")
         self.cfg = cfg
         self.noise_std = float(noise)
         self.size = _unet_size(cfg["unet"])
@@ -241,7 +269,7 @@ class ImageTask(Task):
         from sqdf_bbo.oracles.proxy_features import FEATURE_DIM
 
         self.info = TaskInfo(
-            name=self.kind,
+            name=name,
             tier="image",
             design_shape=(3, S, S),
             make_backbone=functools.partial(_load_backbone, cfg["unet"]),
@@ -258,7 +286,7 @@ class ImageTask(Task):
     def _check(self, designs: Tensor) -> Tensor:
         x = torch.as_tensor(designs)
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.size, self.size):
-            raise ValueError(f"task {self.kind!r} expects designs of shape (B, 3, {self.size}, {self.size}), "
+            raise ValueError(f"task {self.info.name!r} expects designs of shape (B, 3, {self.size}, {self.size}), "
                              f"got {tuple(x.shape)}")
         return x.float()
 
@@ -301,6 +329,23 @@ class ImageTask(Task):
     def diversity_features(self, designs: Tensor) -> Tensor:
         return self.phi(designs)
 
+    def oracle_value(self, designs: Tensor) -> Tensor:
+        """The base task's noiseless value, (B,) float64 (subclasses)."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def worst_value(self) -> float:
+        """The worst base-oracle value among the gate's held-out calibration patches (manifold penalty)."""
+        return float(self.oracle_value(gate_calibration_patches(self.size)).min())
+
+    def evaluate_true(self, designs: Tensor) -> Tensor:
+        """Noiseless oracle, (B,) float64; on ``-manifold`` tasks an unnatural design gets :attr:`worst_value`."""
+        x = self._check(designs)
+        y = self.oracle_value(x)
+        if self.manifold:
+            y = torch.where(self.valid_mask(x), y, torch.full_like(y, self.worst_value))
+        return y
+
     vendi_bandwidth: Optional[float] = None  # cosine kernel on z-scored phi features
     render_each_round = True
 
@@ -337,7 +382,7 @@ class AestheticTask(ImageTask):
 
         return load_rand_aesthetic(self.size)
 
-    def evaluate_true(self, designs: Tensor) -> Tensor:
+    def oracle_value(self, designs: Tensor) -> Tensor:
         from sqdf_bbo.oracles.encoders import batched
 
         return batched(self._oracle(), self._check(designs).clamp(0, 1)).double()
@@ -354,7 +399,7 @@ class CompressibilityTask(ImageTask):
     kind = "compressibility"
     sign = -1.0
 
-    def evaluate_true(self, designs: Tensor) -> Tensor:
+    def oracle_value(self, designs: Tensor) -> Tensor:
         return self.sign * jpeg_kb(self._check(designs))
 
 
@@ -365,6 +410,14 @@ class IncompressibilityTask(CompressibilityTask):
     sign = 1.0
 
 
-register_task("aesthetic", AestheticTask)
-register_task("compressibility", CompressibilityTask)
-register_task("incompressibility", IncompressibilityTask)
+def _factory(cls: type, manifold: bool):
+    def make(**overrides) -> ImageTask:
+        check_overrides(f"{cls.kind}-manifold" if manifold else cls.kind, overrides, DEFAULTS)
+        return cls(manifold=manifold, **overrides)
+
+    return make
+
+
+for _cls in (AestheticTask, CompressibilityTask, IncompressibilityTask):
+    register_task(_cls.kind, _factory(_cls, False))
+    register_task(f"{_cls.kind}-manifold", _factory(_cls, True))
