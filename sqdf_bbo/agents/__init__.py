@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "seiko": "baselines.seiko:SEIKOAgent",
     "best-of-n": "baselines.best_of_n:BestOfNAgent",
     "svdd": "baselines.svdd:SVDDAgent",
+    "fk-steering": "baselines.fk_steering:FKSteeringAgent",
 }
 
 
