@@ -22,6 +22,7 @@ METHODS: dict[str, str] = {
     "best-of-n": "baselines.best_of_n:BestOfNAgent",
     "svdd": "baselines.svdd:SVDDAgent",
     "fk-steering": "baselines.fk_steering:FKSteeringAgent",
+    "raft": "baselines.raft:RAFTAgent",
 }
 
 
