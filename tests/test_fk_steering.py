@@ -111,3 +111,31 @@ def test_agent_steers_towards_higher_proxy_reward():
         r_pre = agent.reward_of_designs(agent._propose_local(128, torch.Generator().manual_seed(3)))
     assert r_fk.mean() > r_pre.mean() + r_pre.std()  # measured: 1.17 vs 0.42 (std 0.69)
     assert agent.policy is agent.reference and agent.duplicates > 0
+
+
+@pytest.mark.parametrize("task", ["levy-manifold", "aesthetic"])
+def test_cli_runs_on_vector_and_image_tiers(tmp_path, task):
+    import json
+
+    from sqdf_bbo.run import main
+
+    argv = ["--task", task, "--method", "fk-steering", "--budget", "24", "--no-progress", "--out", str(tmp_path),
+            "--set", "run.rounds=2", "--set", "run.n_eval=8", "--set", "run.batch_size=12",
+            "--set", "task.num_steps=3", "--set", "proxy_epochs=2", "--set", "proxy_heads=2",
+            "--set", "particles=3", "--set", "kl_samples=8", "--set", "potential=diff"]
+    assert main(argv) == 0
+    run_dir = next(tmp_path.iterdir())
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["queries_used"] == 24 and math.isfinite(final["eval_reward"])
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["agent"]["particles"] == 3 and cfg["agent"]["potential"] == "diff"
+
+
+def test_cli_bad_setting_is_one_line_before_any_query(tmp_path, capsys):
+    from sqdf_bbo.run import main
+
+    rc = main(["--task", "levy", "--method", "fk-steering", "--budget", "24", "--no-progress",
+               "--out", str(tmp_path), "--set", "particles=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "particles" in err[0]
+    assert not any(tmp_path.rglob("journal*"))
