@@ -23,6 +23,8 @@ METHODS: dict[str, str] = {
     "svdd": "baselines.svdd:SVDDAgent",
     "fk-steering": "baselines.fk_steering:FKSteeringAgent",
     "raft": "baselines.raft:RAFTAgent",
+    "turbo": "baselines.turbo:TuRBOAgent",
+    "qlognei": "baselines.qlognei:QLogNEIAgent",
 }
 
 
