@@ -10,13 +10,14 @@ from sqdf_bbo.agents import METHODS, resolve_method
 from sqdf_bbo.run import main
 
 BASELINES = ["ddpo", "ddpo-sf", "alignprop", "draft", "draft-k", "draft-1", "draft-lv", "adjoint-matching", "seiko",
-             "raft"]
+             "raft", "diffusion-nft"]
 TINY = ["--budget", "40", "--no-progress", "--set", "run.rounds=2", "--set", "run.n_eval=8", "--set",
         "run.batch_size=20", "--set", "task.num_steps=3", "--set", "proxy_epochs=2", "--set", "proxy_heads=2",
         "--set", "updates_per_round=1", "--set", "train_batch=4", "--set", "lora_rank=1"]
 EXTRA = {"draft-k": {"K": 2}, "ddpo": {"ppo_minibatch": 2, "num_inner_epochs": 2}, "seiko": {"kl_reference": "pretrained"},
          "adjoint-matching": {"alpha": 0.5}, "alignprop": {"truncation": "uniform"}, "draft-lv": {"n_lv": 3},
-         "raft": {"samples_per_iteration": 10, "selection": "local"}}
+         "raft": {"samples_per_iteration": 10, "selection": "local"},
+         "diffusion-nft": {"nft_beta": 0.1, "timestep_fraction": 0.5}}
 
 
 def test_every_baseline_is_registered():
@@ -42,7 +43,7 @@ def test_cli_resolves_and_records_settings(tmp_path, method):
     assert set(resolve_method(method).default_config) == set(rec["agent"])
 
 
-@pytest.mark.parametrize("method", ["draft-k", "seiko", "raft"])
+@pytest.mark.parametrize("method", ["draft-k", "seiko", "raft", "diffusion-nft"])
 def test_cli_run_records_config(tmp_path, method):
     extra = EXTRA.get(method, {})
     argv = ["--task", "levy", "--method", method, "--out", str(tmp_path)] + TINY

@@ -23,6 +23,7 @@ METHODS: dict[str, str] = {
     "svdd": "baselines.svdd:SVDDAgent",
     "fk-steering": "baselines.fk_steering:FKSteeringAgent",
     "raft": "baselines.raft:RAFTAgent",
+    "diffusion-nft": "baselines.diffusion_nft:DiffusionNFTAgent",
     "turbo": "baselines.turbo:TuRBOAgent",
     "qlognei": "baselines.qlognei:QLogNEIAgent",
 }
