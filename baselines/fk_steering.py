@@ -33,13 +33,13 @@ KL to the pretrained model has no closed form: ``improve()`` logs the *target* K
 KL(p* ‖ p_ref) = E_{p*}[λ r] - log E_{p_ref}[exp(λ r)], estimated by self-normalised importance weights of
 ``kl_samples`` pretrained samples (``target_kl``), and the bound |S|·log P the resampling cannot exceed
 (each multinomial resampling from P particles multiplies the density ratio by at most P).
-``analytic_path_kl`` is NaN. λ is the knob on the frontier (β = 1/λ on the common KL scale).
+``analytic_path_kl`` is NaN. On the common KL scale β = 1/λ (setting ``beta``), the frontier's knob.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -135,6 +135,8 @@ class FKSteeringAgent(ProxyGuidedAgent):
         particles: int = setting(4, "P: particles per population (official 4)", ge=1)
         potential_scale: float = setting(10.0, "λ: potential temperature, log w = λ·(reward term) (official 10)",
                                          ge=0)
+        beta: Optional[float] = setting(None, "common KL scale (reward units per nat) of the P -> inf target: "
+                                              "potential_scale = 1/beta", gt=0)
         potential: str = setting("max", "potential: max (official SDXL run), add or diff", choices=POTENTIALS)
         resample_every: int = setting(0, "steps between potentials (0 = num_steps // 5, the official 20 of 100)",
                                       ge=0)
@@ -146,7 +148,10 @@ class FKSteeringAgent(ProxyGuidedAgent):
 
     @classmethod
     def resolve_config(cls, task, overrides):
+        from sqdf_bbo.agents.kl_scale import resolve_beta
+
         c = super().resolve_config(task, overrides)
+        resolve_beta(c, overrides, "potential_scale", lambda b: 1.0 / b, lambda lam: 1.0 / lam if lam > 0 else math.inf)
         if not float(c["eta"]) > 0:
             raise ValueError(f"FK steering needs eta > 0 (with eta=0 resampled copies never separate), "
                              f"got eta={c['eta']}")

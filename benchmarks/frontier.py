@@ -15,7 +15,9 @@ THE GRID RULE (one rule for every method):
   read from the agent class's ``default_config``;
 - inference-time methods that select among pretrained samples sweep their candidate count over
   ``COUNT_GRID`` = 2, 4, 16, 64: best-of-n's ``oversample`` N, svdd's ``candidates`` M (per step);
-- ``pretrained`` is a single point (KL 0).
+- ``pretrained`` is a single point (KL 0); so are ``random``, ``turbo`` and ``qlognei``, which ignore the
+  prior (no path KL: they appear on the naturalness plots and the -manifold scores, not on the KL axis);
+- fk-steering maps onto beta (potential_scale = 1/beta), so it sweeps ``BETA_GRID`` like the KL methods.
 ``--grid METHOD=v1,v2,...`` replaces a method's values and ``--knob METHOD=KEY`` sweeps another agent key
 (then ``--grid`` is needed unless KEY is beta or lr); both are recorded in ``<out>/_frontier.json`` and in
 the ``grid_source`` column.
@@ -67,7 +69,8 @@ COUNT_GRID = (2, 4, 16, 64)
 COUNT_KNOBS = ("oversample", "candidates")
 #: KL-regularised methods (they sweep beta even before their class lists it, so a missing key is an error)
 KL_METHODS = ("sqdf", "seiko", "adjoint-matching")
-SINGLE_POINT = ("pretrained",)
+#: methods with no knob on the rule: the pretrained model, and the prior-free searchers (no path KL)
+SINGLE_POINT = ("pretrained", "random", "turbo", "qlognei")
 PLAN_FILE = "_frontier.json"
 KL_FLOOR = 1e-2  # nats; where KL-0 points are drawn on the log axis
 _POINT_DIR = re.compile(r"^(?P<method>.+?)__(?:(?P<knob>[A-Za-z_]\w*)=(?P<value>[^=]+)|default)$")

@@ -139,3 +139,16 @@ def test_cli_bad_setting_is_one_line_before_any_query(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "particles" in err[0]
     assert not any(tmp_path.rglob("journal*"))
+
+
+def test_beta_maps_to_the_potential_scale_and_the_frontier_sweeps_it():
+    from benchmarks.frontier import plan_grid
+
+    info = make_task("levy").info
+    c = FKSteeringAgent.resolve_config(info, {"beta": 0.1})
+    assert c["potential_scale"] == pytest.approx(10.0)
+    assert FKSteeringAgent.resolve_config(info, {})["beta"] == pytest.approx(0.1)  # from the default λ = 10
+    with pytest.raises(ValueError, match="set beta or potential_scale"):
+        FKSteeringAgent.resolve_config(info, {"beta": 1.0, "potential_scale": 2.0})
+    plans = plan_grid(["fk-steering", "turbo", "raft"])
+    assert plans["fk-steering"].knob == "beta" and plans["turbo"].knob is None and plans["raft"].knob == "lr"
