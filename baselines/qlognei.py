@@ -53,6 +53,12 @@ class QLogNEIAgent(Agent):
         self.Y = torch.empty(0, dtype=torch.float64)
         self.model = None
 
+    CHECKPOINT_SKIP = ("model", "lo", "hi", "dim")  # the GP is refitted from the saved data on resume
+
+    def after_load(self) -> None:
+        if len(self.Y) >= 2:
+            self.improve()
+
     def observe(self, designs: Tensor, values: Tensor) -> None:
         u = ((torch.as_tensor(designs, dtype=torch.float64) - self.lo) / (self.hi - self.lo)).clamp(0, 1)
         v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)

@@ -32,12 +32,14 @@ from typing import Optional
 import torch
 
 from sqdf_bbo.agents.base import Agent
+from sqdf_bbo.checkpoint import checkpointable
 from sqdf_bbo.settings import setting
 from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
 
 
+@checkpointable
 @dataclass(frozen=True)
 class TurboState:
     """The trust-region state of TuRBO-1 (names as in the BoTorch tutorial)."""
@@ -150,6 +152,14 @@ class TuRBOAgent(Agent):
         self.state: Optional[TurboState] = None
         self.model = None
         self.restarts = 0
+
+    #: the GP is refitted from the saved data on resume (after_load); the box comes from the task
+    CHECKPOINT_SKIP = ("model", "lo", "hi", "dim")
+
+    def after_load(self) -> None:
+        if self.state is not None:
+            with torch.enable_grad():
+                self.model = fit_gp(self.X[self.local_start:], self.Y[self.local_start:])
 
     def _new_state(self, q: int) -> TurboState:
         c = self.config

@@ -38,12 +38,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from sqdf_bbo.checkpoint import checkpointable
+
 Tensor = torch.Tensor
 
 SAMPLING_METHODS = ("random", "on-policy", "reward", "on-policy+random", "reward+gamma_PER")
 PER_PRIORITIES = ("clamp", "shift_min")
 
 
+@checkpointable
 class TrajectoryBuffer:
     """Ring buffer of trajectories; see the module docstring. latent_shape excludes batch and step dims."""
 
@@ -128,7 +131,7 @@ class TrajectoryBuffer:
         if self.storage == "memory":
             z = self.states[slots, steps]
         else:
-            z = torch.stack([torch.load(self._path(int(s)), weights_only=False)["states"][int(k)]
+            z = torch.stack([torch.load(self._path(int(s)), weights_only=True)["states"][int(k)]
                              for s, k in zip(slots, steps)])
         return z, [self.conds[int(s)] for s in slots]
 

@@ -6,9 +6,9 @@
 ``--set`` keys go to the agent's config; ``task.KEY`` to the task's overrides; ``run.KEY`` to the run
 settings (``rounds``, ``round_sizes``, ``n_eval``, ``batch_size``). The run folder
 ``<out>/<task>__<method>__b<budget>__s<seed>/`` holds config.json, rounds.jsonl (round 0 = the
-pretrained model before any query), queries.csv (every design), final.json, samples.png and
-checkpoint/state.pt. Every write is atomic; ``--resume`` continues from the last finished round and
-reproduces an uninterrupted run exactly.
+pretrained model before any query), queries.csv (every design), final.json, samples.png, journal.jsonl
+and checkpoint/ (safetensors + JSON, no pickle: sqdf_bbo/checkpoint.py). Every write is atomic;
+``--resume`` continues from the last finished round and reproduces an uninterrupted run exactly.
 
 Data parallelism over P processes/GPUs for one run (``sqdf_bbo.distributed``):
 ``accelerate launch --multi_gpu --num_processes P -m sqdf_bbo.run ...`` (or ``torchrun``). Every
@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
 import numpy as np
 import torch
 
-from sqdf_bbo.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from sqdf_bbo.io import atomic_write_json, atomic_write_text
 
 RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None,
                 "oracle_retries": 3, "oracle_retry_wait_s": 1.0, "tracker": "none"}
@@ -253,6 +253,32 @@ def curve_summary(true_values: np.ndarray, budget: int) -> dict:
     return out
 
 
+def load_agent(run_dir: str | Path, rank: int = 0):
+    """The agent of a run folder at its last checkpoint, rebuilt from config.json and the saved state (for
+    inspection; no code from the folder runs). ``rank`` picks a process of a data-parallel run."""
+    from sqdf_bbo import checkpoint
+    from sqdf_bbo.agents import resolve_method
+    from sqdf_bbo.distributed import SingleProcess
+    from sqdf_bbo.tasks import make_task
+
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    task = make_task(cfg["task"], **cfg.get("task_overrides", {}))
+    agent = resolve_method(cfg["method"])(task.info, dict(cfg["agent"]), cfg["seed"])
+    world = int(cfg.get("world_size", 1))
+    if world > 1:  # the same config split as in the run; collectives are no-ops here
+        view = SingleProcess()
+        view.rank, view.world_size, view.is_main = rank, world, rank == 0
+        view.local_generator = lambda seed: torch.Generator().manual_seed(int(seed) * world + rank)
+        agent.attach_data_parallel(view)
+    desc, _ = checkpoint.load(run_dir / "checkpoint", "state")
+    R = int(checkpoint.decode(desc["run"]["v"]["next_round"], "run.next_round", {}))
+    adesc, tensors = checkpoint.load(run_dir / "checkpoint", f"agent_rank{rank}_round{R}")
+    agent.load_state_tree(adesc["agent"]["v"], {k[len("agent."):]: v for k, v in tensors.items()
+                                                if k.startswith("agent.")})
+    return agent
+
+
 # ---- the run ------------------------------------------------------------------------------------
 class Run:
     """State of one run; :meth:`execute` runs (or resumes) it to completion."""
@@ -298,7 +324,7 @@ class Run:
             self.run_cfg["batch_size"] = args.budget
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
-        self.ckpt = self.dir / "checkpoint" / "state.pt"
+        self.ckpt = self.dir / "checkpoint" / "state.json"
         self._check_out_dir()
 
     def _check_out_dir(self) -> None:
@@ -342,36 +368,55 @@ class Run:
     def _rng_state() -> dict:
         return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
-    def _agent_file(self, next_round: int, rank: int) -> Path:
-        return self.ckpt.parent / f"agent_rank{rank}_round{next_round}.pt"
+    def _agent_stem(self, next_round: int, rank: int) -> str:
+        return f"agent_rank{rank}_round{next_round}"
 
     def save_checkpoint(self, st: dict, agent) -> None:
-        """state.pt holds everything; with P > 1 processes each process's agent and RNG state go to
-        agent_rank{r}_round{R}.pt first, and state.pt (written last, by process 0) names round R."""
-        if self.dp is None:
-            atomic_torch_save(self.ckpt, dict(st, agent=agent, rng=self._rng_state()))
-            return
-        R = st["next_round"]
-        atomic_torch_save(self._agent_file(R, self.rank), {"agent": agent, "rng": self._rng_state()})
-        self.dp.barrier()
-        if self.rank == 0:
-            atomic_torch_save(self.ckpt, dict(st, world_size=self.world_size))
-        self.dp.barrier()
-        for old in self.ckpt.parent.glob(f"agent_rank{self.rank}_round*.pt"):
-            if old != self._agent_file(R, self.rank):
-                old.unlink()
+        """checkpoint/agent_rank{r}_round{R}.{json,safetensors} (each process's agent and RNG states) first,
+        then checkpoint/state.{json,safetensors} (the run state naming round R, by process 0) last, then the
+        older agent files go: a kill at any moment leaves a consistent last checkpoint. No pickle
+        (sqdf_bbo/checkpoint.py)."""
+        from sqdf_bbo import checkpoint
+
+        folder, R = self.ckpt.parent, st["next_round"]
+        try:
+            checkpoint.save(folder, self._agent_stem(R, self.rank),
+                            {"agent": agent.state_tree(), "rng": self._rng_state()})
+            if self.dp is not None:
+                self.dp.barrier()
+            if self.rank == 0:
+                checkpoint.save(folder, "state", {"run": st, "world_size": self.world_size})
+            if self.dp is not None:
+                self.dp.barrier()
+        except checkpoint.CheckpointError as e:
+            raise CLIError(f"cannot checkpoint the run: {e}") from None
+        for old in folder.glob(f"agent_rank{self.rank}_round*.json"):
+            if old.stem != self._agent_stem(R, self.rank):
+                checkpoint.remove(folder, old.stem)
 
     def load_checkpoint(self) -> tuple[dict, Any, dict]:
-        """(run state, agent, RNG states) of the last finished round."""
-        st = torch.load(self.ckpt, weights_only=False)
-        saved_world = int(st.get("world_size", 1))
-        if saved_world != self.world_size:
-            raise CLIError(f"run folder {str(self.dir)!r} was started with {saved_world} process(es); "
-                           f"resume it with {saved_world}, not {self.world_size}")
-        if self.dp is None:
-            return st, st.pop("agent"), st.pop("rng")
-        part = torch.load(self._agent_file(st["next_round"], self.rank), weights_only=False)
-        return st, part["agent"], part["rng"]
+        """(run state, agent, RNG states) of the last checkpoint; the agent is built from the run's config
+        and its saved state loaded into it (no code from the folder runs)."""
+        from sqdf_bbo import checkpoint
+
+        folder = self.ckpt.parent
+        try:
+            desc, tensors = checkpoint.load(folder, "state")
+            saved_world = int(checkpoint.decode(desc["world_size"], "world_size", tensors))
+            if saved_world != self.world_size:
+                raise CLIError(f"run folder {str(self.dir)!r} was started with {saved_world} process(es); "
+                               f"resume it with {saved_world}, not {self.world_size}")
+            st = checkpoint.decode(desc["run"], "run", tensors)
+            adesc, atensors = checkpoint.load(folder, self._agent_stem(st["next_round"], self.rank))
+            agent = self.agent_cls(self.task.info, self.agent_overrides, self.args.seed)
+            if self.dp is not None:
+                agent.attach_data_parallel(self.dp)
+            agent.load_state_tree(adesc["agent"]["v"], {k[len("agent."):] if k.startswith("agent.") else k: v
+                                                        for k, v in atensors.items()})
+            rng = checkpoint.decode(adesc["rng"], "rng", atensors)
+        except checkpoint.CheckpointError as e:
+            raise CLIError(f"cannot resume {str(self.dir)!r}: {e}") from None
+        return st, agent, rng
 
     # -- main loop --
     def execute(self, progress: bool = True) -> dict:
@@ -396,10 +441,9 @@ class Run:
             st, agent, rng = self.load_checkpoint()
             now = _git_commit()
             if main and st.get("code_commit") and now and st["code_commit"] != now:
-                print(f"warning: checkpoint written at commit {st['code_commit'][:10]}, code is at {now[:10]}; "
-                      "resuming pickled agents across code changes can fail or differ", file=sys.stderr)
-            if self.dp is not None:
-                agent.attach_data_parallel(self.dp)
+                print(f"note: checkpoint written at commit {st['code_commit'][:10]}, code is at {now[:10]}; its "
+                      "state matched the current code, but results may differ from an uninterrupted run",
+                      file=sys.stderr)
             torch.set_rng_state(rng["torch"])
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])

@@ -48,8 +48,11 @@ def _worker(argv, crash_after, expect_rc):
 
 
 def _agents(run_dir):
-    files = sorted((run_dir / "checkpoint").glob("agent_rank*_round*.pt"))
-    return [torch.load(f, weights_only=False)["agent"] for f in files], files
+    """Each rank's agent rebuilt from its checkpoint (sqdf_bbo.run.load_agent), and the checkpoint files."""
+    from sqdf_bbo.run import load_agent
+
+    files = sorted((run_dir / "checkpoint").glob("agent_rank*_round*.json"))
+    return [load_agent(run_dir, rank) for rank in range(len(files))], files
 
 
 @pytest.mark.parametrize("method_args", [SQDF, ["--method", "ddpo", "--set", "ppo_minibatch=4"]],
@@ -66,7 +69,7 @@ def test_two_process_run(tmp_path, method_args):
     assert [r["round"] for r in rounds] == [0, 1, 2]
 
     agents, files = _agents(run_dir)
-    assert [f.name for f in files] == ["agent_rank0_round2.pt", "agent_rank1_round2.pt"]  # older rounds removed
+    assert [f.name for f in files] == ["agent_rank0_round2.json", "agent_rank1_round2.json"]  # older rounds removed
     a0, a1 = agents
     assert (a0.dp_rank, a1.dp_rank) == (0, 1)
     assert a0.config["train_batch"] == a1.config["train_batch"] == 4  # 8 split over 2 processes

@@ -465,6 +465,28 @@ def test_slim_pickle_round_trip(task):
         sorted(n for n, p in agent.policy.named_parameters() if p.requires_grad)
 
 
+def test_run_checkpoint_stores_only_the_lora(task, tmp_path):
+    """The no-pickle run checkpoint (sqdf_bbo/checkpoint.py) of an SD agent holds the policy LoRA, not the
+    frozen weights; loaded into a freshly built agent it gives the same policy, reference and CM."""
+    from sqdf_bbo import checkpoint
+    from sqdf_bbo.agents import make_agent
+
+    cfg = {"lora_rank": 2, "train_batch": 2, "on_policy_batch": 2, "buffer_size": 8}
+    agent = make_agent("sqdf", task.info, cfg, seed=0)
+    _perturb_lora(agent.policy)
+    checkpoint.save(tmp_path, "agent", {"agent": agent.state_tree()})
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) < 1_000_000
+    desc, tensors = checkpoint.load(tmp_path, "agent")
+    a2 = make_agent("sqdf", task.info, cfg, seed=0)
+    a2.load_state_tree(desc["agent"]["v"], {k[len("agent."):]: v for k, v in tensors.items()})
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([501, 1])
+    with torch.no_grad():
+        assert torch.allclose(a2.policy(z, t, PROMPTS), agent.policy(z, t, PROMPTS), atol=1e-6)
+        assert torch.allclose(a2.reference(z, t, PROMPTS), agent.reference(z, t, PROMPTS), atol=1e-6)
+        assert torch.allclose(a2.cm(z, t, PROMPTS), agent.cm(z, t, PROMPTS), atol=1e-6)
+
+
 def test_agent_view_reaches_neither_task_head_nor_eval_prompts(task):
     """The SD TaskInfo is backed by SDAgentView: no path from it to the task, the aesthetic head (the
     oracle) or the held-out evaluation prompts; it survives pickling (reloading only CLIP)."""

@@ -87,6 +87,56 @@ class Agent:
     def improve(self) -> dict[str, float]:
         return {}
 
+    # ---- checkpoints (sqdf_bbo/checkpoint.py: safetensors + JSON, no pickle) --------------------------
+    #: attributes __init__ rebuilds from (task, config, seed): never saved; a subclass adds its own
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "seed", "dp")
+
+    def _skipped(self) -> set[str]:
+        return {name for cls in type(self).__mro__ for name in cls.__dict__.get("CHECKPOINT_SKIP", ())}
+
+    def state_tree(self) -> dict[str, Any]:
+        """Everything the agent learned or drew since __init__: its attributes minus :attr:`CHECKPOINT_SKIP`.
+        An attribute that *is* a skipped one (e.g. ``kl_ref`` still pointing at ``reference``) is saved
+        as that name, not as a copy."""
+        skip = self._skipped()
+        alias = {id(getattr(self, n)): n for n in skip if isinstance(getattr(self, n, None), torch.nn.Module)}
+        return {name: (_Alias(alias[id(v)]) if id(v) in alias else v)
+                for name, v in vars(self).items() if name not in skip}
+
+    def load_state_tree(self, desc: dict, tensors: dict) -> None:
+        """Load a saved :meth:`state_tree` into this freshly built agent (same task, config and seed)."""
+        from sqdf_bbo.checkpoint import CheckpointError, decode
+
+        skip = self._skipped()
+        missing = sorted(set(vars(self)) - skip - set(desc))
+        if missing:
+            raise CheckpointError(f"checkpoint lacks agent state {missing[:3]} that the current code has "
+                                  f"(written by other code?)")
+        frozen = {id(getattr(self, n)) for n in skip if getattr(self, n, None) is not None}
+        for name, d in desc.items():
+            if d.get("k") == "alias":
+                setattr(self, name, getattr(self, d["v"]))
+                continue
+            current = getattr(self, name, None)
+            if id(current) in frozen:  # e.g. kl_model still aliasing reference: never load into the reference
+                current = None
+            setattr(self, name, decode(d, name, tensors, current, self.build_for_checkpoint))
+        self.after_load()
+
+    def build_for_checkpoint(self, path: str, desc: dict) -> Any:
+        """An empty module or optimizer for a saved one the fresh agent lacks (None: cannot)."""
+        return None
+
+    def after_load(self) -> None:
+        """Hook after :meth:`load_state_tree` (e.g. refit a model that is not saved)."""
+
+
+@dataclass(frozen=True)
+class _Alias:
+    """A state-tree entry that is another (skipped) attribute of the agent, by name."""
+
+    name: str
+
 
 class DiffusionAgent(Agent):
     """An agent whose policy is a copy of the task's pretrained backbone.
@@ -197,6 +247,17 @@ class DiffusionAgent(Agent):
         self.generator = dp.local_generator(self.seed)
         self.dp_world_size, self.dp_rank = P, dp.rank
         self.setup_data_parallel(dp)
+
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("reference", "schedule")
+
+    def build_for_checkpoint(self, path: str, desc: dict) -> Any:
+        """A copy of the policy for a saved policy-shaped module (e.g. SEIKO's previous-round model), an
+        optimizer over the trainable parameters for a saved optimizer."""
+        if desc["k"] == "module" and desc["class"] == f"{type(self.policy).__module__}.{type(self.policy).__qualname__}":
+            return copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if desc["k"] == "optim" and hasattr(self, "make_optimizer"):
+            return self.make_optimizer()
+        return None
 
     def setup_data_parallel(self, dp) -> None:
         """Hook run once, when the agent first joins a data-parallel run (not on re-attach after resume)."""

@@ -46,6 +46,18 @@ class ProxyGuidedAgent(DiffusionAgent):
     def proxy_config(self) -> dict:
         return {k: v for k, v in self.config.items() if k.startswith(("proxy", "osm_"))}
 
+    def build_for_checkpoint(self, path: str, desc: dict):
+        """An unfitted proxy of the configured architecture for a saved one (its weights are loaded next)."""
+        if desc["k"] == "module" and desc["class"].endswith(".ProxyModel"):
+            from sqdf_bbo.proxy import ProxyModel
+            from sqdf_bbo.proxy.mlp import EnsembleMLP
+
+            c, F = self.proxy_config(), int(self.task.feature_dim)
+            heads = int(c["proxy_heads"]) if c["proxy"] == "bootstrap" else 1
+            net = EnsembleMLP(heads, F, hidden=int(c["proxy_hidden"]), arch=c.get("proxy_arch", "mlp"))
+            return ProxyModel(net, c["proxy"], torch.zeros(F), torch.ones(F), 0.0, 1.0)
+        return super().build_for_checkpoint(path, desc)
+
     def observe(self, designs: Tensor, values: Tensor) -> None:
         """Store proxy features (not designs: 15k SD images would be ~48 GB) and observed values."""
         bs = int(self.config["sample_batch"])

@@ -192,6 +192,8 @@ class SQDFAgent(OnlineFinetuneAgent):
                                 per_priority=c["per_priority"])
 
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "on_policy_batch", "buffer_size")
+    #: the consistency model is loaded from committed weights by __init__ (frozen)
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("cm",)
 
     def setup_data_parallel(self, dp) -> None:
         """As the base class's; each process keeps its own buffer of 1/P of ``buffer_size``."""

@@ -226,6 +226,18 @@ class StableDiffusionBackbone(Backbone):
         fresh.train(state["training"])
         self.__dict__.update(fresh.__dict__)
 
+    # ---- checkpoints (sqdf_bbo/checkpoint.py) -----------------------------------------------------------
+    def checkpoint_state_dict(self) -> dict[str, Tensor]:
+        """What a run checkpoint stores of this module: the policy LoRA only (the frozen weights are
+        rebuilt from ``sd_path`` when the agent is built)."""
+        return self.lora_state_dict() if self.has_policy_adapter else {}
+
+    def load_checkpoint_state_dict(self, sd: dict[str, Tensor]) -> None:
+        if sd and not self.has_policy_adapter:
+            self.add_lora(next(v.shape[0] for k, v in sd.items() if "lora_A" in k))
+        if sd:
+            self.load_lora_state_dict(sd)
+
     # ---- adapters -----------------------------------------------------------------------------------
     def _tuner_layers(self) -> list:
         from peft.tuners.tuners_utils import BaseTunerLayer

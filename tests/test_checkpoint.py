@@ -1,0 +1,154 @@
+"""Checkpoints without pickle (sqdf_bbo/checkpoint.py): round trips of every kind of state, every built-in
+method killed after a round and resumed to the same result, corrupted files and foreign state refused."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sqdf_bbo import checkpoint
+from sqdf_bbo.agents import METHODS
+from sqdf_bbo.run import main
+
+TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s", "run_dir")
+
+
+def test_round_trip_of_every_kind(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=g)
+    tree = {"none": None, "flag": True, "n": 7, "x": 0.25, "nan": float("nan"), "inf": -math.inf, "s": "hi",
+            "t": torch.arange(6.0).reshape(2, 3), "gen": g, "np": np.arange(5, dtype=np.uint32),
+            "dtype": torch.bfloat16, "nested": {"a": [1, (2.0, "b")], "t": torch.ones(2, dtype=torch.int64)},
+            "module": torch.nn.Linear(3, 2), "py_rng": random.getstate(), "np_rng": np.random.get_state()}
+    checkpoint.save(tmp_path, "s", tree)
+    desc, tensors = checkpoint.load(tmp_path, "s")
+    out = {k: checkpoint.decode(d, k, tensors, torch.nn.Linear(3, 2) if k == "module" else None) for k, d in desc.items()}
+    assert out["none"] is None and out["flag"] is True and out["n"] == 7 and out["s"] == "hi"
+    assert math.isnan(out["nan"]) and out["inf"] == -math.inf and out["dtype"] is torch.bfloat16
+    torch.testing.assert_close(out["t"], tree["t"])
+    assert torch.equal(torch.rand(4, generator=out["gen"]), torch.rand(4, generator=g))  # same stream
+    assert out["np"].dtype == np.uint32 and out["np"].tolist() == [0, 1, 2, 3, 4]
+    assert out["nested"]["a"] == [1, (2.0, "b")]
+    for a, b in zip(out["module"].parameters(), tree["module"].parameters()):
+        torch.testing.assert_close(a, b)
+    random.setstate(out["py_rng"])
+    np.random.set_state(out["np_rng"])
+    # only JSON and safetensors on disk
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".safetensors"]
+
+
+def test_unknown_objects_are_refused_when_saving(tmp_path):
+    class Opaque:
+        pass
+
+    with pytest.raises(checkpoint.CheckpointError, match="cannot checkpoint agent.thing: a .*Opaque"):
+        checkpoint.save(tmp_path, "s", {"agent": {"thing": Opaque()}})
+
+
+def test_corrupted_truncated_and_foreign_checkpoints_give_clear_errors(tmp_path):
+    checkpoint.save(tmp_path, "s", {"t": torch.ones(3), "m": torch.nn.Linear(2, 2)})
+    js = tmp_path / "s.json"
+    rec = json.loads(js.read_text())
+    tfile = tmp_path / rec["tensors"]
+    data = tfile.read_bytes()
+    tfile.write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupted or truncated"):
+        checkpoint.load(tmp_path, "s")
+    tfile.write_bytes(data)
+    desc, tensors = checkpoint.load(tmp_path, "s")
+    with pytest.raises(checkpoint.CheckpointError, match="does not match the current code|shape"):
+        checkpoint.decode(desc["m"], "m", tensors, torch.nn.Linear(2, 3))
+    rec["tree"]["o"] = {"k": "obj", "class": "os.system", "v": {}}  # a class the code does not allow
+    js.write_text(json.dumps(rec))
+    desc, tensors = checkpoint.load(tmp_path, "s")
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpointable class"):
+        checkpoint.decode(desc["o"], "o", tensors)
+    js.write_text(js.read_text()[:40])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupted or truncated"):
+        checkpoint.load(tmp_path, "s")
+
+
+def test_a_failed_write_leaves_the_last_good_checkpoint(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, "s", {"t": torch.zeros(2)})
+    import sqdf_bbo.checkpoint as ck
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck, "atomic_write_bytes", full_disk)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path, "s", {"t": torch.ones(2)})
+    monkeypatch.undo()
+    desc, tensors = checkpoint.load(tmp_path, "s")
+    torch.testing.assert_close(checkpoint.decode(desc["t"], "t", tensors), torch.zeros(2))
+
+
+TINY = ["--budget", "24", "--no-progress", "--set", "run.rounds=3", "--set", "run.n_eval=6", "--set",
+        "run.batch_size=8", "--set", "task.num_steps=3"]
+EXTRA = {  # each method's smallest settings (only keys it has)
+    "proxy_epochs": 2, "proxy_heads": 2, "updates_per_round": 1, "train_batch": 4, "lora_rank": 1,
+    "on_policy_batch": 4, "buffer_size": 16, "oversample": 2, "candidates": 2, "particles": 2, "kl_samples": 4,
+    "samples_per_iteration": 8, "n_candidates": 50, "q_chunk": 2, "num_restarts": 1, "raw_samples": 8,
+    "maxiter": 5, "mc_samples": 8, "ppo_minibatch": 2, "K": 2, "n_lv": 2, "timestep_fraction": 0.5}
+
+
+def _argv(method: str, out) -> list[str]:
+    from sqdf_bbo.agents import resolve_method
+
+    cfg = resolve_method(method).default_config
+    argv = ["--task", "levy", "--method", method, "--out", str(out), *TINY]
+    for k, v in EXTRA.items():
+        if k in cfg:
+            argv += ["--set", f"{k}={v}"]
+    return argv
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_resumes_to_the_same_result(tmp_path, monkeypatch, method):
+    assert main(_argv(method, tmp_path / "a")) == 0
+    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_ROUND", "1")
+
+    def kill(code):
+        raise Killed(code)
+
+    monkeypatch.setattr(os, "_exit", kill)
+    with pytest.raises(Killed):
+        main(_argv(method, tmp_path / "b"))
+    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_ROUND")
+    run_b = next((tmp_path / "b").iterdir())
+    assert not list(run_b.rglob("*.pt"))  # no pickle anywhere in the run folder
+    assert main(_argv(method, tmp_path / "b") + ["--resume"]) == 0
+    run_a = next((tmp_path / "a").iterdir())
+    fa, fb = (json.loads((r / "final.json").read_text()) for r in (run_a, run_b))
+    for d in (fa, fb):
+        for k in TIMING_KEYS:
+            d.pop(k, None)
+    assert json.dumps(fa, sort_keys=True) == json.dumps(fb, sort_keys=True)
+    pd.testing.assert_frame_equal(pd.read_csv(run_a / "queries.csv"), pd.read_csv(run_b / "queries.csv"))
+
+
+def test_resume_refuses_state_of_other_code(tmp_path, monkeypatch, capsys):
+    """A checkpoint whose agent state names an attribute the current agent lacks (or lacks one it has)."""
+    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_ROUND", "1")
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
+    with pytest.raises(Killed):
+        main(_argv("best-of-n", tmp_path))
+    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_ROUND")
+    folder = next(tmp_path.iterdir()) / "checkpoint"
+    agent_json = next(folder.glob("agent_rank0_round*.json"))
+    rec = json.loads(agent_json.read_text())
+    rec["tree"]["agent"]["v"].pop("round")
+    agent_json.write_text(json.dumps(rec))
+    assert main(_argv("best-of-n", tmp_path) + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint lacks agent state ['round']" in err[0]
