@@ -42,7 +42,7 @@ import torch
 from sqdf_bbo.io import atomic_write_json, atomic_write_text
 
 RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None,
-                "oracle_retries": 3, "oracle_retry_wait_s": 1.0, "tracker": "none"}
+                "oracle_retries": 3, "oracle_retry_wait_s": 1.0, "tracker": "none", "checkpoint_every": 25}
 TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s")
 
 
@@ -272,8 +272,8 @@ def load_agent(run_dir: str | Path, rank: int = 0):
         view.local_generator = lambda seed: torch.Generator().manual_seed(int(seed) * world + rank)
         agent.attach_data_parallel(view)
     desc, _ = checkpoint.load(run_dir / "checkpoint", "state")
-    R = int(checkpoint.decode(desc["run"]["v"]["next_round"], "run.next_round", {}))
-    adesc, tensors = checkpoint.load(run_dir / "checkpoint", f"agent_rank{rank}_round{R}")
+    c = int(checkpoint.decode(desc["run"]["v"]["ckpt_id"], "run.ckpt_id", {}))
+    adesc, tensors = checkpoint.load(run_dir / "checkpoint", Run._agent_stem(c, rank))
     agent.load_state_tree(adesc["agent"]["v"], {k[len("agent."):]: v for k, v in tensors.items()
                                                 if k.startswith("agent.")})
     return agent
@@ -305,9 +305,10 @@ class Run:
             v = self.run_cfg[key]
             if not isinstance(v, int) or v <= 0:
                 raise CLIError(f"run.{key} must be a positive integer, got {v!r}")
-        if isinstance(self.run_cfg["oracle_retries"], bool) or not isinstance(self.run_cfg["oracle_retries"], int) \
-                or self.run_cfg["oracle_retries"] < 0:
-            raise CLIError(f"run.oracle_retries must be an integer >= 0, got {self.run_cfg['oracle_retries']!r}")
+        for key in ("oracle_retries", "checkpoint_every"):
+            v = self.run_cfg[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise CLIError(f"run.{key} must be an integer >= 0, got {v!r}")
         from sqdf_bbo.trackers import TRACKERS
 
         if self.run_cfg["tracker"] not in TRACKERS:
@@ -368,17 +369,20 @@ class Run:
     def _rng_state() -> dict:
         return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
-    def _agent_stem(self, next_round: int, rank: int) -> str:
-        return f"agent_rank{rank}_round{next_round}"
+    @staticmethod
+    def _agent_stem(ckpt_id: int, rank: int) -> str:
+        return f"agent_rank{rank}_ckpt{ckpt_id}"
 
     def save_checkpoint(self, st: dict, agent) -> None:
-        """checkpoint/agent_rank{r}_round{R}.{json,safetensors} (each process's agent and RNG states) first,
-        then checkpoint/state.{json,safetensors} (the run state naming round R, by process 0) last, then the
-        older agent files go: a kill at any moment leaves a consistent last checkpoint. No pickle
-        (sqdf_bbo/checkpoint.py)."""
+        """checkpoint/agent_rank{r}_ckpt{c}.{json,safetensors} (each process's agent and RNG states) first,
+        then checkpoint/state.{json,safetensors} (the run state naming checkpoint c, by process 0) last, then
+        the older agent files go: a kill at any moment leaves a consistent last checkpoint. No pickle
+        (sqdf_bbo/checkpoint.py). Called at round ends, after each round's query phase and every
+        ``run.checkpoint_every`` optimizer steps of agents whose improve() reports progress."""
         from sqdf_bbo import checkpoint
 
-        folder, R = self.ckpt.parent, st["next_round"]
+        folder = self.ckpt.parent
+        st["ckpt_id"] = R = int(st.get("ckpt_id", 0)) + 1
         try:
             checkpoint.save(folder, self._agent_stem(R, self.rank),
                             {"agent": agent.state_tree(), "rng": self._rng_state()})
@@ -390,9 +394,11 @@ class Run:
                 self.dp.barrier()
         except checkpoint.CheckpointError as e:
             raise CLIError(f"cannot checkpoint the run: {e}") from None
-        for old in folder.glob(f"agent_rank{self.rank}_round*.json"):
+        for old in folder.glob(f"agent_rank{self.rank}_ckpt*.json"):
             if old.stem != self._agent_stem(R, self.rank):
                 checkpoint.remove(folder, old.stem)
+        if os.environ.get("SQDF_BBO_CRASH_AFTER_CHECKPOINT") == str(R):  # test hook: a kill right after it
+            os._exit(17)
 
     def load_checkpoint(self) -> tuple[dict, Any, dict]:
         """(run state, agent, RNG states) of the last checkpoint; the agent is built from the run's config
@@ -407,7 +413,7 @@ class Run:
                 raise CLIError(f"run folder {str(self.dir)!r} was started with {saved_world} process(es); "
                                f"resume it with {saved_world}, not {self.world_size}")
             st = checkpoint.decode(desc["run"], "run", tensors)
-            adesc, atensors = checkpoint.load(folder, self._agent_stem(st["next_round"], self.rank))
+            adesc, atensors = checkpoint.load(folder, self._agent_stem(st["ckpt_id"], self.rank))
             agent = self.agent_cls(self.task.info, self.agent_overrides, self.args.seed)
             if self.dp is not None:
                 agent.attach_data_parallel(self.dp)
@@ -439,6 +445,10 @@ class Run:
         main = self.rank == 0
         if args.resume and self.ckpt.exists():
             st, agent, rng = self.load_checkpoint()
+            if main and st.get("in_round"):
+                print(f"resuming round {st['in_round']['round']} after its query phase"
+                      + (f" at optimizer step {agent.round_progress['done']}"
+                         if getattr(agent, "round_progress", None) else ""), file=sys.stderr)
             now = _git_commit()
             if main and st.get("code_commit") and now and st["code_commit"] != now:
                 print(f"note: checkpoint written at commit {st['code_commit'][:10]}, code is at {now[:10]}; its "
@@ -480,19 +490,29 @@ class Run:
         for r in range(st["next_round"], len(self.sizes)):
             t0 = time.time()
             n = self.sizes[r]
-            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
-            gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
-            designs = agent.propose(n, gen)
-            designs = self._check_designs(designs, n)
-            observed = None
-            if main:  # process 0 alone spends the budget; the others get its answers
-                observed = self._query(env, designs, st, r, bar)
-            if self.dp is not None:
-                observed = self.dp.broadcast_object(observed)
+            if st.get("in_round") is None:  # the query phase (skipped when resuming after it)
+                bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
+                gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
+                designs = agent.propose(n, gen)
+                designs = self._check_designs(designs, n)
+                observed = None
+                if main:  # process 0 alone spends the budget; the others get its answers
+                    observed = self._query(env, designs, st, r, bar)
+                if self.dp is not None:
+                    observed = self.dp.broadcast_object(observed)
+                agent.observe(designs, torch.from_numpy(observed))
+                st["in_round"] = {"round": r + 1, "query_wall_s": time.time() - t0}
+                if main:
+                    st["env"] = env.get_state()
+                self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
             best = max(q["true"] for q in st["queries"]) if main else float("nan")
             bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
-            agent.observe(designs, torch.from_numpy(observed))
+            every = int(self.run_cfg["checkpoint_every"])
+            agent.update_hook = (lambda done: self.save_checkpoint(st, agent) if done % every == 0 else None) \
+                if every else None
             train_stats = agent.improve() or {}
+            agent.update_hook = None
+            st.pop("in_round")
             st["next_round"] = r + 1
             st["wall_s"] += time.time() - t0
             if main:

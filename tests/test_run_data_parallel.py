@@ -51,7 +51,7 @@ def _agents(run_dir):
     """Each rank's agent rebuilt from its checkpoint (sqdf_bbo.run.load_agent), and the checkpoint files."""
     from sqdf_bbo.run import load_agent
 
-    files = sorted((run_dir / "checkpoint").glob("agent_rank*_round*.json"))
+    files = sorted((run_dir / "checkpoint").glob("agent_rank*_ckpt*.json"))
     return [load_agent(run_dir, rank) for rank in range(len(files))], files
 
 
@@ -69,7 +69,7 @@ def test_two_process_run(tmp_path, method_args):
     assert [r["round"] for r in rounds] == [0, 1, 2]
 
     agents, files = _agents(run_dir)
-    assert [f.name for f in files] == ["agent_rank0_round2.json", "agent_rank1_round2.json"]  # older rounds removed
+    assert [f.name.split("_ckpt")[0] for f in files] == ["agent_rank0", "agent_rank1"]  # older ones removed
     a0, a1 = agents
     assert (a0.dp_rank, a1.dp_rank) == (0, 1)
     assert a0.config["train_batch"] == a1.config["train_batch"] == 4  # 8 split over 2 processes

@@ -89,7 +89,10 @@ class Agent:
 
     # ---- checkpoints (sqdf_bbo/checkpoint.py: safetensors + JSON, no pickle) --------------------------
     #: attributes __init__ rebuilds from (task, config, seed): never saved; a subclass adds its own
-    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "seed", "dp")
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "seed", "dp", "update_hook")
+    #: set by the runner during improve(): an agent that can resume mid-improve calls it with the number of
+    #: optimizer steps done after each one (the runner may checkpoint then); None outside improve()
+    update_hook: ClassVar[Optional[Any]] = None
 
     def _skipped(self) -> set[str]:
         return {name for cls in type(self).__mro__ for name in cls.__dict__.get("CHECKPOINT_SKIP", ())}

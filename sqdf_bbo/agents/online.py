@@ -123,6 +123,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
                 raise ValueError(f"task {task.name!r} declares {D} latent elements but its backbone's latent has "
                                  f"shape {shape}; set TaskInfo.latent_shape so beta maps onto the right KL scale")
         self.global_step = 0
+        self.round_progress: Optional[dict] = None  # within improve(): proxy stats, stat sums, steps done
 
     # ---- sampling ----------------------------------------------------------------------------------
     #: policies with at most this many parameters are sampled (without grad) through a merged copy
@@ -198,17 +199,25 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         raise NotImplementedError
 
     def improve(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {}
-        stats.update({f"proxy_{k}": v for k, v in self.refit_proxy().items()})
-        self.optimizer = self.make_optimizer()
-        self.start_round()
+        """Refit the proxy, start a new AdamW, then ``updates_per_round`` update steps. Progress lives in
+        ``round_progress`` (saved by checkpoints), so an improve() resumed from a mid-round checkpoint
+        continues at the next step and returns the same statistics as an uninterrupted one."""
+        p = self.round_progress
+        if p is None:
+            stats: dict[str, Any] = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}
+            self.optimizer = self.make_optimizer()
+            self.start_round()
+            p = self.round_progress = {"stats": stats, "sums": {}, "done": 0}
         self.policy.train()
-        sums: dict[str, float] = {}
         n = int(self.config["updates_per_round"])
-        for _ in range(n):
+        while p["done"] < n:
             for k, v in self.update_step().items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                p["sums"][k] = p["sums"].get(k, 0.0) + float(v)
+            p["done"] += 1
+            if self.update_hook is not None:
+                self.update_hook(p["done"])
         self.policy.eval()
-        stats.update({k: v / max(n, 1) for k, v in sums.items()})
+        stats = dict(p["stats"], **{k: v / max(n, 1) for k, v in p["sums"].items()})
+        self.round_progress = None
         self.round += 1
         return stats
