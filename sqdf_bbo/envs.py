@@ -20,6 +20,8 @@ is imported (and again, for tasks added later, by :func:`register_envs` / :func:
 """
 from __future__ import annotations
 
+import os
+
 from typing import Any, Optional, Union
 
 import gymnasium
@@ -213,6 +215,10 @@ class BudgetedOracleEnv(gymnasium.Env):
         except Exception as e:  # noqa: BLE001 - any oracle failure: nothing charged, the caller may retry
             raise OracleError(f"task {self.task_name!r} oracle raised {type(e).__name__}: {e}") from e
         true = np.asarray(torch.as_tensor(true).detach().cpu().double().numpy(), dtype=np.float64)
+        log = os.environ.get("SQDF_BBO_ORACLE_LOG")  # benchmark hook (benchmarks/fault_injection.py)
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{m}\n")
         if true.shape != (m,):
             raise RuntimeError(
                 f"task {self.task_name!r} evaluate_true returned shape {true.shape} for {m} designs; expected ({m},)"
