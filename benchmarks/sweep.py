@@ -114,7 +114,7 @@ def validate(tasks: list[str], methods: list[str], budgets: list[int], sets: lis
              method_sets: dict[str, list[str]]) -> None:
     """Check task/method names and every --set against the real registry and configs; raise SweepError."""
     from sqdf_bbo.agents import METHODS, available_methods, resolve_method
-    from sqdf_bbo.run import CLIError, RUN_DEFAULTS, parse_sets, round_sizes
+    from sqdf_bbo.run import CLIError, parse_sets, resolve_run_settings
     from sqdf_bbo.tasks import list_tasks, make_task
 
     known = list_tasks()
@@ -141,13 +141,12 @@ def validate(tasks: list[str], methods: list[str], budgets: list[int], sets: lis
             agent, task_over, run_over = parse_sets(sets + method_sets.get(m, []))
         except CLIError as e:
             raise SweepError(str(e)) from None
-        cfg = {**RUN_DEFAULTS, **run_over}
         for t in tasks:
             try:
                 task = make_task(t, **task_over)
                 classes[m].resolve_config(task.info, agent)
-                for b in budgets:
-                    round_sizes(b, cfg["rounds"], cfg["round_sizes"])
+                for b in budgets:  # every run setting, typed and range-checked, before anything launches
+                    resolve_run_settings(run_over, task.info.defaults, b)
             except (CLIError, ValueError, TypeError) as e:
                 hint = " (--set-for METHOD KEY=VALUE sets a key for one method only)" if agent else ""
                 raise SweepError(f"task {t!r} / method {m!r}: {e}{hint}") from None

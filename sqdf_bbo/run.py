@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib.util
 import datetime as _dt
 import io
@@ -39,10 +40,45 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
 import numpy as np
 import torch
 
+from sqdf_bbo import settings as _settings
 from sqdf_bbo.io import atomic_write_json, atomic_write_text
+from sqdf_bbo.settings import setting
 
-RUN_DEFAULTS = {"rounds": 4, "round_sizes": None, "n_eval": None, "batch_size": None,
-                "oracle_retries": 3, "oracle_retry_wait_s": 1.0, "tracker": "none", "checkpoint_every": 25}
+@dataclasses.dataclass
+class RunSettings:
+    """The ``run.*`` settings (``--set run.KEY=VALUE``), typed and range-checked like agent settings."""
+
+    rounds: int = setting(4, "number of rounds; sizes follow the official 1:2:4:8 doubling", ge=1)
+    round_sizes: Optional[Any] = setting(None, "explicit round sizes (a list summing to the budget)")
+    n_eval: Optional[int] = setting(None, "evaluation samples per round (None: the task's default)", ge=1)
+    batch_size: Optional[int] = setting(None, "designs per oracle call (None: the task's default)", ge=1)
+    oracle_retries: int = setting(3, "retries of an oracle call that raises (nothing is charged for it)", ge=0)
+    oracle_retry_wait_s: float = setting(1.0, "first retry wait in seconds, doubled each retry", ge=0, le=3600)
+    tracker: str = setting("none", "mirror metrics to: none, tensorboard, wandb",
+                           choices=("none", "tensorboard", "wandb"))
+    checkpoint_every: int = setting(25, "mid-round checkpoint every K optimizer steps (0: round ends and "
+                                        "query phases only)", ge=0)
+
+
+RUN_DEFAULTS = _settings.defaults(RunSettings)
+
+
+def resolve_run_settings(overrides: dict, task_defaults: dict, budget: int) -> dict:
+    """Every run setting: defaults <- the task's n_eval/batch_size <- ``overrides``, typed and checked, and
+    the round sizes; one-line CLIError naming ``run.KEY`` otherwise (the runner and the sweep use it)."""
+    base = {"n_eval": task_defaults.get("n_eval", 256), "batch_size": task_defaults.get("batch_size", 64)}
+    try:
+        cfg = _settings.resolve(RunSettings, overrides, base)
+    except ValueError as e:
+        raise CLIError(str(e).replace("setting ", "run.", 1).replace("unknown setting(s)", "unknown run setting")) from None
+    if cfg["tracker"] != "none" and importlib.util.find_spec(cfg["tracker"]) is None:
+        raise CLIError(f"run.tracker={cfg['tracker']} needs the {cfg['tracker']} package (pip install {cfg['tracker']})")
+    if cfg["batch_size"] > budget:  # the env's declared batch cannot exceed the budget
+        if "batch_size" in overrides:
+            raise CLIError(f"run.batch_size={cfg['batch_size']} must be <= the budget {budget}")
+        cfg["batch_size"] = budget
+    round_sizes(budget, cfg["rounds"], cfg["round_sizes"])
+    return cfg
 TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s")
 
 
@@ -139,10 +175,11 @@ def settings_help(method: str) -> str:
     cls = resolve_method(method)
     typed = cls.typed_settings()
     title = f"settings of method {method!r} ({cls.__name__}); set with --set KEY=VALUE"
+    run = S.describe(RunSettings, "run settings; set with --set run.KEY=VALUE")
     if typed is not None:
-        return S.describe(typed, title)
+        return S.describe(typed, title) + "\n\n" + run
     rows = [f"  {k} = {v!r}" for k, v in cls.default_config.items()]
-    return "\n".join([title + " (untyped plug-in: values are taken as parsed)"] + rows)
+    return "\n".join([title + " (untyped plug-in: values are taken as parsed)"] + rows) + "\n\n" + run
 
 
 def run_folder_name(task: str, method: str, budget: int, seed: int) -> str:
@@ -297,32 +334,7 @@ class Run:
         self.task = make_task(args.task, **self.task_overrides)
         self.agent_cls = resolve_method(args.method)
         self.agent_config = self.agent_cls.resolve_config(self.task.info, self.agent_overrides)
-        d = self.task.info.defaults
-        self.run_cfg = dict(RUN_DEFAULTS)
-        self.run_cfg.update({"n_eval": d.get("n_eval", 256), "batch_size": d.get("batch_size", 64)})
-        self.run_cfg.update(run_overrides)
-        for key in ("n_eval", "batch_size"):
-            v = self.run_cfg[key]
-            if not isinstance(v, int) or v <= 0:
-                raise CLIError(f"run.{key} must be a positive integer, got {v!r}")
-        for key in ("oracle_retries", "checkpoint_every"):
-            v = self.run_cfg[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise CLIError(f"run.{key} must be an integer >= 0, got {v!r}")
-        from sqdf_bbo.trackers import TRACKERS
-
-        if self.run_cfg["tracker"] not in TRACKERS:
-            raise CLIError(f"run.tracker must be one of {', '.join(TRACKERS)}, got {self.run_cfg['tracker']!r}")
-        needs = self.run_cfg["tracker"]  # each tracker's package has the tracker's name
-        if needs != "none" and importlib.util.find_spec(needs) is None:
-            raise CLIError(f"run.tracker={needs} needs the {needs} package (pip install {needs})")
-        w = self.run_cfg["oracle_retry_wait_s"]
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
-            raise CLIError(f"run.oracle_retry_wait_s must be a number >= 0 (seconds), got {w!r}")
-        if self.run_cfg["batch_size"] > args.budget:  # the env's declared batch cannot exceed the budget
-            if "batch_size" in run_overrides:
-                raise CLIError(f"run.batch_size={self.run_cfg['batch_size']} must be <= the budget {args.budget}")
-            self.run_cfg["batch_size"] = args.budget
+        self.run_cfg = resolve_run_settings(run_overrides, self.task.info.defaults, args.budget)
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.json"

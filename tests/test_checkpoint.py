@@ -222,3 +222,23 @@ def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
     entries = [json.loads(x) for x in (run_b / "journal.jsonl").read_text().splitlines() if x.strip()]
     starts = [e["start"] for e in entries]
     assert len(starts) == len(set(starts)) and sum(e["n"] for e in entries) == 24  # each query bought once
+
+
+@pytest.mark.parametrize("item,pattern", [
+    ("run.checkpoint_every=-1", r"run.checkpoint_every=-1 is out of range: must be >= 0"),
+    ("run.tracker=mlflow", r"run.tracker='mlflow' must be one of 'none', 'tensorboard', 'wandb'"),
+    ("run.oracle_retry_wait_s=1e9", r"run.oracle_retry_wait_s=1000000000.0 is out of range"),
+    ("run.n_eval=abc", r"run.n_eval='abc' must be int or None"),
+])
+def test_run_settings_are_typed_and_checked_before_anything(tmp_path, capsys, item, pattern):
+    import re
+
+    from benchmarks.sweep import SweepError, validate
+
+    assert main(["--task", "levy", "--method", "random", "--budget", "8", "--out", str(tmp_path / "o"),
+                 "--set", item]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(pattern, err[0]), err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SweepError, match=pattern):  # the sweep refuses it before launching any run
+        validate(["levy"], ["random"], [8], [item], {})
