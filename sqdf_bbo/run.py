@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import importlib.util
 import datetime as _dt
 import io
@@ -230,29 +231,36 @@ def _peak_mem_mb() -> float:
 
 
 # ---- evaluation (harness side: never shown to the agent, never charged) -------------------------
-def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator,
+                    reference: Optional[Any] = None) -> tuple[dict, torch.Tensor]:
     """Eval reward (noise-free oracle mean), path KL to the pretrained model, diversity (``vendi``, and
-    ``vendi_valid`` / ``n_valid`` where the task defines validity), naturalness."""
+    ``vendi_valid`` / ``n_valid`` where the task defines validity), naturalness.
+
+    For a diffusion policy the harness draws the evaluation trajectories itself (its own DDIM schedule and
+    noise, the agent's noise predictor) and measures the path KL against ``reference``, the harness's
+    own frozen pretrained backbone (``Task.harness_reference``; the agent's reference only where that is
+    None): nothing the agent records or overrides enters the evaluation."""
     from sqdf_bbo.agents.base import DiffusionAgent
-    from sqdf_bbo.diffusion import path_kl
+    from sqdf_bbo.diffusion import DDIMSchedule, path_kl, sample_trajectory
     from sqdf_bbo.metrics import diversity
 
     extra: dict = {}
     conds = task.eval_conditions(n_eval)  # held-out prompts (None for unconditional tiers)
     if isinstance(agent, DiffusionAgent) and not agent.steers_sampling:
+        ref = reference if reference is not None else agent.reference
+        sched = DDIMSchedule.from_scheduler(ref.scheduler, int(agent.config["num_steps"]), float(agent.config["eta"]))
+        policy = agent.sampling_policy() if hasattr(agent, "sampling_policy") else agent.policy
+        param = next(ref.parameters())
         designs, kls = [], []
-        same = agent.policy is agent.reference  # e.g. the pretrained agent: KL exactly 0
         bs = int(agent.config["sample_batch"])
-        chunks = [(i, min(bs, n_eval - i)) for i in range(0, n_eval, bs)]
-        trajs = (agent.sample(m, generator, cond=None if conds is None else conds[i:i + m], record_means=not same)
-                 for i, m in chunks)
-        for traj in trajs:
+        for i in range(0, n_eval, bs):
+            m = min(bs, n_eval - i)
+            x0 = torch.randn((m, *ref.latent_shape), generator=generator, dtype=param.dtype).to(param.device)
             with torch.no_grad():
-                designs.append(agent.policy.decode(traj.final).detach())
-            if same:
-                kls.append(torch.zeros(traj.batch_size, dtype=torch.float64))
-            else:
-                kls.append(path_kl(agent.policy_eps, agent.reference_eps, agent.schedule, traj))
+                traj = sample_trajectory(policy, sched, x0, cond=None if conds is None else conds[i:i + m],
+                                         generator=generator, record_means=True)
+                designs.append(ref.decode(traj.final).detach())
+            kls.append(path_kl(policy, ref, sched, traj))
         designs = torch.cat(designs)
         kl = float(torch.cat(kls).mean())
     else:
@@ -488,7 +496,7 @@ class Run:
                   "code_commit": _git_commit()}
             t0 = time.time()
             if main:
-                ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
+                ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen(), self.eval_reference)
                 st["reference_designs"] = designs0
                 st["rounds"].append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
                                      "round_wall_s": time.time() - t0, "train": {}})
@@ -530,7 +538,8 @@ class Run:
             if main:
                 bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: evaluating, best {best:.4g}")
                 t_eval = time.time()
-                ev, designs_eval = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen())
+                ev, designs_eval = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen(),
+                                                   self.eval_reference)
                 summary = curve_summary(np.array([q["true"] for q in st["queries"]]), args.budget)
                 summary["best_observed"] = float(max(q["observed"] for q in st["queries"]))
                 st["wall_s"] += time.time() - t_eval
@@ -625,6 +634,15 @@ class Run:
                                    "journal.jsonl: fix the oracle and --resume") from None
                 time.sleep(min(2.0 ** attempt, 30.0) * float(self.run_cfg["oracle_retry_wait_s"]))
         raise AssertionError("unreachable")
+
+    @functools.cached_property
+    def eval_reference(self):
+        """The harness's own frozen pretrained backbone (Task.harness_reference), built once, process 0 only."""
+        from sqdf_bbo.agents.base import DiffusionAgent
+
+        if not issubclass(self.agent_cls, DiffusionAgent) or self.agent_cls.steers_sampling:
+            return None
+        return self.task.harness_reference()
 
     def _eval_gen(self) -> torch.Generator:
         # the same eval noise every round (common random numbers across rounds and methods)

@@ -61,3 +61,40 @@ def test_task_info_reaches_no_task_oracle_or_env(name):
     backbone = info.make_backbone()
     assert not any(isinstance(o, (Task, BudgetedOracleEnv)) for o in reachable(backbone))
     del env
+
+
+def test_eval_kl_uses_the_harness_reference_not_the_agents():
+    """An agent that shifts its policy but answers reference_eps with its own policy (and samples through an
+    overridden sample()) would report KL 0 if the harness trusted it; the harness measures against its own
+    frozen backbone and draws the evaluation trajectories itself."""
+    import copy
+
+    from sqdf_bbo.agents.pretrained import PretrainedAgent
+    from sqdf_bbo.diffusion import DDIMSchedule, path_kl, sample_trajectory
+    from sqdf_bbo.run import evaluate_policy
+    from sqdf_bbo.tasks import make_task
+
+    class Cheat(PretrainedAgent):
+        def __init__(self, task, config=None, seed=0):
+            super().__init__(task, config, seed)
+            self.policy = copy.deepcopy(self.reference)
+            with torch.no_grad():
+                for p in self.policy.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+
+        def reference_eps(self, x, t, cond=None):
+            return self.policy(x, t, cond)
+
+        def sample(self, *a, **k):
+            raise AssertionError("the harness must not sample through the agent")
+
+    task = make_task("levy")
+    agent = Cheat(task.info, {"num_steps": 5}, seed=0)
+    ref = task.harness_reference()
+    ev, designs = evaluate_policy(agent, task, 32, torch.Generator().manual_seed(3), ref)
+    assert ev["path_kl"] > 0.01
+    sched = DDIMSchedule.from_scheduler(ref.scheduler, 5, 1.0)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn((32, *ref.latent_shape), generator=g)
+    traj = sample_trajectory(agent.policy, sched, x0, generator=g)
+    assert ev["path_kl"] == pytest.approx(float(path_kl(agent.policy, ref, sched, traj).mean()), rel=1e-6)

@@ -76,6 +76,15 @@ class Task:
     #: kernel bandwidth for the Vendi score in ``diversity_features`` space (None = cosine kernel)
     vendi_bandwidth: Optional[float] = None
 
+    def harness_reference(self) -> Any:
+        """The harness's own frozen pretrained backbone, against which evaluation samples are drawn and the
+        path KL is measured (never the agent's copy). Default: a fresh ``info.make_backbone()``; None makes the
+        harness use the agent's reference (the SD tier, where a second copy of the weights is too large)."""
+        ref = self.info.make_backbone() if self.info.make_backbone is not None else None
+        if ref is not None:
+            ref.eval().requires_grad_(False)
+        return ref
+
     def eval_conditions(self, n: int) -> Any:
         """Held-out conditions (e.g. evaluation prompts) for the harness's evaluation; None if unconditional."""
         return None

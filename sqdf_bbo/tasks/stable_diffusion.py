@@ -87,6 +87,11 @@ class AestheticSDTask(Task):
     tier = "sd"
     differentiable = True
 
+    def harness_reference(self):
+        """None: a second copy of SD's frozen weights is too large; the harness evaluates against the agent's
+        LoRA-disabled view of its own UNet (README "Known gaps")."""
+        return None
+
     def __init__(self, **kw):
         check_overrides("aesthetic-sd", kw, DEFAULTS)
         cfg = dict(DEFAULTS)
