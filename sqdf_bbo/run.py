@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from sqdf_bbo import settings as _settings
+from sqdf_bbo.checkpoint import checkpointable
 from sqdf_bbo.io import atomic_write_json, atomic_write_text
 from sqdf_bbo.settings import setting
 
@@ -62,6 +63,29 @@ class RunSettings:
 
 
 RUN_DEFAULTS = _settings.defaults(RunSettings)
+
+
+@checkpointable
+@dataclasses.dataclass
+class RunState:
+    """Everything a run has done so far; saved in ``checkpoint/state.json`` (plain values and tensors).
+
+    queries: one record per query (round, index, observed and noise-free value, extras, coordinates);
+    rounds: one record per finished round (round 0 = the pretrained model before any query);
+    env: the budgeted environment's state; in_round: set from the end of a round's query phase to the end of
+    the round (a resume then skips straight to fine-tuning); ckpt_id: the newest checkpoint's number;
+    reference_designs / last_designs: round 0's and the latest evaluation samples (for the sample grids)."""
+
+    next_round: int = 0
+    queries: list = dataclasses.field(default_factory=list)
+    rounds: list = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
+    env: dict = dataclasses.field(default_factory=dict)
+    code_commit: Optional[str] = None
+    ckpt_id: int = 0
+    in_round: Optional[dict] = None
+    reference_designs: Optional[Any] = None
+    last_designs: Optional[Any] = None
 
 
 def resolve_run_settings(overrides: dict, task_defaults: dict, budget: int) -> dict:
@@ -317,7 +341,7 @@ def load_agent(run_dir: str | Path, rank: int = 0):
         view.local_generator = lambda seed: torch.Generator().manual_seed(int(seed) * world + rank)
         agent.attach_data_parallel(view)
     desc, _ = checkpoint.load(run_dir / "checkpoint", "state")
-    c = int(checkpoint.decode(desc["run"]["v"]["ckpt_id"], "run.ckpt_id", {}))
+    c = int(checkpoint.decode(desc["run"]["v"]["ckpt_id"], "run.ckpt_id", {}))  # RunState.ckpt_id
     adesc, tensors = checkpoint.load(run_dir / "checkpoint", Run._agent_stem(c, rank))
     agent.load_state_tree(adesc["agent"]["v"], {k[len("agent."):]: v for k, v in tensors.items()
                                                 if k.startswith("agent.")})
@@ -377,13 +401,13 @@ class Run:
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 
-    def write_logs(self, st: dict) -> None:
+    def write_logs(self, st: RunState) -> None:
         import pandas as pd
 
         buf = io.StringIO()
-        pd.DataFrame(st["queries"]).to_csv(buf, index=False)
+        pd.DataFrame(st.queries).to_csv(buf, index=False)
         atomic_write_text(self.dir / "queries.csv", buf.getvalue())
-        atomic_write_text(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in st["rounds"]))
+        atomic_write_text(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in st.rounds))
 
     @staticmethod
     def _rng_state() -> dict:
@@ -393,7 +417,7 @@ class Run:
     def _agent_stem(ckpt_id: int, rank: int) -> str:
         return f"agent_rank{rank}_ckpt{ckpt_id}"
 
-    def save_checkpoint(self, st: dict, agent) -> None:
+    def save_checkpoint(self, st: RunState, agent) -> None:
         """checkpoint/agent_rank{r}_ckpt{c}.{json,safetensors} (each process's agent and RNG states) first,
         then checkpoint/state.{json,safetensors} (the run state naming checkpoint c, by process 0) last, then
         the older agent files go: a kill at any moment leaves a consistent last checkpoint. No pickle
@@ -402,7 +426,7 @@ class Run:
         from sqdf_bbo import checkpoint
 
         folder = self.ckpt.parent
-        st["ckpt_id"] = R = int(st.get("ckpt_id", 0)) + 1
+        st.ckpt_id = R = st.ckpt_id + 1
         try:
             checkpoint.save(folder, self._agent_stem(R, self.rank),
                             {"agent": agent.state_tree(), "rng": self._rng_state()})
@@ -420,7 +444,7 @@ class Run:
         if os.environ.get("SQDF_BBO_CRASH_AFTER_CHECKPOINT") == str(R):  # test hook: a kill right after it
             os._exit(17)
 
-    def load_checkpoint(self) -> tuple[dict, Any, dict]:
+    def load_checkpoint(self) -> tuple[RunState, Any, dict]:
         """(run state, agent, RNG states) of the last checkpoint; the agent is built from the run's config
         and its saved state loaded into it (no code from the folder runs)."""
         from sqdf_bbo import checkpoint
@@ -433,7 +457,7 @@ class Run:
                 raise CLIError(f"run folder {str(self.dir)!r} was started with {saved_world} process(es); "
                                f"resume it with {saved_world}, not {self.world_size}")
             st = checkpoint.decode(desc["run"], "run", tensors)
-            adesc, atensors = checkpoint.load(folder, self._agent_stem(st["ckpt_id"], self.rank))
+            adesc, atensors = checkpoint.load(folder, self._agent_stem(st.ckpt_id, self.rank))
             agent = self.agent_cls(self.task.info, self.agent_overrides, self.args.seed)
             if self.dp is not None:
                 agent.attach_data_parallel(self.dp)
@@ -446,122 +470,131 @@ class Run:
 
     # -- main loop --
     def execute(self, progress: bool = True) -> dict:
+        """Run (or resume) to the end: :meth:`start`, then :meth:`run_round` for every round left, then
+        :meth:`finish`. Returns the final metrics (final.json)."""
         from tqdm import tqdm
 
-        from sqdf_bbo.envs import BudgetedOracleEnv
-
-        from sqdf_bbo.journal import QueryJournal
-
-        args, task = self.args, self.task
-        env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"], report_true=True)
-        if args.resume and (self.dir / "final.json").exists():
+        if self.args.resume and (self.dir / "final.json").exists():
             return json.loads((self.dir / "final.json").read_text())
+        env, agent, st = self.start()
+        bar = tqdm(total=self.args.budget, initial=len(st.queries), unit="query",
+                   disable=not (progress and self.rank == 0), desc=f"{self.args.task}/{self.args.method}",
+                   dynamic_ncols=True)
+        for r in range(st.next_round, len(self.sizes)):
+            self.run_round(r, env, agent, st, bar)
+            if os.environ.get("SQDF_BBO_CRASH_AFTER_ROUND") == str(r + 1):  # test hook: simulate a kill
+                bar.close()
+                os._exit(17)
+        bar.close()
+        return self.finish(st)
+
+    def start(self) -> tuple[Any, Any, RunState]:
+        """(env, agent, state): restored from the last checkpoint on --resume, else fresh (seeds set,
+        config.json and an empty journal written, round 0 = the pretrained model evaluated, checkpointed)."""
+        from sqdf_bbo.envs import BudgetedOracleEnv
+        from sqdf_bbo.journal import QueryJournal
         from sqdf_bbo.trackers import make_tracker
 
+        args, task, main = self.args, self.task, self.rank == 0
+        env = BudgetedOracleEnv(task, budget=args.budget, batch_size=self.run_cfg["batch_size"], report_true=True)
         self.journal = QueryJournal(self.dir / "journal.jsonl")
-        self.tracker = make_tracker(self.run_cfg["tracker"] if self.rank == 0 else "none", self.dir, self.dir.name,
+        self.tracker = make_tracker(self.run_cfg["tracker"] if main else "none", self.dir, self.dir.name,
                                     {"task": args.task, "method": args.method, "budget": args.budget, "seed": args.seed,
                                      **self.agent_config})
-        main = self.rank == 0
         if args.resume and self.ckpt.exists():
             st, agent, rng = self.load_checkpoint()
-            if main and st.get("in_round"):
-                print(f"resuming round {st['in_round']['round']} after its query phase"
+            if main and st.in_round:
+                print(f"resuming round {st.in_round['round']} after its query phase"
                       + (f" at optimizer step {agent.round_progress['done']}"
                          if getattr(agent, "round_progress", None) else ""), file=sys.stderr)
             now = _git_commit()
-            if main and st.get("code_commit") and now and st["code_commit"] != now:
-                print(f"note: checkpoint written at commit {st['code_commit'][:10]}, code is at {now[:10]}; its "
+            if main and st.code_commit and now and st.code_commit != now:
+                print(f"note: checkpoint written at commit {st.code_commit[:10]}, code is at {now[:10]}; its "
                       "state matched the current code, but results may differ from an uninterrupted run",
                       file=sys.stderr)
             torch.set_rng_state(rng["torch"])
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
-            env.set_state(st["env"])
-        else:
-            torch.manual_seed(args.seed)
-            np.random.seed(args.seed)
-            random.seed(args.seed)
-            env.reset(seed=args.seed)
-            if main:
-                atomic_write_json(self.dir / "config.json", self.config_record())
-                self.journal.reset()
-            agent = self.agent_cls(task.info, self.agent_overrides, args.seed)
-            if self.dp is not None:
-                if not hasattr(agent, "attach_data_parallel"):
-                    raise CLIError(f"method {args.method!r} does not support several processes "
-                                   "(it has no attach_data_parallel); launch it as one process")
-                agent.attach_data_parallel(self.dp)
-            st = {"next_round": 0, "queries": [], "rounds": [], "wall_s": 0.0, "env": env.get_state(),
-                  "code_commit": _git_commit()}
-            t0 = time.time()
-            if main:
-                ev, designs0 = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen(), self.eval_reference)
-                st["reference_designs"] = designs0
-                st["rounds"].append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
-                                     "round_wall_s": time.time() - t0, "train": {}})
-                self.write_logs(st)
-                self.track(st)
-            st["wall_s"] += time.time() - t0
-            self.save_checkpoint(st, agent)
+            env.set_state(st.env)
+            return env, agent, st
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        random.seed(args.seed)
+        env.reset(seed=args.seed)
+        if main:
+            atomic_write_json(self.dir / "config.json", self.config_record())
+            self.journal.reset()
+        agent = self.agent_cls(task.info, self.agent_overrides, args.seed)
+        if self.dp is not None:
+            if not hasattr(agent, "attach_data_parallel"):
+                raise CLIError(f"method {args.method!r} does not support several processes "
+                               "(it has no attach_data_parallel); launch it as one process")
+            agent.attach_data_parallel(self.dp)
+        st = RunState(env=env.get_state(), code_commit=_git_commit())
+        t0 = time.time()
+        if main:
+            ev, st.reference_designs = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen(),
+                                                       self.eval_reference)
+            st.rounds.append({"round": 0, "queries_used": 0, "round_size": 0, **ev,
+                              "round_wall_s": time.time() - t0, "train": {}})
+            self.write_logs(st)
+            self.track(st)
+        st.wall_s += time.time() - t0
+        self.save_checkpoint(st, agent)
+        return env, agent, st
 
-        bar = tqdm(total=args.budget, initial=len(st["queries"]), unit="query", disable=not (progress and main),
-                   desc=f"{args.task}/{args.method}", dynamic_ncols=True)
-        for r in range(st["next_round"], len(self.sizes)):
-            t0 = time.time()
-            n = self.sizes[r]
-            if st.get("in_round") is None:  # the query phase (skipped when resuming after it)
-                bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
-                gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
-                designs = agent.propose(n, gen)
-                designs = self._check_designs(designs, n)
-                observed = None
-                if main:  # process 0 alone spends the budget; the others get its answers
-                    observed = self._query(env, designs, st, r, bar)
-                if self.dp is not None:
-                    observed = self.dp.broadcast_object(observed)
-                agent.observe(designs, torch.from_numpy(observed))
-                st["in_round"] = {"round": r + 1, "query_wall_s": time.time() - t0}
-                if main:
-                    st["env"] = env.get_state()
-                self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
-            best = max(q["true"] for q in st["queries"]) if main else float("nan")
-            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
-            every = int(self.run_cfg["checkpoint_every"])
-            agent.update_hook = (lambda done: self.save_checkpoint(st, agent) if done % every == 0 else None) \
-                if every else None
-            train_stats = agent.improve() or {}
-            agent.update_hook = None
-            st.pop("in_round")
-            st["next_round"] = r + 1
-            st["wall_s"] += time.time() - t0
+    def run_round(self, r: int, env, agent, st: RunState, bar) -> None:
+        """Round r + 1: query phase (propose, query through the journal, observe; checkpoint), fine-tuning
+        (improve, with mid-round checkpoints), evaluation and logs (process 0), checkpoint."""
+        args, main, n = self.args, self.rank == 0, self.sizes[r]
+        t0 = time.time()
+        if st.in_round is None:  # skipped when resuming after the query phase
+            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
+            gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
+            designs = self._check_designs(agent.propose(n, gen), n)
+            observed = self._query(env, designs, st, r, bar) if main else None  # process 0 alone spends budget
+            if self.dp is not None:
+                observed = self.dp.broadcast_object(observed)
+            agent.observe(designs, torch.from_numpy(observed))
+            st.in_round = {"round": r + 1, "query_wall_s": time.time() - t0}
             if main:
-                bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: evaluating, best {best:.4g}")
-                t_eval = time.time()
-                ev, designs_eval = evaluate_policy(agent, task, self.run_cfg["n_eval"], self._eval_gen(),
-                                                   self.eval_reference)
-                summary = curve_summary(np.array([q["true"] for q in st["queries"]]), args.budget)
-                summary["best_observed"] = float(max(q["observed"] for q in st["queries"]))
-                st["wall_s"] += time.time() - t_eval
-                st["rounds"].append({"round": r + 1, "round_size": n, **summary, **ev,
-                                     "round_wall_s": time.time() - t0,
-                                     "train": {k: _num(v) for k, v in train_stats.items()}})
-                st["env"] = env.get_state()
-                st["last_designs"] = designs_eval
-                self._render(designs_eval, st.get("reference_designs"), r + 1)
-                self.write_logs(st)
-                self.track(st)
-            self.save_checkpoint(st, agent)
-            if os.environ.get("SQDF_BBO_CRASH_AFTER_ROUND") == str(r + 1):  # test hook: simulate a kill
-                bar.close()
-                os._exit(17)
-        bar.close()
-        if not main:
+                st.env = env.get_state()
+            self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
+        best = max(q["true"] for q in st.queries) if main else float("nan")
+        bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
+        every = int(self.run_cfg["checkpoint_every"])
+        agent.update_hook = (lambda done: self.save_checkpoint(st, agent) if done % every == 0 else None) \
+            if every else None
+        train_stats = agent.improve() or {}
+        agent.update_hook = None
+        st.in_round = None
+        st.next_round = r + 1
+        st.wall_s += time.time() - t0
+        if main:
+            bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: evaluating, best {best:.4g}")
+            t_eval = time.time()
+            ev, st.last_designs = evaluate_policy(agent, self.task, self.run_cfg["n_eval"], self._eval_gen(),
+                                                  self.eval_reference)
+            summary = curve_summary(np.array([q["true"] for q in st.queries]), args.budget)
+            summary["best_observed"] = float(max(q["observed"] for q in st.queries))
+            st.wall_s += time.time() - t_eval
+            st.rounds.append({"round": r + 1, "round_size": n, **summary, **ev, "round_wall_s": time.time() - t0,
+                              "train": {k: _num(v) for k, v in train_stats.items()}})
+            st.env = env.get_state()
+            self._render(st.last_designs, st.reference_designs, r + 1)
+            self.write_logs(st)
+            self.track(st)
+        self.save_checkpoint(st, agent)
+
+    def finish(self, st: RunState) -> dict:
+        """final.json (process 0; the others wait for it and read it)."""
+        args = self.args
+        if self.rank != 0:
             self.dp.barrier()  # process 0 writes final.json
             return json.loads((self.dir / "final.json").read_text())
         final = {"task": args.task, "method": args.method, "seed": args.seed, "budget": args.budget,
-                 **{k: v for k, v in st["rounds"][-1].items() if k not in ("train", "round_size")},
-                 "rounds": len(self.sizes), "wall_time_s": st["wall_s"], "peak_mem_mb": _peak_mem_mb(),
+                 **{k: v for k, v in st.rounds[-1].items() if k not in ("train", "round_size")},
+                 "rounds": len(self.sizes), "wall_time_s": st.wall_s, "peak_mem_mb": _peak_mem_mb(),
                  "run_dir": str(self.dir)}
         final.pop("round_wall_s", None)
         if self.world_size > 1:
@@ -572,7 +605,7 @@ class Run:
             self.dp.barrier()
         return final
 
-    def _query(self, env, designs: torch.Tensor, st: dict, r: int, bar) -> np.ndarray:
+    def _query(self, env, designs: torch.Tensor, st: RunState, r: int, bar) -> np.ndarray:
         """Query the oracle through the budgeted env in batches; log every query; (n,) observed values."""
         task, n, bs = self.task, len(designs), self.run_cfg["batch_size"]
         from sqdf_bbo.journal import designs_sha256
@@ -592,7 +625,7 @@ class Run:
                 info = self._step_with_retries(env, batch)
                 obs = np.asarray(info["values"], dtype=np.float64)
                 tru = np.asarray(info["true_values"], dtype=np.float64)  # the oracle is called once per query
-                self.journal.append(r + 1, b, len(st["queries"]) + i, batch, obs, tru, env.get_state())
+                self.journal.append(r + 1, b, len(st.queries) + i, batch, obs, tru, env.get_state())
                 crash = os.environ.get("SQDF_BBO_CRASH_AFTER_QUERIES")  # test hook: simulate a kill mid-round
                 if crash and env.queries_used >= int(crash):
                     os._exit(17)
@@ -601,7 +634,7 @@ class Run:
             bar.update(len(obs))
         observed, true = np.concatenate(observed), np.concatenate(true)
         extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
-        start = len(st["queries"])
+        start = len(st.queries)
         flat = task.design_columns(designs)
         for i in range(n):
             row = {"round": r + 1, "query_index": start + i, "observed": float(observed[i]),
@@ -609,14 +642,14 @@ class Run:
             row.update({k: float(v[i]) for k, v in extras.items()})
             if flat is not None:
                 row.update({f"x{j}": float(flat[i, j]) for j in range(flat.shape[1])})
-            st["queries"].append(row)
+            st.queries.append(row)
         if flat is None:  # large designs (images): kept in designs/round<k>.npy, as the task stores them
             self._save_designs(designs, r + 1)
         return observed
 
-    def track(self, st: dict) -> None:
+    def track(self, st: RunState) -> None:
         """Mirror the newest round's record (and its sample grid) to the optional tracker."""
-        rec = st["rounds"][-1]
+        rec = st.rounds[-1]
         img = self.dir / "samples.png"
         self.tracker.log_round(rec, step=int(rec.get("queries_used", 0)), image=img if img.exists() else None)
 
