@@ -205,7 +205,7 @@ def plan_grid(methods: Sequence[str], grid_args: Sequence[str] = (), knob_args: 
             errors.append(str(e))
             continue
         if m in SINGLE_POINT and (m in grids or m in knobs):
-            raise SweepError(f"{m!r} is a single point (KL 0); it takes no --grid or --knob")
+            raise SweepError(f"{m!r} is a single point; it takes no --grid or --knob")
         knob = knobs.get(m) or default_knob(m, cls)
         if m in knobs and knob not in cls.default_config:
             raise SweepError(f"--knob {m}={knob}: {cls.__name__} has no setting {knob!r}; allowed: "
@@ -550,7 +550,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{len(seeds)} seeds); {n_done} finished already (skipped), {len(specs) - n_done} to run "
           f"[{args.backend}, {args.workers} worker(s) x {args.threads} thread(s)]", file=sys.stderr)
     for p in plans.values():
-        grid = "single point (KL 0)" if p.knob is None else f"{p.knob} = {', '.join(map(fmt_value, p.values))}"
+        grid = ("single point (KL 0)" if m == "pretrained" else "single point (no path KL)") if p.knob is None else f"{p.knob} = {', '.join(map(fmt_value, p.values))}"
         print(f"  {p.method}: {grid} [{p.source}]", file=sys.stderr)
     if args.dry_run:
         return sweep.execute(specs, status, args, command, label="frontier")

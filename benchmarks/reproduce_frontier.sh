@@ -3,8 +3,9 @@
 # results/frontier_leaderboard.{csv,md}): every method on ackley-manifold, levy-manifold,
 # rastrigin-manifold and levy, budget 1000, seeds 0-2, each method over its knob grid (the rule in
 # benchmarks/frontier.py: beta = 0.01, 0.1, 1, 10 for the KL-regularised methods, lr = default x 0.01, 0.1,
-# 1, 10 for the others, candidate counts 2, 4, 16, 64 for best-of-n and svdd, pretrained as one point). Resumable: re-running skips finished runs and continues
-# interrupted ones.
+# 1, 10 for the others, candidate counts 2, 4, 16, 64 for best-of-n and svdd, beta for fk-steering,
+# pretrained, random, turbo and qlognei as one point each). Resumable: re-running skips finished runs and
+# continues interrupted ones.
 #
 #   bash benchmarks/reproduce_frontier.sh [OUT=runs/frontier] [WORKERS=2]
 #
@@ -15,11 +16,13 @@ OUT=${1:-runs/frontier}
 WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TASKS=ackley-manifold,levy-manifold,rastrigin-manifold,levy
-TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf)
-PEERS=(best-of-n svdd)  # inference-time: refit the same proxy, train nothing
-METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}")
+TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft)
+PEERS=(best-of-n svdd fk-steering)  # inference-time: refit the same proxy, train nothing
+PRIOR_FREE=(random turbo qlognei)  # ignore the diffusion prior: no path KL, one point each
+METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}"),$(IFS=,; echo "${PRIOR_FREE[*]}")
 
-# Common settings: 128 eval draws and 10 DDIM steps for every method (pretrained included); the
+# Common settings: 128 eval draws for every method and 10 DDIM steps for every diffusion method (pretrained
+# included; the prior-free ones have no num_steps, so it goes through --set-for); the
 # fine-tuning methods also get 20 updates per round and 30 proxy epochs (pretrained trains nothing and
 # has neither key, so these go through --set-for).
 PER_METHOD=()
@@ -29,9 +32,12 @@ done
 for m in "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
 done
+for m in pretrained "${TRAINED[@]}" "${PEERS[@]}"; do
+    PER_METHOD+=(--set-for "$m" num_steps=10)
+done
 
 python -m benchmarks.frontier --tasks "$TASKS" --methods "$METHODS" --budget 1000 --seeds 0-2 \
     --out "$OUT" --workers "$WORKERS" --threads 1 --resume --no-progress \
-    --set run.n_eval=128 --set num_steps=10 "${PER_METHOD[@]}" \
+    --set run.n_eval=128 "${PER_METHOD[@]}" \
     --csv results/frontier.csv --plots results/ --leaderboard results/frontier_leaderboard.csv \
     --md results/frontier_leaderboard.md "$@"
