@@ -550,7 +550,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{len(seeds)} seeds); {n_done} finished already (skipped), {len(specs) - n_done} to run "
           f"[{args.backend}, {args.workers} worker(s) x {args.threads} thread(s)]", file=sys.stderr)
     for p in plans.values():
-        grid = ("single point (KL 0)" if m == "pretrained" else "single point (no path KL)") if p.knob is None else f"{p.knob} = {', '.join(map(fmt_value, p.values))}"
+        grid = ("single point (KL 0)" if p.method == "pretrained" else "single point (no path KL)") if p.knob is None else f"{p.knob} = {', '.join(map(fmt_value, p.values))}"
         print(f"  {p.method}: {grid} [{p.source}]", file=sys.stderr)
     if args.dry_run:
         return sweep.execute(specs, status, args, command, label="frontier")
