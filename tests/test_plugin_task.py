@@ -97,3 +97,16 @@ def test_misbehaving_plugin_agent_gives_one_line(plugin_path, tmp_path):
              "--out", str(tmp_path / "o")], plugin_path, tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "method 'badagents:Raises' raised RuntimeError: my bug" in p.stderr
+
+
+def test_readme_task_runs_the_bo_agents(plugin_path, tmp_path):
+    """A task with its own prior and no backbone of ours runs TuRBO-1 and qLogNEI (issue 17 item 1)."""
+    for method, extra in (("turbo", ["--set", "n_candidates=200"]),
+                          ("qlognei", ["--set", "q_chunk=4", "--set", "num_restarts=2", "--set", "raw_samples=32",
+                                       "--set", "maxiter=20", "--set", "mc_samples=32"])):
+        p = run(["-m", "sqdf_bbo.run", "--task", "mytasks:make_task", "--method", method, "--budget", "40",
+                 "--out", str(tmp_path), "--no-progress", "--set", "run.n_eval=8", "--set", "run.rounds=3", *extra],
+                plugin_path, tmp_path)
+        assert p.returncode == 0, p.stderr
+        final = json.loads((tmp_path / f"mytasks.make_task__{method}__b40__s0" / "final.json").read_text())
+        assert final["queries_used"] == 40 and -310 < final["best_so_far"] <= -0.397887 + 1e-6
