@@ -17,20 +17,19 @@ its budget knobs (the tutorial's 10, 512, 200 by default).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from baselines.turbo import box_of, sobol
-from sqdf_bbo.agents.base import Agent
+from baselines._bo import UnitCubeAgent, sobol
 from sqdf_bbo.settings import setting
-from sqdf_bbo.tasks.base import TaskInfo
 
 Tensor = torch.Tensor
 
 
-class QLogNEIAgent(Agent):
+class QLogNEIAgent(UnitCubeAgent):
     """GP + qLogNEI batch BO; see the module docstring."""
+
+    METHOD = "qlognei"
 
     @dataclass
     class Settings:
@@ -40,30 +39,9 @@ class QLogNEIAgent(Agent):
         raw_samples: int = setting(512, "optimize_acqf raw samples for the initial conditions", ge=1)
         maxiter: int = setting(200, "L-BFGS-B iterations per restart", ge=1)
 
-    @classmethod
-    def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
-        box_of(task, "qlognei")
-        return super().resolve_config(task, overrides)
-
-    def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
-        super().__init__(task, config, seed)
-        self.lo, self.hi = box_of(task, "qlognei")
-        self.dim = len(self.lo)
-        self.X = torch.empty(0, self.dim, dtype=torch.float64)
-        self.Y = torch.empty(0, dtype=torch.float64)
-        self.model = None
-
-    CHECKPOINT_SKIP = ("model", "lo", "hi", "dim")  # the GP is refitted from the saved data on resume
-
-    def after_load(self) -> None:
+    def after_load(self) -> None:  # the GP is refitted from the saved data on resume
         if len(self.Y) >= 2:
             self.improve()
-
-    def observe(self, designs: Tensor, values: Tensor) -> None:
-        u = ((torch.as_tensor(designs, dtype=torch.float64) - self.lo) / (self.hi - self.lo)).clamp(0, 1)
-        v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-        ok = torch.isfinite(v)
-        self.X, self.Y = torch.cat([self.X, u[ok]]), torch.cat([self.Y, v[ok]])
 
     def improve(self) -> dict[str, float]:
         from botorch.fit import fit_gpytorch_mll
@@ -82,7 +60,7 @@ class QLogNEIAgent(Agent):
     def propose(self, n: int, generator: torch.Generator) -> Tensor:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         u = sobol(n, self.dim, seed) if self.model is None or n == 0 else self.acquire(n, seed)
-        return (self.lo + (self.hi - self.lo) * u).float()
+        return self.to_box(u)
 
     def acquire(self, n: int, seed: int) -> Tensor:
         """n points (n, d) in the unit cube by sequential-greedy chunks of joint qLogNEI optimisation."""

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from sqdf_bbo.agents.base import Agent
+from baselines._bo import UnitCubeAgent, sobol
 from sqdf_bbo.checkpoint import checkpointable
 from sqdf_bbo.settings import setting
 from sqdf_bbo.tasks.base import TaskInfo
@@ -85,13 +85,6 @@ def trust_region(centre: Tensor, lengthscales: Tensor, length: float) -> tuple[T
     return (centre - w * length / 2).clamp(0.0, 1.0), (centre + w * length / 2).clamp(0.0, 1.0)
 
 
-def sobol(n: int, dim: int, seed: int) -> Tensor:
-    """n scrambled Sobol points in [0, 1]^d, float64, reproducible in ``seed``."""
-    from torch.quasirandom import SobolEngine
-
-    return SobolEngine(dim, scramble=True, seed=seed).draw(n, dtype=torch.float64)
-
-
 def fit_gp(X: Tensor, Y: Tensor, turbo_kernel: bool = True):
     """A SingleTaskGP on unit-cube inputs X (n, d) and hand-standardised Y (n,); TuRBO's Matérn-5/2 ARD kernel
     (lengthscale in [0.005, 4]) when ``turbo_kernel``, BoTorch's defaults otherwise. Fitted by marginal
@@ -111,18 +104,10 @@ def fit_gp(X: Tensor, Y: Tensor, turbo_kernel: bool = True):
     return model.eval()
 
 
-def box_of(task: TaskInfo, method: str) -> tuple[Tensor, Tensor]:
-    """(lo, hi) float64 (d,) of a vector task's box; one clear error for other tasks."""
-    if task.bounds is None or len(task.design_shape) != 1:
-        raise ValueError(f"method {method!r} needs a vector task with box bounds (design_shape (d,)), but task "
-                         f"{task.name!r} has design_shape {tuple(task.design_shape)} and bounds "
-                         f"{'None' if task.bounds is None else 'set'}")
-    lo, hi = (torch.as_tensor(b, dtype=torch.float64).reshape(-1) for b in task.bounds)
-    return lo, hi
-
-
-class TuRBOAgent(Agent):
+class TuRBOAgent(UnitCubeAgent):
     """TuRBO-1 with Thompson sampling; see the module docstring."""
+
+    METHOD = "turbo"
 
     @dataclass
     class Settings:
@@ -134,7 +119,6 @@ class TuRBOAgent(Agent):
 
     @classmethod
     def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
-        box_of(task, "turbo")
         c = super().resolve_config(task, overrides)
         if not c["length_min"] < c["length_init"] <= c["length_max"]:
             raise ValueError(f"need length_min < length_init <= length_max, got {c['length_min']}, "
@@ -143,18 +127,10 @@ class TuRBOAgent(Agent):
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
-        self.lo, self.hi = box_of(task, "turbo")
-        self.dim = len(self.lo)
-        self.X = torch.empty(0, self.dim, dtype=torch.float64)  # unit cube, every observation
-        self.Y = torch.empty(0, dtype=torch.float64)
         self.local_start = 0  # first index of the points since the last restart
         self.batch_start = 0  # first index of the latest batch
         self.state: Optional[TurboState] = None
-        self.model = None
         self.restarts = 0
-
-    #: the GP is refitted from the saved data on resume (after_load); the box comes from the task
-    CHECKPOINT_SKIP = ("model", "lo", "hi", "dim")
 
     def after_load(self) -> None:
         if self.state is not None:
@@ -168,11 +144,8 @@ class TuRBOAgent(Agent):
                           success_tolerance=int(c["success_tolerance"]))
 
     def observe(self, designs: Tensor, values: Tensor) -> None:
-        u = ((torch.as_tensor(designs, dtype=torch.float64) - self.lo) / (self.hi - self.lo)).clamp(0, 1)
-        v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-        ok = torch.isfinite(v)  # an unscored design carries no signal
         self.batch_start = len(self.Y)
-        self.X, self.Y = torch.cat([self.X, u[ok]]), torch.cat([self.Y, v[ok]])
+        super().observe(designs, values)
 
     def posterior_mean(self, X: Tensor) -> Tensor:
         with torch.no_grad():
@@ -208,7 +181,7 @@ class TuRBOAgent(Agent):
             u = sobol(n, self.dim, seed)
         else:
             u = self.thompson_batch(n, seed)
-        return (self.lo + (self.hi - self.lo) * u).float()
+        return self.to_box(u)
 
     def thompson_batch(self, n: int, seed: int) -> Tensor:
         """n points (n, d) in the unit cube by Thompson sampling in the trust region."""

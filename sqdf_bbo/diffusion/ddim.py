@@ -15,7 +15,7 @@ All per-sample reductions sum over every non-batch dimension unless ``reduction=
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
