@@ -113,6 +113,16 @@ class Killed(Exception):
     pass
 
 
+def assert_same_run(run_a, run_b) -> None:
+    """final.json (timings aside) and queries.csv of two run folders agree."""
+    fa, fb = (json.loads((r / "final.json").read_text()) for r in (run_a, run_b))
+    for d in (fa, fb):
+        for k in TIMING_KEYS:
+            d.pop(k, None)
+    assert json.dumps(fa, sort_keys=True) == json.dumps(fb, sort_keys=True)
+    pd.testing.assert_frame_equal(pd.read_csv(run_a / "queries.csv"), pd.read_csv(run_b / "queries.csv"))
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_resumes_to_the_same_result(tmp_path, monkeypatch, method):
     assert main(_argv(method, tmp_path / "a")) == 0
@@ -128,13 +138,7 @@ def test_every_method_resumes_to_the_same_result(tmp_path, monkeypatch, method):
     run_b = next((tmp_path / "b").iterdir())
     assert not list(run_b.rglob("*.pt"))  # no pickle anywhere in the run folder
     assert main(_argv(method, tmp_path / "b") + ["--resume"]) == 0
-    run_a = next((tmp_path / "a").iterdir())
-    fa, fb = (json.loads((r / "final.json").read_text()) for r in (run_a, run_b))
-    for d in (fa, fb):
-        for k in TIMING_KEYS:
-            d.pop(k, None)
-    assert json.dumps(fa, sort_keys=True) == json.dumps(fb, sort_keys=True)
-    pd.testing.assert_frame_equal(pd.read_csv(run_a / "queries.csv"), pd.read_csv(run_b / "queries.csv"))
+    assert_same_run(next((tmp_path / "a").iterdir()), run_b)
 
 
 def test_resume_refuses_state_of_other_code(tmp_path, monkeypatch, capsys):
@@ -170,12 +174,7 @@ def test_kill_right_after_any_checkpoint_resumes_exactly(tmp_path, monkeypatch, 
     monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT")
     assert main(_argv(method, tmp_path / "b") + extra + ["--resume"]) == 0
     run_a, run_b = next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir())
-    fa, fb = (json.loads((r / "final.json").read_text()) for r in (run_a, run_b))
-    for d in (fa, fb):
-        for k in TIMING_KEYS:
-            d.pop(k, None)
-    assert json.dumps(fa, sort_keys=True) == json.dumps(fb, sort_keys=True)
-    pd.testing.assert_frame_equal(pd.read_csv(run_a / "queries.csv"), pd.read_csv(run_b / "queries.csv"))
+    assert_same_run(run_a, run_b)
     ra = [json.loads(x) for x in (run_a / "rounds.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (run_b / "rounds.jsonl").read_text().splitlines()]
     strip = lambda r: {k: v for k, v in r.items() if "wall" not in k and k != "train"}  # noqa: E731
@@ -213,11 +212,7 @@ def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
         assert proc.returncode == -signal.SIGKILL, err
     assert kills >= 1
     run_a, run_b = next((tmp_path / "a").iterdir()), next(out_b.iterdir())
-    fa, fb = (json.loads((r / "final.json").read_text()) for r in (run_a, run_b))
-    for d in (fa, fb):
-        for k in TIMING_KEYS:
-            d.pop(k, None)
-    assert json.dumps(fa, sort_keys=True) == json.dumps(fb, sort_keys=True)
+    assert_same_run(run_a, run_b)
     assert (run_a / "queries.csv").read_bytes() == (run_b / "queries.csv").read_bytes()
     entries = [json.loads(x) for x in (run_b / "journal.jsonl").read_text().splitlines() if x.strip()]
     starts = [e["start"] for e in entries]

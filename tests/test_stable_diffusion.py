@@ -439,6 +439,15 @@ def test_one_round_of_every_method(task):
             assert agent.q_estimator_used == "cm", agent.q_fallback_reason
 
 
+def _assert_same_predictions(a2, agent) -> None:
+    """The policy, reference and CM of two SD agents agree on one fixed input."""
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([501, 1])
+    with torch.no_grad():
+        for name in ("policy", "reference", "cm"):
+            assert torch.allclose(getattr(a2, name)(z, t, PROMPTS), getattr(agent, name)(z, t, PROMPTS), atol=1e-6), name
+
+
 def test_slim_pickle_round_trip(task):
     """Checkpoints store the load recipe + LoRA, not the frozen weights; the reloaded agent is identical and the
     reference / CM still share the reloaded policy's UNet."""
@@ -455,12 +464,7 @@ def test_slim_pickle_round_trip(task):
     buf.seek(0)
     a2 = torch.load(buf, weights_only=False)["agent"]
     assert a2.reference.sd is a2.policy and a2.cm._sd is a2.policy
-    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
-    t = torch.tensor([501, 1])
-    with torch.no_grad():
-        assert torch.allclose(a2.policy(z, t, PROMPTS), agent.policy(z, t, PROMPTS), atol=1e-6)
-        assert torch.allclose(a2.reference(z, t, PROMPTS), agent.reference(z, t, PROMPTS), atol=1e-6)
-        assert torch.allclose(a2.cm(z, t, PROMPTS), agent.cm(z, t, PROMPTS), atol=1e-6)
+    _assert_same_predictions(a2, agent)
     assert sorted(n for n, p in a2.policy.named_parameters() if p.requires_grad) == \
         sorted(n for n, p in agent.policy.named_parameters() if p.requires_grad)
 
@@ -479,12 +483,7 @@ def test_run_checkpoint_stores_only_the_lora(task, tmp_path):
     desc, tensors = checkpoint.load(tmp_path, "agent")
     a2 = make_agent("sqdf", task.info, cfg, seed=0)
     a2.load_state_tree(desc["agent"]["v"], {k[len("agent."):]: v for k, v in tensors.items()})
-    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
-    t = torch.tensor([501, 1])
-    with torch.no_grad():
-        assert torch.allclose(a2.policy(z, t, PROMPTS), agent.policy(z, t, PROMPTS), atol=1e-6)
-        assert torch.allclose(a2.reference(z, t, PROMPTS), agent.reference(z, t, PROMPTS), atol=1e-6)
-        assert torch.allclose(a2.cm(z, t, PROMPTS), agent.cm(z, t, PROMPTS), atol=1e-6)
+    _assert_same_predictions(a2, agent)
 
 
 def test_agent_view_reaches_neither_task_head_nor_eval_prompts(task):
