@@ -107,6 +107,6 @@ def draw_noise(agent, n: int) -> tuple[Tensor, Tensor, Any]:
     param = next(agent.reference.parameters())
     g = agent.generator
     cond = agent.task.sample_conditions(n, g) if agent.task.sample_conditions else None
-    x0 = torch.randn((n, *shape), generator=g, dtype=param.dtype).to(param.device)
+    x0 = agent.reference.initial_noise(n, g, agent.schedule)
     noises = torch.randn((n, agent.schedule.num_steps, *shape), generator=g, dtype=param.dtype).to(param.device)
     return x0, noises, cond

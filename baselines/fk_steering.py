@@ -172,10 +172,8 @@ class FKSteeringAgent(ProxyGuidedAgent):
         P, N, sched = int(self.config["particles"]), self.schedule.num_steps, self.schedule
         steps = set(resampling_steps(N, int(self.config["resample_every"])))
         w = ParticleWeights(pops, P, self.config["potential"], float(self.config["potential_scale"]))
-        param = next(self.reference.parameters())
-        shape = tuple(self.reference.latent_shape)
         B = pops * P
-        z = torch.randn((B, *shape), generator=generator, dtype=param.dtype).to(param.device)
+        z = self.reference.initial_noise(B, generator, sched)
         for k in range(N):
             eps = self.reference_eps(z, sched.timestep_batch(k, B, z.device), cond)
             x_hat = sched.predict_x0(z, eps, k)

@@ -98,9 +98,8 @@ class SVDDAgent(ProxyGuidedAgent):
         """n value-guided designs (n, *design_shape)."""
         M, N, sched = int(self.config["candidates"]), self.schedule.num_steps, self.schedule
         alpha = float(self.config["temperature"])
-        param = next(self.reference.parameters())
         shape = tuple(self.reference.latent_shape)
-        z = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)
+        z = self.reference.initial_noise(n, generator, sched)
         eps = None
         cond_m = _repeat(cond, M)
         for k in range(N):

@@ -274,12 +274,11 @@ def evaluate_policy(agent, task, n_eval: int, generator: torch.Generator,
         ref = reference if reference is not None else agent.reference
         sched = DDIMSchedule.from_scheduler(ref.scheduler, int(agent.config["num_steps"]), float(agent.config["eta"]))
         policy = agent.sampling_policy() if hasattr(agent, "sampling_policy") else agent.policy
-        param = next(ref.parameters())
         designs, kls = [], []
         bs = int(agent.config["sample_batch"])
         for i in range(0, n_eval, bs):
             m = min(bs, n_eval - i)
-            x0 = torch.randn((m, *ref.latent_shape), generator=generator, dtype=param.dtype).to(param.device)
+            x0 = ref.initial_noise(m, generator, sched)
             with torch.no_grad():
                 traj = sample_trajectory(policy, sched, x0, cond=None if conds is None else conds[i:i + m],
                                          generator=generator, record_means=True)

@@ -199,9 +199,7 @@ class DiffusionAgent(Agent):
         replaces :meth:`policy_eps` (e.g. an equivalent merged-LoRA copy of the policy)."""
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
-        shape = tuple(self.reference.latent_shape)
-        param = next(self.reference.parameters())
-        x0 = torch.randn((n, *shape), generator=generator, dtype=param.dtype).to(param.device)
+        x0 = self.reference.initial_noise(n, generator, self.schedule)
         return sample_trajectory(eps_fn or self.policy_eps, self.schedule, x0, cond=cond, generator=generator, **kw)
 
     def sample_batched(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> list[Trajectory]:

@@ -40,6 +40,12 @@ class Backbone(nn.Module):
         """Latent (B, *latent_shape) -> design (B, *design_shape). Identity by default."""
         return z
 
+    def initial_noise(self, n: int, generator: torch.Generator, schedule: Any) -> torch.Tensor:
+        """x_0 of the sampling chain on ``schedule`` (a DDIMSchedule), (n, *latent_shape): N(0, I) by default.
+        Every sampler (agents, the harness, the peers) draws it here, so they share one initial distribution."""
+        param = next(self.parameters())
+        return torch.randn((n, *self.latent_shape), generator=generator, dtype=param.dtype).to(param.device)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Design -> latent (inverse of decode), used for pretraining. Identity by default."""
         return x

@@ -94,7 +94,7 @@ def sample_images(model: PixelUNet, n: int, num_steps: int = 20, eta: float = 1.
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, n, batch):
-        x0 = torch.randn((min(batch, n - i), *model.latent_shape), generator=g)
+        x0 = model.initial_noise(min(batch, n - i), g, sched)
         out.append(model.decode(sample_trajectory(model, sched, x0, generator=g).final))
     return torch.cat(out)
 
