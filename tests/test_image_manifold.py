@@ -108,3 +108,56 @@ def test_committed_weights_have_records_and_matching_sha256():
             assert verify_checksum(f) == rec["sha256"]
     unet = json.loads((WEIGHTS_DIR / "unet16.json").read_text())
     assert unet["complete"] and unet["steps"] >= 1000 and np.isfinite(unet["final_loss"])
+
+
+def test_initial_noise_matches_the_forward_marginal_and_every_sampler_uses_it(monkeypatch):
+    """PixelUNet's x_0 ~ N(sqrt(a0) m, a0 C + (1 - a0) I) (Monte Carlo moments vs the closed form); the
+    default backbone's is the plain N(0, I) draw (so the other tiers are unchanged); the agents, the harness
+    and the peers all draw x_0 through Backbone.initial_noise."""
+    from sqdf_bbo.backbones.unet import load_pretrained_unet, training_moments
+    from sqdf_bbo.diffusion import DDIMSchedule
+
+    m = load_pretrained_unet("unet16")
+    sched = DDIMSchedule.from_scheduler(m.scheduler, 20, 1.0)
+    a0 = float(sched.alpha[0])
+    mean, chol = training_moments(S)
+    x = m.initial_noise(40_000, torch.Generator().manual_seed(0), sched).flatten(1).double()
+    torch.testing.assert_close(x.mean(0), a0 ** 0.5 * mean, atol=0.03, rtol=0)
+    idx = torch.tensor([0, 5, 300, 767])
+    cov = torch.cov(x[:, idx].T)
+    expect = a0 * (chol @ chol.T)[idx][:, idx] + (1 - a0) * torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(cov, expect, atol=0.03, rtol=0)
+    # the vector tier's backbone: exactly the former torch.randn draw
+    from sqdf_bbo.backbones.base import Backbone
+
+    lev = make_task("levy").info.make_backbone()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(lev.initial_noise(5, g1, sched), torch.randn((5, *lev.latent_shape), generator=g2))
+    # every sampler goes through it
+    calls = []
+    orig = Backbone.initial_noise
+
+    def spy(self, n, generator, schedule):
+        calls.append(n)
+        return orig(self, n, generator, schedule)
+
+    monkeypatch.setattr(Backbone, "initial_noise", spy)
+    monkeypatch.setattr(type(m), "initial_noise", spy)
+    from sqdf_bbo.agents import resolve_method
+    from sqdf_bbo.run import evaluate_policy
+
+    task = make_task("levy")
+    for method, cfg in (("pretrained", {}), ("svdd", {"candidates": 2}), ("fk-steering", {"particles": 2})):
+        agent = resolve_method(method)(task.info, dict(cfg, num_steps=3), 0)
+        before = len(calls)
+        agent.propose(4, torch.Generator().manual_seed(0))
+        if method != "pretrained":
+            x = agent.propose(4, torch.Generator().manual_seed(0))
+            agent.observe(x, -(x.double() ** 2).sum(1))
+            agent.improve()
+            agent.propose(4, torch.Generator().manual_seed(0))
+        assert len(calls) > before, method
+    before = len(calls)
+    evaluate_policy(resolve_method("pretrained")(task.info, {"num_steps": 3}, 0), task, 8,
+                    torch.Generator().manual_seed(0), task.harness_reference())
+    assert len(calls) > before

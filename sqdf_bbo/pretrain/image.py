@@ -114,11 +114,17 @@ def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), se
         res[f"fd_ddim{k}"] = round(task.frechet_distance(x), 3)
         res[f"denoise_loss_ddim{k}"] = round(float(task.denoising_loss(x).mean()), 4)
         res[f"aesthetic_ddim{k}"] = round(float(task.evaluate_true(x).mean()), 4)
+        if k == steps[0]:
+            first = x
         if k == steps[0] and grid:
             Path(grid).parent.mkdir(parents=True, exist_ok=True)
             real = build_patches(64, model.latent_shape[-1], "heldout", seed=seed + 1)
             task.render(x[:64], grid, title=f"{name}: DDIM-{k} (eta 1) samples, FD {res[f'fd_ddim{k}']:.1f}",
                         reference=real, reference_label="held-out natural patches")
+    moments, model.data_moments = model.data_moments, None  # the same sampler started from N(0, I)
+    res[f"fd_ddim{steps[0]}_standard_normal_start"] = round(task.frechet_distance(
+        sample_images(model, n, num_steps=steps[0], seed=seed)), 3)
+    model.data_moments = moments
     real = build_patches(n, model.latent_shape[-1], "heldout", seed=seed + 1)
     res["fd_heldout_patches"] = round(task.frechet_distance(real), 3)
     res["fd_train_patches"] = round(task.frechet_distance(build_patches(n, model.latent_shape[-1], "train", seed=seed + 2)), 3)
@@ -128,6 +134,11 @@ def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), se
         .reshape(real.shape)), 3)
     res["denoise_loss_heldout"] = round(float(task.denoising_loss(real).mean()), 4)
     res["aesthetic_heldout"] = round(float(task.evaluate_true(real).mean()), 4)
+    x = first
+    res[f"clipped_pixels_ddim{steps[0]}"] = round(float(((x <= 1e-3) | (x >= 1 - 1e-3)).float().mean()), 4)
+    res["clipped_pixels_heldout"] = round(float(((real <= 1e-3) | (real >= 1 - 1e-3)).float().mean()), 4)
+    res[f"valid_ddim{steps[0]}"] = round(float(task.valid_mask(x).double().mean()), 4)
+    res["initial_noise"] = "gaussian_matched" if moments is not None else "standard_normal"
     res["eval_wall_s"] = round(time.time() - t0, 1)
     return res
 
