@@ -47,7 +47,11 @@ class QueryJournal:
             try:
                 e = json.loads(line)
             except json.JSONDecodeError:
-                if i == len(lines) - 1:  # a torn last line: the agent never saw this batch
+                if i == len(lines) - 1:  # a torn last line: the agent never saw this batch; drop it so the
+                    good = "".join(x + "\n" for x in lines[:i] if x.strip())  # next append starts a clean line
+                    from sqdf_bbo.io import atomic_write_text
+
+                    atomic_write_text(self.path, good)
                     break
                 raise ValueError(f"query journal {self.path} is corrupt at line {i + 1}; it cannot be replayed "
                                  "(delete the run folder to start over)") from None

@@ -78,3 +78,25 @@ def test_mismatching_journal_is_refused_and_torn_line_ignored(tmp_path):
     journal.write_text("\n".join(lines[:-1] + [json.dumps(entry)]) + "\n" + '{"round": 9, "bat')  # + a torn line
     p = run(tmp_path, "cut", "cut.log", "--resume")
     assert p.returncode == 2 and "proposes other designs than the query journal records" in p.stderr
+
+
+def test_a_torn_last_line_is_dropped_so_later_appends_stay_readable(tmp_path):
+    """A kill during a journal write leaves a torn last line; loading drops it, the next append starts a
+    clean line, and a second resume reads every entry (no merged, corrupt line)."""
+    import numpy as np
+    import torch
+
+    from sqdf_bbo.journal import QueryJournal
+
+    path = tmp_path / "journal.jsonl"
+    j = QueryJournal(path)
+    j.reset()
+    x = torch.zeros(2, 3)
+    j.append(1, 0, 0, x, np.zeros(2), np.zeros(2), {"q": 2})
+    with open(path, "a") as f:
+        f.write('{"round": 1, "batch": 1, "sta')  # the kill
+    j2 = QueryJournal(path)
+    assert set(j2.entries) == {(1, 0)}
+    j2.append(1, 1, 2, x, np.ones(2), np.ones(2), {"q": 4})
+    j3 = QueryJournal(path)
+    assert set(j3.entries) == {(1, 0), (1, 1)} and j3.get(1, 1)["observed"] == [1.0, 1.0]
