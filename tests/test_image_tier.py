@@ -207,7 +207,7 @@ def test_pretrain_tiny_run_logs(tmp_path):
     from sqdf_bbo.pretrain.image import pretrain_image_main
 
     meta = pretrain_image_main(["--steps", "2", "--n-train", "128", "--batch", "8", "--out", str(tmp_path),
-                                "--fd-samples", "0", "--name", "tiny", "--ckpt-dir", str(tmp_path / "ck")])
+                                "--fd-samples", "0", "--name", "tiny", "--ckpt-dir", str(tmp_path / "ck"), "--threads", "1"])
     js = json.loads((tmp_path / "tiny.json").read_text())
     assert js["steps"] == 2 and js["command"].startswith("python -m sqdf_bbo.pretrain image")
     assert js["wall_s"] > 0 and np.isfinite(js["final_loss"]) and js["complete"]

@@ -212,9 +212,18 @@ def load_train_state(ckpt: Path, unet: UNet2DModel, ema: UNet2DModel, opt: torch
 
 def pretrain_image_main(argv: Optional[list[str]] = None) -> dict:
     """CLI entry: pretrain (resumably), write the EMA weights + JSON record when the run is complete;
-    returns the record."""
+    returns the record. Runs with ``--threads`` threads and restores the caller's thread count after (a
+    library caller, e.g. a test process that later forks, keeps its own)."""
     args = _parser().parse_args(argv)
+    before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _pretrain_image(args, argv)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pretrain_image(args: argparse.Namespace, argv: Optional[list[str]]) -> dict:
     name = args.name or f"unet{args.size}"
     out = Path(args.out)
     cmd = "python -m sqdf_bbo.pretrain image " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
