@@ -109,7 +109,7 @@ def write_fake_run(out: Path, task: str, method: str, seed: int, budget: int = 2
         (run_dir / "final.json").write_text(json.dumps(final, indent=1))
     else:
         (run_dir / "checkpoint").mkdir(exist_ok=True)
-        (run_dir / "checkpoint" / "state.pt").write_bytes(b"fake")
+        (run_dir / "checkpoint" / "state.json").write_text("{}")
     return run_dir
 
 

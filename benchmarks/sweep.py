@@ -72,7 +72,7 @@ class RunSpec:
         """'done' (final.json), 'partial' (checkpoint, no final.json) or 'new'."""
         if (self.run_dir / "final.json").exists():
             return "done"
-        if (self.run_dir / "checkpoint" / "state.pt").exists():
+        if (self.run_dir / "checkpoint" / "state.json").exists():
             return "partial"
         return "new"
 

@@ -193,14 +193,15 @@ def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
     import time
 
     argv = _argv("sqdf", tmp_path / "a") + ["--set", "run.checkpoint_every=1", "--set", "updates_per_round=4"]
-    assert main(argv) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # both runs in fresh processes with the same threads (floats)
+    assert subprocess.run([sys.executable, "-m", "sqdf_bbo.run", *argv], env=env, capture_output=True).returncode == 0
     out_b = tmp_path / "b"
     argv_b = _argv("sqdf", out_b) + ["--set", "run.checkpoint_every=1", "--set", "updates_per_round=4"]
     rng = random.Random(0)
     kills = 0
     for attempt in range(8):
         cmd = [sys.executable, "-m", "sqdf_bbo.run", *argv_b] + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         if attempt < 3:
             time.sleep(rng.uniform(2.5, 6.0))  # import takes ~2 s; then somewhere inside the run
             if proc.poll() is None:
