@@ -28,7 +28,7 @@ def last_round_designs(run_dir: Path) -> tuple[str, torch.Tensor]:
     x = np.load(files[-1])
     cfg = json.loads((run_dir / "config.json").read_text())
     t = torch.from_numpy(x).float()
-    if t.dtype == torch.uint8 or x.dtype == np.uint8:
+    if x.dtype == np.uint8:  # image tasks store uint8 (Task.design_array)
         t = t / 255.0
     return f"{cfg['method']} (last round of {cfg['task']}, budget {cfg['budget']}, seed {cfg['seed']})", t
 

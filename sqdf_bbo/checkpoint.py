@@ -230,10 +230,11 @@ def save(folder: Path, stem: str, tree: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     desc = {name: encode(v, name, tensors) for name, v in tree.items()}
-    shared = {}
+    unshared, seen = {}, set()
     for key, t in tensors.items():  # safetensors refuses tensors that share storage
-        shared[key] = t.clone() if t.data_ptr() in {u.data_ptr() for u in shared.values()} else t
-    data = st_save(shared) if shared else st_save({"_empty": torch.zeros(0)})
+        unshared[key] = t.clone() if t.data_ptr() in seen else t
+        seen.add(t.data_ptr())
+    data = st_save(unshared) if unshared else st_save({"_empty": torch.zeros(0)})
     json_path = folder / f"{stem}.json"
     n = 1 + max([int(p.stem.rsplit("-", 1)[1]) for p in folder.glob(f"{stem}-*.safetensors")
                  if p.stem.rsplit("-", 1)[1].isdigit()] or [0])
