@@ -82,16 +82,27 @@ def tiny_task(make_backbone: Callable[[], Backbone], dim: int = 2, num_steps: in
 
 def ready_agent(cls, backbone_factory: Callable[[], Backbone], reward: Callable[[Tensor], Tensor],
                 config: Optional[dict] = None, seed: int = 0, dim: int = 2, num_steps: int = 5):
-    """An agent whose proxy is ``reward`` (features -> (B,)) in raw units, with its optimizer made and the
-    round started, so ``update_step`` can be called directly (no dataset, no fit_proxy)."""
-    cfg = {"num_steps": num_steps, "lora_rank": 0, "train_batch": 4}
+    """An agent whose proxy is ``reward`` (features -> (B,)) in raw units, with its optimizer made, so that
+    :func:`one_update` runs single optimizer steps of its ``improve()`` (no dataset, no fit_proxy)."""
+    cfg = {"num_steps": num_steps, "lora_rank": 0, "train_batch": 4, "updates_per_round": 1}
     cfg.update(config or {})
     agent = cls(tiny_task(backbone_factory, dim, num_steps), cfg, seed)
     agent.proxy = reward
     agent.reward_offset, agent.reward_scale = 0.0, 1.0
     agent.optimizer = agent.make_optimizer()
-    agent.start_round()
     return agent
+
+
+def one_update(agent) -> dict[str, float]:
+    """Run exactly one optimizer step of ``agent.improve()`` at the agent's current state: the round is
+    marked open (so improve() neither refits the proxy nor starts a new AdamW nor redoes its
+    start-of-round work) with one step to go. Returns that step's statistics."""
+    assert int(agent.config["updates_per_round"]) == 1, "one_update needs updates_per_round=1"
+    agent.round_progress = {"stats": {}, "sums": {}, "done": 0}
+    round_before = agent.round
+    stats = agent.improve()
+    agent.round = round_before
+    return stats
 
 
 def hand_ddim_mean(scheduler, num_steps: int, k: int, x: Tensor, eps: Tensor, eta: float = 1.0):

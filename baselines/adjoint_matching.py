@@ -3,7 +3,7 @@
 
 Target: the tilt p*(x) ∝ p_pre(x)·exp(λ r̂⁺(x)), λ = 1/``alpha`` (``alpha`` = KL weight per nat of path
 KL, reward in standardised units). This is the optimum only for a *memoryless* schedule; for DDPM/DDIM that is
-η = 1, so the agent refuses any other ``eta``. One ``update_step``:
+η = 1, so the agent refuses any other ``eta``. One optimizer step of ``improve()``:
 
 1. sample ``train_batch`` trajectories x_0..x_N from the current policy (η = 1, no grad);
 2. terminal adjoint ã_N = -λ ∇_x r̂⁺(x_N) (through the decoder and proxy);
@@ -135,19 +135,23 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
             (g,) = torch.autograd.grad(r.sum(), x)
         return -self.lam * g.detach(), r.detach()
 
-    def update_step(self) -> dict[str, float]:
+    def improve(self) -> dict[str, Any]:
+        """One Adjoint Matching round (baselines.md §4): refit r̂⁺; per update, roll out the current
+        policy without grad, solve the lean adjoint backwards from ã_N = -λ∇r̂⁺(x_N) under the pretrained
+        model, regress the policy's drift onto it, step."""
         c = self.config
-        B = int(c["train_batch"])
-        N = self.schedule.num_steps
-        traj = self.sample(B, self.generator)
-        aN, r = self.terminal_adjoint(traj.final)
-        adj = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond)
-        steps = None
-        if c["am_steps"] is not None:
-            steps = torch.randperm(N, generator=self.generator)[: int(c["am_steps"])].sort().values
-        loss = adjoint_matching_loss(self.policy_eps, self.reference_eps, self.schedule, traj.latents, adj,
-                                     steps, traj.cond, c["adjoint_index"])
-        loss.backward()
-        norm = self.clip_and_step()
-        return {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": norm,
-                "adjoint_norm0": float(adj[:, 0].reshape(B, -1).norm(dim=1).mean())}
+        B, N = int(c["train_batch"]), self.schedule.num_steps
+        self.begin_round()
+        for _ in self.round_steps():
+            traj = self.sample(B, self.generator)
+            aN, r = self.terminal_adjoint(traj.final)
+            adj = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond)
+            steps = None  # all steps, or am_steps of them drawn without replacement
+            if c["am_steps"] is not None:
+                steps = torch.randperm(N, generator=self.generator)[: int(c["am_steps"])].sort().values
+            loss = adjoint_matching_loss(self.policy_eps, self.reference_eps, self.schedule, traj.latents, adj,
+                                         steps, traj.cond, c["adjoint_index"])
+            loss.backward()
+            self.record_step({"loss": loss.item(), "reward": r.mean().item(), "grad_norm": self.clip_and_step(),
+                              "adjoint_norm0": float(adj[:, 0].reshape(B, -1).norm(dim=1).mean())})
+        return self.end_round()

@@ -86,15 +86,19 @@ class AlignPropAgent(OnlineFinetuneAgent):
         return draw_cut(self.config["truncation"], n, self.schedule.num_steps, self.generator,
                         int(self.config["truncation_K"]))
 
-    def update_step(self) -> dict[str, float]:
+    def improve(self) -> dict[str, Any]:
+        """One AlignProp round: refit r̂⁺; per update, run the chain with gradient (checkpointed, truncated
+        at a random step), ascend r̂⁺(x_N), step."""
         B = int(self.config["train_batch"])
-        x0, noises, cond = draw_noise(self, B)
-        cut = self.cut_indices(B)
-        xN = truncated_chain(self.policy_eps, self.schedule, x0, noises, cond, cut=cut,
-                             checkpoint=bool(self.config["checkpoint"]))
-        r = self.reward(xN)
-        loss = -r.mean()
-        loss.backward()
-        norm = self.clip_and_step()
-        return {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": norm,
-                "grad_steps": float(self.schedule.num_steps - cut.double().mean())}
+        self.begin_round()
+        for _ in self.round_steps():
+            x0, noises, cond = draw_noise(self, B)
+            cut = self.cut_indices(B)
+            xN = truncated_chain(self.policy_eps, self.schedule, x0, noises, cond, cut=cut,
+                                 checkpoint=bool(self.config["checkpoint"]))
+            r = self.reward(xN)
+            loss = -r.mean()
+            loss.backward()
+            self.record_step({"loss": loss.item(), "reward": r.mean().item(), "grad_norm": self.clip_and_step(),
+                              "grad_steps": float(self.schedule.num_steps - cut.double().mean())})
+        return self.end_round()

@@ -2,8 +2,8 @@
 Spec: baselines.md §1, §6.
 
 Policy: the DDIM η = 1 step, π_θ(x_{k+1}|x_k) = N(μ_k^θ(x_k), s_k² I); its log-prob is the **per-element
-mean** (ddpo-pytorch/TRL convention, so the official clip range 1e-4 keeps its meaning). One ``update_step``
-is one DDPO *epoch*:
+mean** (ddpo-pytorch/TRL convention, so the official clip range 1e-4 keeps its meaning). One optimizer
+step of ``improve()`` is one DDPO *epoch*:
 
 1. sample ``train_batch`` trajectories from θ_old without grad, storing every x_k and ℓ_old(k) (the same
    ``schedule.mean``/``log_prob`` code that training uses, so the first minibatch has ratio 1);
@@ -213,40 +213,47 @@ class DDPOAgent(OnlineFinetuneAgent):
         perms = torch.stack([torch.randperm(N, generator=self.generator) for _ in range(n)])
         return perms[:, : self.train_steps]
 
-    def update_step(self) -> dict[str, float]:
+    def improve(self) -> dict[str, Any]:
+        """One DDPO round (baselines.md §2): refit r̂⁺; per update, sample a batch with the policy's
+        per-step log-probabilities, turn r̂⁺ into clipped advantages, then num_inner_epochs passes of
+        minibatch policy-gradient steps (clipped PPO ratio, or REINFORCE for DDPO-SF) over shuffled
+        timesteps."""
         c = self.config
         B = int(c["train_batch"])
-        batch = self.collect(B)
-        stats = {"reward": float(batch["reward"].mean()), "loss": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
-        n_opt = 0
-        for epoch in range(int(c["num_inner_epochs"])):
-            order = torch.randperm(B, generator=self.generator)
-            steps = self.step_order(B)
-            mb = int(c["ppo_minibatch"]) if self.importance_sampling else B
-            for start in range(0, B, mb):
-                rows = order[start:start + mb]
-                ks = steps[rows]
-                logp = step_log_probs(self.policy_eps, self.schedule, batch["latents"][rows], ks,
-                                      _gather_cond(batch["cond"], rows))
-                adv = batch["adv"][rows]
-                if self.importance_sampling:
-                    old = torch.gather(batch["logp_old"][rows], 1, ks.to(batch["logp_old"].device))
-                    loss, _, clipfrac = ppo_loss(logp, old, adv, float(c["clip_range"]))
-                    if epoch == 0 and start == 0:
-                        stats["first_clipfrac"] = float(clipfrac)
-                    stats["clipfrac"] += float(clipfrac)
-                else:
-                    loss = sf_loss(logp, adv)
-                loss.backward()
-                stats["grad_norm"] += self.clip_and_step()
-                stats["loss"] += loss.item()
-                n_opt += 1
-        for key in ("loss", "clipfrac", "grad_norm"):
-            stats[key] /= max(n_opt, 1)
-        stats["opt_steps"] = float(n_opt)
-        if not self.importance_sampling:
-            stats.pop("clipfrac")
-        return stats
+        mb = int(c["ppo_minibatch"]) if self.importance_sampling else B
+        self.begin_round()
+        for _ in self.round_steps():
+            batch = self.collect(B)
+            stats = {"reward": float(batch["reward"].mean()), "loss": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
+            n_opt = 0
+            for epoch in range(int(c["num_inner_epochs"])):
+                order = torch.randperm(B, generator=self.generator)
+                steps = self.step_order(B)
+                for start in range(0, B, mb):
+                    rows = order[start:start + mb]
+                    ks = steps[rows]
+                    logp = step_log_probs(self.policy_eps, self.schedule, batch["latents"][rows], ks,
+                                          _gather_cond(batch["cond"], rows))
+                    adv = batch["adv"][rows]
+                    if self.importance_sampling:
+                        old = torch.gather(batch["logp_old"][rows], 1, ks.to(batch["logp_old"].device))
+                        loss, _, clipfrac = ppo_loss(logp, old, adv, float(c["clip_range"]))
+                        if epoch == 0 and start == 0:
+                            stats["first_clipfrac"] = float(clipfrac)
+                        stats["clipfrac"] += float(clipfrac)
+                    else:
+                        loss = sf_loss(logp, adv)
+                    loss.backward()
+                    stats["grad_norm"] += self.clip_and_step()
+                    stats["loss"] += loss.item()
+                    n_opt += 1
+            for key in ("loss", "clipfrac", "grad_norm"):
+                stats[key] /= max(n_opt, 1)
+            stats["opt_steps"] = float(n_opt)
+            if not self.importance_sampling:
+                stats.pop("clipfrac")
+            self.record_step(stats)
+        return self.end_round()
 
 
 class DDPOSFAgent(DDPOAgent):

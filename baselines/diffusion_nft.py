@@ -92,29 +92,36 @@ class DiffusionNFTAgent(OnlineFinetuneAgent):
     def old_eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         return self.old(x, t, cond)
 
-    def update_step(self) -> dict[str, float]:
+    def improve(self) -> dict[str, Any]:
+        """One DiffusionNFT round (peers.md §5): refit r̂⁺; per update, sample clean x_0 from the old
+        policy, weight them by r̂⁺, take the negative-aware denoising loss (plus the KL to the pretrained
+        model) at a fraction of the timesteps, step, then move the old policy towards the new one."""
         c = self.config
         sched, N, B = self.schedule, self.schedule.num_steps, int(c["train_batch"])
-        with torch.no_grad():
-            traj = DiffusionAgent.sample(self, B, self.generator, eps_fn=self.old_eps)
-            x0, cond = traj.final.detach(), traj.cond
-            r = nft_weights(self.reward(x0).double(), float(c["adv_clip"])).to(x0.dtype)
-        ks = torch.randperm(N, generator=self.generator)[:max(1, int(float(c["timestep_fraction"]) * N))].tolist()
-        total = 0.0
-        for k in ks:
-            t = sched.timestep_batch(k, B, x0.device)
-            a = float(sched.alpha[k])
-            eps = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
-            x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+        n_k = max(1, int(float(c["timestep_fraction"]) * N))
+        self.begin_round()
+        for _ in self.round_steps():
             with torch.no_grad():
-                e_old, e_ref = self.old_eps(x_t, t, cond), self.reference_eps(x_t, t, cond)
-            loss = nft_loss(self.policy_eps(x_t, t, cond), e_old, e_ref, x0, x_t, a, r, float(c["nft_beta"]),
-                            float(c["adv_clip"]), float(c["kl_coef"]), bool(c["adaptive_weighting"])).mean()
-            (loss / len(ks)).backward()
-            total += loss.item() / len(ks)
-        grad_norm = self.clip_and_step()
-        delta = old_policy_decay(self.global_step, int(c["decay_type"]))
-        with torch.no_grad():
-            for p_old, p in zip(self.old.parameters(), self.policy.parameters()):
-                p_old.mul_(delta).add_(p.detach(), alpha=1 - delta)
-        return {"loss": total, "grad_norm": grad_norm, "old_decay": delta, "r_mean": float(r.mean())}
+                traj = DiffusionAgent.sample(self, B, self.generator, eps_fn=self.old_eps)
+                x0, cond = traj.final.detach(), traj.cond
+                r = nft_weights(self.reward(x0).double(), float(c["adv_clip"])).to(x0.dtype)
+            ks = torch.randperm(N, generator=self.generator)[:n_k].tolist()
+            total = 0.0
+            for k in ks:
+                t = sched.timestep_batch(k, B, x0.device)
+                a = float(sched.alpha[k])
+                eps = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
+                x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+                with torch.no_grad():
+                    e_old, e_ref = self.old_eps(x_t, t, cond), self.reference_eps(x_t, t, cond)
+                loss = nft_loss(self.policy_eps(x_t, t, cond), e_old, e_ref, x0, x_t, a, r, float(c["nft_beta"]),
+                                float(c["adv_clip"]), float(c["kl_coef"]), bool(c["adaptive_weighting"])).mean()
+                (loss / len(ks)).backward()
+                total += loss.item() / len(ks)
+            grad_norm = self.clip_and_step()
+            delta = old_policy_decay(self.global_step, int(c["decay_type"]))
+            with torch.no_grad():  # old ← δ·old + (1-δ)·policy
+                for p_old, p in zip(self.old.parameters(), self.policy.parameters()):
+                    p_old.mul_(delta).add_(p.detach(), alpha=1 - delta)
+            self.record_step({"loss": total, "grad_norm": grad_norm, "old_decay": delta, "r_mean": float(r.mean())})
+        return self.end_round()

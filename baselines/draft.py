@@ -93,18 +93,21 @@ class DRaFTKAgent(OnlineFinetuneAgent):
         super().__init__(task, config, seed)
         self.K = resolve_K(self.config["K"], self.schedule.num_steps)
 
-    def update_step(self) -> dict[str, float]:
-        B = int(self.config["train_batch"])
-        x0, noises, cond = draw_noise(self, B)
-        N = self.schedule.num_steps
+    def improve(self) -> dict[str, Any]:
+        """One DRaFT-K round: refit r̂⁺; per update, run the chain with gradient through its last K steps
+        only, ascend r̂⁺(x_N), step."""
+        B, N = int(self.config["train_batch"]), self.schedule.num_steps
         cut = torch.full((B,), N - self.K, dtype=torch.long)
-        xN = truncated_chain(self.policy_eps, self.schedule, x0, noises, cond, cut=cut,
-                             checkpoint=bool(self.config["checkpoint"]))
-        r = self.reward(xN)
-        loss = -r.mean()
-        loss.backward()
-        norm = self.clip_and_step()
-        return {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": norm}
+        self.begin_round()
+        for _ in self.round_steps():
+            x0, noises, cond = draw_noise(self, B)
+            xN = truncated_chain(self.policy_eps, self.schedule, x0, noises, cond, cut=cut,
+                                 checkpoint=bool(self.config["checkpoint"]))
+            r = self.reward(xN)
+            loss = -r.mean()
+            loss.backward()
+            self.record_step({"loss": loss.item(), "reward": r.mean().item(), "grad_norm": self.clip_and_step()})
+        return self.end_round()
 
 
 class DRaFTAgent(DRaFTKAgent):
@@ -131,18 +134,21 @@ class DRaFTLVAgent(OnlineFinetuneAgent):
         lr: float = setting(4e-4, "AdamW learning rate (SQDF's DRaFT comparison)", gt=0)
         n_lv: int = setting(2, "re-noised copies of the final sample through the last step", ge=1)
 
-    def update_step(self) -> dict[str, float]:
-        B = int(self.config["train_batch"])
-        n = int(self.config["n_lv"])
-        x0, noises, cond = draw_noise(self, B)
-        traj = sample_trajectory(self.policy_eps, self.schedule, x0, cond=cond, noises=noises, grad=False)
-        x_bar = traj.final.detach()
-        shape = (n, *x_bar.shape)
-        eps_i = torch.randn(shape, generator=self.generator, dtype=x_bar.dtype).to(x_bar.device)
-        xi_i = torch.randn(shape, generator=self.generator, dtype=x_bar.dtype).to(x_bar.device)
-        x_hat = draft_lv_samples(self.policy_eps, self.schedule, x_bar, eps_i, xi_i, cond)
-        r = self.reward(x_hat.reshape(n * B, *x_bar.shape[1:]))
-        loss = -r.mean()
-        loss.backward()
-        norm = self.clip_and_step()
-        return {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": norm}
+    def improve(self) -> dict[str, Any]:
+        """One DRaFT-LV round: refit r̂⁺; per update, sample x̄ without grad, re-noise it n times, run
+        the last step with gradient on each copy, ascend the mean r̂⁺, step."""
+        B, n = int(self.config["train_batch"]), int(self.config["n_lv"])
+        self.begin_round()
+        for _ in self.round_steps():
+            x0, noises, cond = draw_noise(self, B)
+            traj = sample_trajectory(self.policy_eps, self.schedule, x0, cond=cond, noises=noises, grad=False)
+            x_bar = traj.final.detach()
+            shape = (n, *x_bar.shape)
+            eps_i = torch.randn(shape, generator=self.generator, dtype=x_bar.dtype).to(x_bar.device)
+            xi_i = torch.randn(shape, generator=self.generator, dtype=x_bar.dtype).to(x_bar.device)
+            x_hat = draft_lv_samples(self.policy_eps, self.schedule, x_bar, eps_i, xi_i, cond)
+            r = self.reward(x_hat.reshape(n * B, *x_bar.shape[1:]))
+            loss = -r.mean()
+            loss.backward()
+            self.record_step({"loss": loss.item(), "reward": r.mean().item(), "grad_norm": self.clip_and_step()})
+        return self.end_round()

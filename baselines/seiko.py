@@ -82,12 +82,11 @@ class SEIKOAgent(OnlineFinetuneAgent):
         super().__init__(task, config, seed)
         self.kl_model = self.reference
 
-    def start_round(self) -> None:
-        """Freeze a copy of the policy as this round's KL reference p^(i-1)."""
+    def frozen_kl_reference(self) -> torch.nn.Module:
+        """This round's KL reference: a frozen copy of the policy p^(i-1), or the pretrained model."""
         if self.config["kl_reference"] == "previous":
-            self.kl_model = copy.deepcopy(self.policy).requires_grad_(False).eval()
-        else:
-            self.kl_model = self.reference
+            return copy.deepcopy(self.policy).requires_grad_(False).eval()
+        return self.reference
 
     def kl_ref_eps(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         return self.kl_model(x, t, cond)
@@ -120,14 +119,20 @@ class SEIKOAgent(OnlineFinetuneAgent):
         r = self.reward(xN)
         return -r.mean() + float(self.config["kl_weight"]) * kl, r, kl
 
-    def update_step(self) -> dict[str, float]:
+    def improve(self) -> dict[str, Any]:
+        """One SEIKO round (baselines.md §5): refit r̂⁺; freeze this round's KL reference; per update,
+        run the chain with gradient, loss = -r̂⁺(x_N) + kl_weight · Σ_k KL_k, step."""
         B = int(self.config["train_batch"])
-        x0, noises, cond = draw_noise(self, B)
-        mask = None
-        if self.config["truncation"] == "per_step":
-            mask = per_step_truncation_mask(B, self.schedule.num_steps, self.generator)
-        loss, r, kl = self.seiko_loss(x0, noises, cond, mask)
-        if loss.requires_grad:  # the per-step redraw can detach every step (prob. prod_k (N-k)/(N+1)); then no update
-            loss.backward()
-        norm = self.clip_and_step()
-        return {"loss": loss.item(), "reward": r.mean().item(), "kl": kl.item(), "grad_norm": norm}
+        if self.begin_round():
+            self.kl_model = self.frozen_kl_reference()
+        for _ in self.round_steps():
+            x0, noises, cond = draw_noise(self, B)
+            mask = None
+            if self.config["truncation"] == "per_step":
+                mask = per_step_truncation_mask(B, self.schedule.num_steps, self.generator)
+            loss, r, kl = self.seiko_loss(x0, noises, cond, mask)
+            if loss.requires_grad:  # the per-step redraw can detach every step (prob. prod_k (N-k)/(N+1)); then no update
+                loss.backward()
+            self.record_step({"loss": loss.item(), "reward": r.mean().item(), "kl": kl.item(),
+                              "grad_norm": self.clip_and_step()})
+        return self.end_round()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from baselines._testing import GaussianExactEps, TinyEps, ready_agent
+from baselines._testing import GaussianExactEps, TinyEps, one_update, ready_agent
 from baselines.adjoint_matching import AdjointMatchingAgent, adjoint_matching_loss, lean_adjoint
 from baselines.seiko import SEIKOAgent, seiko_step_kl
 from sqdf_bbo.diffusion import DDIMSchedule, path_kl, sample_trajectory
@@ -97,7 +97,7 @@ def test_am_loss_at_base_equals_adjoint_energy():
 
 def test_am_converges_to_tilted_gaussian():
     """Data N(m, vI), exact ε*, linear reward g·x, λ = 1/alpha: after training a per-step bias with the agent's
-    update_step, x_N has mean m + λ v g and unchanged variance (spec §4 test c).
+    optimizer step, x_N has mean m + λ v g and unchanged variance (spec §4 test c).
 
     Tolerances: with adjoint_index='k+1' (discrete-exact) the result is the exact tilt of the *discrete* base
     marginal N(m_d, V_d), so it must match m_d + λ V_d g to optimisation accuracy (1e-3); the continuous-time
@@ -119,7 +119,7 @@ def test_am_converges_to_tilted_gaussian():
             "alpha": alpha, "adjoint_index": index, "train_batch": 2, "lr": 0.1, "weight_decay": 0.0,
             "max_grad_norm": 1e6}, num_steps=20)
         for _ in range(200):
-            agent.update_step()
+            one_update(agent)
         mean, var = _propagate(agent.policy, sched, torch.zeros(DIM, dtype=torch.float64), 1.0)
         assert abs(var - V_d) < 1e-12  # a mean shift leaves the variance unchanged
         if tol_exact is not None:
@@ -142,7 +142,7 @@ def test_am_rejects_non_memoryless_and_bad_alpha():
     with pytest.raises(ValueError, match="am_steps"):
         ready_agent(AdjointMatchingAgent, mk, reward_fn, {"am_steps": 99})
     agent = ready_agent(AdjointMatchingAgent, mk, reward_fn, {"am_steps": 2})
-    assert math.isfinite(agent.update_step()["loss"])
+    assert math.isfinite(one_update(agent)["loss"])
 
 
 # ---- SEIKO -----------------------------------------------------------------------------------------
@@ -187,9 +187,9 @@ def test_seiko_reference_is_previous_round_or_pretrained():
         agent = ready_agent(SEIKOAgent, lambda: TinyEps(DIM, 3, seed=4), reward_fn,
                             {"kl_reference": ref, "lr": 0.05}, num_steps=5)
         for _ in range(3):
-            stats = agent.update_step()
+            stats = one_update(agent)
         assert math.isfinite(stats["loss"])
-        agent.start_round()  # next round
+        agent.kl_model = agent.frozen_kl_reference()  # next round
         x = torch.randn(3, DIM, dtype=torch.float64)
         t = agent.schedule.timestep_batch(0, 3)
         same_as_policy = torch.allclose(agent.kl_ref_eps(x, t), agent.policy_eps(x, t))
@@ -212,7 +212,7 @@ def test_seiko_per_step_mask_and_all_detached_step():
     orig = seiko.per_step_truncation_mask
     seiko.per_step_truncation_mask = lambda b, n, gen: torch.zeros(b, n, dtype=torch.bool)
     try:
-        stats = agent.update_step()  # every step detached: no gradient, no parameter change, no error
+        stats = one_update(agent)  # every step detached: no gradient, no parameter change, no error
     finally:
         seiko.per_step_truncation_mask = orig
     assert stats["grad_norm"] == 0.0

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from baselines._common import truncated_chain
-from baselines._testing import PerStepEps, TinyEps, hand_ddim_mean, ready_agent
+from baselines._testing import PerStepEps, TinyEps, hand_ddim_mean, one_update, ready_agent
 from baselines.alignprop import AlignPropAgent, draw_cut
 from baselines.draft import DRaFT1Agent, DRaFTAgent, DRaFTKAgent, DRaFTLVAgent, draft_lv_samples
 from sqdf_bbo.diffusion import DDIMSchedule
@@ -55,7 +55,7 @@ def fd_grad(model, x0, noises, cut, h=1e-6):
 
 
 def capture_grads(agent):
-    """Run agent.update_step() with the optimizer step replaced by a gradient snapshot."""
+    """Run one_update(agent) with the optimizer step replaced by a gradient snapshot."""
     grads = {}
 
     def fake_step():
@@ -65,7 +65,7 @@ def capture_grads(agent):
         return 0.0
 
     agent.clip_and_step = fake_step
-    agent.update_step()
+    one_update(agent)
     return grads
 
 
@@ -233,7 +233,7 @@ def test_update_steps_improve_reward():
         g = torch.Generator().manual_seed(7)
         before = reward_fn(agent.sample(512, g).final).mean()
         for _ in range(150):
-            agent.update_step()
+            one_update(agent)
         g = torch.Generator().manual_seed(7)
         after = reward_fn(agent.sample(512, g).final).mean()
         assert after > before + 0.1, f"{cls.__name__}: reward {before:.3f} -> {after:.3f}"

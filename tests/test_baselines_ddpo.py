@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines._testing import PerStepEps, TinyEps, hand_ddim_mean, ready_agent
+from baselines._testing import PerStepEps, TinyEps, hand_ddim_mean, one_update, ready_agent
 from baselines.ddpo import (DDPOAgent, DDPOSFAgent, normalise_advantages, ppo_loss, sf_loss,
                             step_log_probs)
 from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory
@@ -164,7 +164,7 @@ def test_agent_first_minibatch_unclipped_and_updates():
                             num_steps=N)
         assert agent.train_steps == 3
         before = [p.detach().clone() for p in agent.policy.parameters()]
-        stats = agent.update_step()
+        stats = one_update(agent)
         if cls is DDPOAgent:
             assert stats["first_clipfrac"] == 0.0
             assert stats["opt_steps"] == 2.0
@@ -181,7 +181,7 @@ def test_ddpo_is_improves_tiny_problem():
     g = torch.Generator().manual_seed(0)
     before = reward_fn(agent.sample(1024, g).final).mean()
     for _ in range(40):
-        agent.update_step()
+        one_update(agent)
     g = torch.Generator().manual_seed(0)
     after = reward_fn(agent.sample(1024, g).final).mean()
     assert after > before + 0.1, f"reward {before:.3f} -> {after:.3f}"

@@ -109,7 +109,7 @@ def test_seiko_gradient_equals_beta_times_exact_kl_gradient(task, beta, referenc
     agent = SEIKOAgent(task, {"num_steps": N_STEPS, "beta": beta, "kl_reference": reference,
                               "truncation": "none", "checkpoint": False, "lora_rank": 0}, seed=0)
     assert agent.config["kl_weight"] == pytest.approx(beta * 8)
-    agent.start_round()  # round 1: the "previous" model is the pretrained one
+    agent.kl_model = agent.frozen_kl_reference()  # round 1: the "previous" model is the pretrained one
     gen = torch.Generator().manual_seed(1)
     x0 = torch.randn(B, 8, generator=gen)
     noises = torch.randn(B, N_STEPS, 8, generator=gen)

@@ -1,19 +1,26 @@
 """The SEIKO-style online loop every fine-tuning method shares (spec: baselines.md §5-6, sqdf.md §6).
 
-Per round the harness queries fresh designs and calls :meth:`OnlineFinetuneAgent.improve`, which
-1. refits the optimistic proxy r̂⁺ on every observation so far (``sqdf_bbo.proxy.fit_proxy``),
-2. starts a new AdamW over the trainable policy parameters (LoRA weights carry over between rounds),
-3. runs ``updates_per_round`` calls of the method's :meth:`update_step`.
+Per round the harness queries fresh designs and calls the method's ``improve()``, which each method
+writes out top to bottom with the helpers of :class:`OnlineFinetuneAgent`::
 
-Only the update rule differs between methods. Methods optimise :meth:`reward`, the proxy's
-optimistic prediction in *standardised units*: (r̂⁺ - m0)/s0 with m0, s0 the mean and std of the
-first round's observed values (frozen for the run), so one alpha means the same on every task.
+    if self.begin_round():          # refit the optimistic proxy r̂⁺ on every observation, new AdamW
+        ...                         # the method's start-of-round work (reset a buffer, freeze a reference)
+    for _ in self.round_steps():    # updates_per_round optimizer steps (resumable mid-round)
+        loss, info = ...            # the method's loss
+        loss.backward()
+        info["grad_norm"] = self.clip_and_step()
+        self.record_step(info)
+    return self.end_round()         # proxy-fit statistics + per-step means
+
+Methods optimise :meth:`reward`, the proxy's optimistic prediction in *standardised units*:
+(r̂⁺ - m0)/s0 with m0, s0 the mean and std of the first round's observed values (frozen for the run), so
+one beta means the same on every task.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
@@ -96,7 +103,9 @@ class ProxyGuidedAgent(DiffusionAgent):
 
 
 class OnlineFinetuneAgent(ProxyGuidedAgent):
-    """Base class: subclasses implement :meth:`update_step` (one optimizer step, returns stats)."""
+    """Base class of the fine-tuners: a LoRA (or full-weight) policy, AdamW, gradient clipping and the
+    resumable round helpers (begin_round / round_steps / record_step / end_round) that each method's
+    ``improve()`` calls."""
 
     @dataclass
     class Settings(ProxyGuidedAgent.Settings):
@@ -161,11 +170,6 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         return [self._sample_with(pol, min(bs, n - i), generator, cond=None if cond is None else cond[i:i + bs], **kw)
                 for i in range(0, n, bs)]
 
-
-
-
-
-
     # ---- optimisation ----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
@@ -192,32 +196,41 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         self.global_step += 1
         return float(norm)
 
-    def start_round(self) -> None:
-        """Hook run after the proxy refit and before the round's updates (e.g. reset a buffer)."""
+    # ---- one round, written out by each method's improve() ---------------------------------------
+    def begin_round(self) -> bool:
+        """Open a round: refit the proxy and start a new AdamW. Returns False (and does nothing) when a
+        mid-round checkpoint already opened this round; the method's own start-of-round work (reset a
+        buffer, freeze a KL reference) then stays as the checkpoint restored it."""
+        if self.round_progress is not None:
+            return False
+        stats = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}
+        self.optimizer = self.make_optimizer()
+        self.round_progress = {"stats": stats, "sums": {}, "done": 0}
+        return True
 
-    def update_step(self) -> dict[str, float]:
-        raise NotImplementedError
-
-    def improve(self) -> dict[str, Any]:
-        """Refit the proxy, start a new AdamW, then ``updates_per_round`` update steps. Progress lives in
-        ``round_progress`` (saved by checkpoints), so an improve() resumed from a mid-round checkpoint
-        continues at the next step and returns the same statistics as an uninterrupted one."""
+    def round_steps(self) -> Iterator[int]:
+        """The indices of the round's remaining optimizer steps (``updates_per_round`` in all). After each
+        step's body the step counts as done and the run may write a mid-round checkpoint, so a resumed
+        round continues at the next step and returns the same statistics as an uninterrupted one."""
         p = self.round_progress
-        if p is None:
-            stats: dict[str, Any] = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}
-            self.optimizer = self.make_optimizer()
-            self.start_round()
-            p = self.round_progress = {"stats": stats, "sums": {}, "done": 0}
         self.policy.train()
-        n = int(self.config["updates_per_round"])
-        while p["done"] < n:
-            for k, v in self.update_step().items():
-                p["sums"][k] = p["sums"].get(k, 0.0) + float(v)
+        while p["done"] < int(self.config["updates_per_round"]):
+            yield p["done"]
             p["done"] += 1
             if self.update_hook is not None:
                 self.update_hook(p["done"])
         self.policy.eval()
-        stats = dict(p["stats"], **{k: v / max(n, 1) for k, v in p["sums"].items()})
+
+    def record_step(self, *infos: dict[str, float]) -> None:
+        """Add one step's statistics to the round's sums (end_round reports their means)."""
+        sums = self.round_progress["sums"]
+        for info in infos:
+            for k, v in info.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+
+    def end_round(self) -> dict[str, Any]:
+        """Close the round: the proxy refit's statistics and the mean of every recorded step statistic."""
+        p, n = self.round_progress, int(self.config["updates_per_round"])
         self.round_progress = None
         self.round += 1
-        return stats
+        return dict(p["stats"], **{k: v / max(n, 1) for k, v in p["sums"].items()})

@@ -1,6 +1,6 @@
 """SQDF: Soft Q-based Diffusion Fine-tuning (spec: shared/spec/sqdf.md §1-§6).
 
-One optimizer step (:meth:`SQDFAgent.update_step`):
+One optimizer step of :meth:`SQDFAgent.improve`:
 1. *fill* (buffer mode): roll out ``on_policy_batch`` fresh trajectories with the current policy (no grad,
    DDIM η = ``eta``), score their final latents with the optimistic proxy r̂⁺ (standardised units) and add
    the states z_0..z_{N-1} to the replay buffer (the first fill of a round tops the buffer up to
@@ -266,14 +266,6 @@ class SQDFAgent(OnlineFinetuneAgent):
         return loss, info
 
     # ---- online loop -------------------------------------------------------------------------------
-    def start_round(self) -> None:
-        self._fresh = []
-        self._updates_in_round = 0
-        if self.buffer is not None and bool(self.config["buffer_reset_per_round"]):
-            self.buffer.reset()
-        if self.config["kl_reference"] == "previous":
-            self.kl_ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
-
     def collect_pairs(self) -> tuple[Tensor, Tensor, Any, Optional[Tensor], dict[str, float]]:
         """(z_k (B, *shape), k (B,), cond, importance weights or None, stats) for one update."""
         N = self.schedule.num_steps
@@ -313,17 +305,23 @@ class SQDFAgent(OnlineFinetuneAgent):
         return (z.to(param.dtype).to(param.device), k, _join_conds(conds), weights,
                 {"n_new": float(n_new), "buffer_len": float(len(self.buffer))})
 
-    def update_step(self) -> dict[str, float]:
-        z, k, cond, weights, stats = self.collect_pairs()
-        loss, info = self.sqdf_loss(z, k, cond, weights=weights)
-        loss.backward()
-        info["grad_norm"] = self.clip_and_step()
-        info.update(stats)
-        return info
-
     def improve(self) -> dict[str, Any]:
+        """One SQDF round (sqdf.md Algorithm 1): refit r̂⁺; per update, top the buffer up with fresh
+        on-policy trajectories, draw (z_k, k) pairs, take a soft-Q step."""
         t0 = time.time()
-        stats = super().improve()
+        if self.begin_round():
+            self._fresh, self._updates_in_round = [], 0
+            if self.buffer is not None and bool(self.config["buffer_reset_per_round"]):
+                self.buffer.reset()
+            if self.config["kl_reference"] == "previous":  # p^(i-1): this round's frozen starting policy
+                self.kl_ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        for _ in self.round_steps():
+            z, k, cond, weights, pair_stats = self.collect_pairs()
+            loss, info = self.sqdf_loss(z, k, cond, weights=weights)
+            loss.backward()
+            info["grad_norm"] = self.clip_and_step()
+            self.record_step(info, pair_stats)
+        stats = self.end_round()
         stats["q_estimator_used"] = self.q_estimator_used
         if self.q_fallback_reason:
             stats["q_estimator_fallback"] = self.q_fallback_reason
