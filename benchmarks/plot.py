@@ -123,18 +123,26 @@ def _n_seeds(rounds: pd.DataFrame) -> str:
     return str(n.min()) if n.min() == n.max() else f"{n.min()}-{n.max()}"
 
 
-def plot_curves(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
-    """Eval reward and best-so-far vs oracle queries (mean, 95% CI band over seeds)."""
+def _two_metric_figure(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int], name: str,
+                       top: tuple[str, str], bottom: tuple[str, str], title: str) -> Path:
+    """Two rows of per-task panels: metric ``top[0]`` (y label ``top[1]``) over queries, then ``bottom``."""
     r = rounds[rounds["budget"] == budget]
     tasks, methods = sorted(r["task"].unique()), _method_order(r["method"])
     fig, axes = _grid(2, tasks)
-    ev, bsf = curve_stats(r, "eval_reward"), curve_stats(r, "best_so_far")
+    upper, lower = curve_stats(r, top[0]), curve_stats(r, bottom[0])
     for j, t in enumerate(tasks):
-        _line_panel(axes[0, j], ev, t, methods, "eval reward (true oracle, mean over eval draws)", methods)
+        _line_panel(axes[0, j], upper, t, methods, top[1], methods)
         axes[0, j].set_title(t)
-        _line_panel(axes[1, j], bsf, t, methods, "best-so-far (best true value queried)", methods)
-    return _finish(fig, axes, out / f"curves{_suffix(budget, budgets)}.png",
-                   f"Sample efficiency, budget {budget} (mean and 95% bootstrap CI over {_n_seeds(r)} seeds)")
+        _line_panel(axes[1, j], lower, t, methods, bottom[1], methods)
+    return _finish(fig, axes, out / f"{name}{_suffix(budget, budgets)}.png", title.format(seeds=_n_seeds(r)))
+
+
+def plot_curves(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
+    """Eval reward and best-so-far vs oracle queries (mean, 95% CI band over seeds)."""
+    return _two_metric_figure(rounds, out, budget, budgets, "curves",
+                              ("eval_reward", "eval reward (true oracle, mean over eval draws)"),
+                              ("best_so_far", "best-so-far (best true value queried)"),
+                              f"Sample efficiency, budget {budget} (mean and 95% bootstrap CI over {{seeds}} seeds)")
 
 
 def plot_tradeoff(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
@@ -171,16 +179,10 @@ def plot_tradeoff(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequenc
 
 def plot_diversity(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
     """Vendi score and mean pairwise distance vs oracle queries."""
-    r = rounds[rounds["budget"] == budget]
-    tasks, methods = sorted(r["task"].unique()), _method_order(r["method"])
-    fig, axes = _grid(2, tasks)
-    ve, pd_ = curve_stats(r, "vendi"), curve_stats(r, "mean_pairwise_distance")
-    for j, t in enumerate(tasks):
-        _line_panel(axes[0, j], ve, t, methods, "Vendi score (effective # distinct designs)", methods)
-        axes[0, j].set_title(t)
-        _line_panel(axes[1, j], pd_, t, methods, "mean pairwise distance (feature space)", methods)
-    return _finish(fig, axes, out / f"diversity{_suffix(budget, budgets)}.png",
-                   f"Diversity of eval samples vs queries, budget {budget} (mean and 95% CI over seeds)")
+    return _two_metric_figure(rounds, out, budget, budgets, "diversity",
+                              ("vendi", "Vendi score (effective # distinct designs)"),
+                              ("mean_pairwise_distance", "mean pairwise distance (feature space)"),
+                              f"Diversity of eval samples vs queries, budget {budget} (mean and 95% CI over seeds)")
 
 
 def naturalness_keys(rounds: pd.DataFrame) -> list[str]:
