@@ -35,6 +35,12 @@ done
 for m in pretrained "${TRAINED[@]}" "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" num_steps=10)
 done
+# qLogNEI's acquisition budget (compute, not tuning): with BoTorch's tutorial settings (8-point chunks, 10
+# restarts, 512 raw samples, 200 L-BFGS iterations, 256 MC samples) one run of 1000 queries takes over an
+# hour on one core (the 535-point last round alone > 10 min at 400 observations); these settings take
+# about 3 min for that round.
+PER_METHOD+=(--set-for qlognei q_chunk=32 --set-for qlognei num_restarts=4 --set-for qlognei raw_samples=256
+             --set-for qlognei maxiter=50 --set-for qlognei mc_samples=128)
 
 python -m benchmarks.frontier --tasks "$TASKS" --methods "$METHODS" --budget 1000 --seeds 0-2 \
     --out "$OUT" --workers "$WORKERS" --threads 1 --resume --no-progress \
