@@ -137,7 +137,7 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
 #: computation exactly: left out of the hash at that value so committed rows stay comparable
 HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
 #: run settings that do not change what a run computes (oracle retries, the optional tracker)
-HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every")
+HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every", "checkpoint_every_s")
 #: agent settings that are derived from others (beta is recorded beside the native knob it sets)
 HASH_DERIVED = ("beta",)
 

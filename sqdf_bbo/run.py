@@ -60,6 +60,8 @@ class RunSettings:
                            choices=("none", "tensorboard", "wandb"))
     checkpoint_every: int = setting(25, "mid-round checkpoint every K optimizer steps (0: round ends and "
                                         "query phases only)", ge=0)
+    checkpoint_every_s: float = setting(60.0, "also a mid-round checkpoint after any optimizer step that ends "
+                                              "this many seconds after the last checkpoint (0: off)", ge=0)
 
 
 RUN_DEFAULTS = _settings.defaults(RunSettings)
@@ -369,6 +371,7 @@ class Run:
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.json"
+        self._last_checkpoint_t = time.monotonic()  # when the newest checkpoint was saved (or the run began)
         self._check_out_dir()
 
     def _check_out_dir(self) -> None:
@@ -420,9 +423,11 @@ class Run:
         """checkpoint/agent_rank{r}_ckpt{c}.{json,safetensors} (each process's agent and RNG states) first,
         then checkpoint/state.{json,safetensors} (the run state naming checkpoint c, by process 0) last, then
         the older agent files go: a kill at any moment leaves a consistent last checkpoint. No pickle
-        (sqdf_bbo/checkpoint.py). Called at round ends, after each round's query phase and every
-        ``run.checkpoint_every`` optimizer steps of agents whose improve() reports progress."""
+        (sqdf_bbo/checkpoint.py). Called at round ends, after each round's query phase and, in agents whose
+        improve() reports progress, every ``run.checkpoint_every`` steps or ``run.checkpoint_every_s`` seconds."""
         from sqdf_bbo import checkpoint
+
+        self._last_checkpoint_t = time.monotonic()
 
         folder = self.ckpt.parent
         st.ckpt_id = R = st.ckpt_id + 1
@@ -542,6 +547,25 @@ class Run:
         self.save_checkpoint(st, agent)
         return env, agent, st
 
+    def _mid_round_checkpointer(self, st: RunState, agent):
+        """The agent's update_hook: a checkpoint after every ``run.checkpoint_every``-th optimizer step and
+        after any step that ends ``run.checkpoint_every_s`` seconds or more after the last checkpoint (an
+        image-tier step can take seconds); None when both are off. Checkpoints draw no random numbers, so
+        when they happen does not change the run. Data-parallel runs checkpoint by step count only (every
+        process must save at the same step, and their clocks differ)."""
+        every, every_s = int(self.run_cfg["checkpoint_every"]), float(self.run_cfg["checkpoint_every_s"])
+        if self.dp is not None:
+            every_s = 0.0
+        if not every and not every_s:
+            return None
+
+        def hook(done: int) -> None:
+            due_s = every_s and time.monotonic() - self._last_checkpoint_t >= every_s
+            if (every and done % every == 0) or due_s:
+                self.save_checkpoint(st, agent)
+
+        return hook
+
     def run_round(self, r: int, env, agent, st: RunState, bar) -> None:
         """Round r + 1: query phase (propose, query through the journal, observe; checkpoint), fine-tuning
         (improve, with mid-round checkpoints), evaluation and logs (process 0), checkpoint."""
@@ -561,9 +585,7 @@ class Run:
             self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
         best = max(q["true"] for q in st.queries) if main else float("nan")
         bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
-        every = int(self.run_cfg["checkpoint_every"])
-        agent.update_hook = (lambda done: self.save_checkpoint(st, agent) if done % every == 0 else None) \
-            if every else None
+        agent.update_hook = self._mid_round_checkpointer(st, agent)
         train_stats = agent.improve() or {}
         agent.update_hook = None
         st.in_round = None

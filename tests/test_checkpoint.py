@@ -238,3 +238,28 @@ def test_run_settings_are_typed_and_checked_before_anything(tmp_path, capsys, it
     assert not (tmp_path / "o").exists()
     with pytest.raises(SweepError, match=pattern):  # the sweep refuses it before launching any run
         validate(["levy"], ["random"], [8], [item], {})
+
+
+def test_time_based_mid_round_checkpoints(tmp_path, monkeypatch):
+    """run.checkpoint_every_s: with the step count off, optimizer steps that end after the interval save
+    mid-round checkpoints (a fake clock advances 1 s per reading), and the results do not depend on them."""
+    import sqdf_bbo.run as run_mod
+
+    saves = []
+    real_save = run_mod.Run.save_checkpoint
+
+    def counting_save(self, st, agent):
+        saves.append(self.args.out)
+        return real_save(self, st, agent)
+
+    monkeypatch.setattr(run_mod.Run, "save_checkpoint", counting_save)
+    clock = iter(range(10**6))
+    monkeypatch.setattr(run_mod.time, "monotonic", lambda: float(next(clock)))
+    common = ["--set", "updates_per_round=6", "--set", "run.checkpoint_every=0"]
+    assert main(_argv("sqdf", tmp_path / "a") + common + ["--set", "run.checkpoint_every_s=0"]) == 0
+    assert main(_argv("sqdf", tmp_path / "b") + common + ["--set", "run.checkpoint_every_s=2.5"]) == 0
+    n_a, n_b = saves.count(str(tmp_path / "a")), saves.count(str(tmp_path / "b"))
+    n_rounds = len(json.loads(next((tmp_path / "a").iterdir()).joinpath("config.json").read_text())["round_sizes"])
+    assert n_a == 1 + 2 * n_rounds  # round 0, then per round: after its query phase and at its end
+    assert n_b >= n_a + n_rounds  # at least one mid-round checkpoint per round
+    assert_same_run(next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir()))
