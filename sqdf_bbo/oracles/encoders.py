@@ -70,3 +70,21 @@ class ZScored(nn.Module):
 def batched(fn, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     """Apply fn to x in chunks (no grad); returns the concatenation."""
     return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def build_cli(prog: str, build, argv=None, build_help: str = "fit and write the committed assets") -> None:
+    """``python -m <prog> --build [--size S] [--seed N]``: run ``build(size, seed=, argv=)`` and print its JSON
+    record (the command line of the embedded oracles' asset builders)."""
+    import argparse
+    import json
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog=f"python -m {prog}")
+    p.add_argument("--build", action="store_true", help=build_help)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not a.build:
+        p.error("nothing to do: pass --build")
+    print(json.dumps(build(a.size, seed=a.seed, argv=argv), indent=2))

@@ -11,11 +11,9 @@ features(x): (B, 3, S, S) in [0, 1] -> (B, 256), differentiable, frozen.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sqdf_bbo.data.checksum import verify_checksum, write_checksum
-from sqdf_bbo.oracles.encoders import RandomConvEncoder, ZScored, batched
+from sqdf_bbo.oracles.encoders import RandomConvEncoder, ZScored, batched, build_cli
 
 ASSETS = Path(__file__).resolve().parents[1] / "tasks" / "assets"
 PROXY_SEED = 4321
@@ -76,15 +74,7 @@ def build(size: int = 16, n_fit: int = 16000, seed: int = 0, out: Path = ASSETS,
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.oracles.proxy_features")
-    p.add_argument("--build", action="store_true")
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    if not a.build:
-        p.error("nothing to do: pass --build")
-    print(json.dumps(build(a.size, seed=a.seed, argv=argv), indent=2))
+    build_cli("sqdf_bbo.oracles.proxy_features", build, argv)
 
 
 if __name__ == "__main__":

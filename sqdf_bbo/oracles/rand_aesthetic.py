@@ -27,11 +27,9 @@ predictor: log A beside O to see reward hacking. Build (commits weights + stats 
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sqdf_bbo.data.checksum import verify_checksum, write_checksum
-from sqdf_bbo.oracles.encoders import RandomConvEncoder, ZScored, batched
+from sqdf_bbo.oracles.encoders import RandomConvEncoder, ZScored, batched, build_cli
 
 ASSETS = Path(__file__).resolve().parents[1] / "tasks" / "assets"
 GT_NAMES = ("colourfulness", "contrast", "sharpness", "symmetry", "centre_frame", "exposure")
@@ -225,16 +223,8 @@ def build(size: int = 16, n_fit: int = 16000, n_val: int = 4000, seed: int = 0, 
     return meta
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m sqdf_bbo.oracles.rand_aesthetic")
-    p.add_argument("--build", action="store_true", help="fit the head and write the committed assets")
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    if not a.build:
-        p.error("nothing to do: pass --build")
-    print(json.dumps(build(a.size, seed=a.seed, argv=argv), indent=2))
+def main(argv=None) -> None:
+    build_cli("sqdf_bbo.oracles.rand_aesthetic", build, argv)
 
 
 if __name__ == "__main__":
