@@ -76,7 +76,9 @@ class RunState:
     rounds: one record per finished round (round 0 = the pretrained model before any query);
     env: the budgeted environment's state; in_round: set from the end of a round's query phase to the end of
     the round (a resume then skips straight to fine-tuning); ckpt_id: the newest checkpoint's number;
-    reference_designs / last_designs: round 0's and the latest evaluation samples (for the sample grids)."""
+    reference_designs / last_designs: round 0's and the latest evaluation samples (for the sample grids);
+    proposing: within a long query-phase proposal, the round, the designs drawn so far and the generator's
+    state (see Run.propose)."""
 
     next_round: int = 0
     queries: list = dataclasses.field(default_factory=list)
@@ -88,6 +90,7 @@ class RunState:
     in_round: Optional[dict] = None
     reference_designs: Optional[Any] = None
     last_designs: Optional[Any] = None
+    proposing: Optional[dict] = None
 
 
 def resolve_run_settings(overrides: dict, task_defaults: dict, budget: int) -> dict:
@@ -547,6 +550,30 @@ class Run:
         self.save_checkpoint(st, agent)
         return env, agent, st
 
+    def propose(self, agent, n: int, gen: torch.Generator, st: RunState, round_no: int):
+        """The round's n designs. When the agent can propose in chunks (``proposal_chunk``) they are drawn
+        chunk by chunk, with a checkpoint (designs so far, generator state) whenever ``run.checkpoint_every_s``
+        has passed since the last one, so a kill while sampling a large round redoes at most that much;
+        a resume continues from the saved designs with the saved generator: the same designs as one call."""
+        chunk, every_s = agent.proposal_chunk(), float(self.run_cfg["checkpoint_every_s"])
+        if chunk is None or not every_s or self.dp is not None:
+            return agent.propose(n, gen)
+        parts = []
+        if st.proposing is not None and st.proposing["round"] == round_no:  # resumed mid-proposal
+            parts = [st.proposing["designs"]]
+            gen.set_state(st.proposing["generator"])
+            print(f"resuming round {round_no}'s proposal at {len(parts[0])}/{n} designs", file=sys.stderr)
+        done = sum(len(p) for p in parts)
+        while done < n:
+            part = torch.as_tensor(agent.propose(min(chunk, n - done), gen)).detach().cpu()
+            parts.append(part)
+            done += len(part)
+            if done < n and time.monotonic() - self._last_checkpoint_t >= every_s:
+                st.proposing = {"round": round_no, "designs": torch.cat(parts), "generator": gen.get_state()}
+                self.save_checkpoint(st, agent)
+        st.proposing = None
+        return torch.cat(parts)
+
     def _mid_round_checkpointer(self, st: RunState, agent):
         """The agent's update_hook: a checkpoint after every ``run.checkpoint_every``-th optimizer step and
         after any step that ends ``run.checkpoint_every_s`` seconds or more after the last checkpoint (an
@@ -574,7 +601,7 @@ class Run:
         if st.in_round is None:  # skipped when resuming after the query phase
             bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
             gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
-            designs = self._check_designs(agent.propose(n, gen), n)
+            designs = self._check_designs(self.propose(agent, n, gen, st, r + 1), n)
             observed = self._query(env, designs, st, r, bar) if main else None  # process 0 alone spends budget
             if self.dp is not None:
                 observed = self.dp.broadcast_object(observed)

@@ -3,6 +3,7 @@ method killed after a round and resumed to the same result, corrupted files and 
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import random
@@ -262,4 +263,36 @@ def test_time_based_mid_round_checkpoints(tmp_path, monkeypatch):
     n_rounds = len(json.loads(next((tmp_path / "a").iterdir()).joinpath("config.json").read_text())["round_sizes"])
     assert n_a == 1 + 2 * n_rounds  # round 0, then per round: after its query phase and at its end
     assert n_b >= n_a + n_rounds  # at least one mid-round checkpoint per round
+    assert_same_run(next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir()))
+
+
+def test_kill_while_proposing_a_round_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """A long query-phase proposal is drawn in sample_batch chunks with time-based checkpoints between
+    them (a fake clock: 1 s per reading, run.checkpoint_every_s=2.5); a kill right after one of those
+    resumes with the saved designs and generator and ends as the uninterrupted run."""
+    import sqdf_bbo.run as run_mod
+
+    proposing_ids = []
+    real_save = run_mod.Run.save_checkpoint
+
+    def recording_save(self, st, agent):
+        real_save(self, st, agent)
+        if st.proposing is not None and self.args.out == str(tmp_path / "a"):
+            proposing_ids.append(st.ckpt_id)
+
+    monkeypatch.setattr(run_mod.Run, "save_checkpoint", recording_save)
+    clock = iter(range(10**6))
+    monkeypatch.setattr(run_mod.time, "monotonic", lambda: float(next(clock)))
+    extra = ["--set", "sample_batch=4", "--set", "run.checkpoint_every=0", "--set", "run.checkpoint_every_s=2.5",
+             "--set", "updates_per_round=2"]
+    assert main(_argv("sqdf", tmp_path / "a") + extra) == 0
+    assert proposing_ids, "no checkpoint was written while proposing"
+    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT", str(proposing_ids[-1]))  # inside the last round's proposal
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
+    with pytest.raises(Killed):
+        main(_argv("sqdf", tmp_path / "b") + extra)
+    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT")
+    capsys.readouterr()
+    assert main(_argv("sqdf", tmp_path / "b") + extra + ["--resume"]) == 0
+    assert re.search(r"resuming round \d+'s proposal at [1-9]\d*/\d+ designs", capsys.readouterr().err)
     assert_same_run(next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir()))

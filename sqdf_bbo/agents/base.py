@@ -81,6 +81,12 @@ class Agent:
     def propose(self, n: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
+    def proposal_chunk(self) -> Optional[int]:
+        """k such that proposing n designs as consecutive ``propose(k)`` calls (the last one shorter) with the
+        same generator gives the same designs as one ``propose(n)``, so the runner can checkpoint between
+        them; None (the default): only in one call."""
+        return None
+
     def observe(self, designs: Tensor, values: Tensor) -> None:
         pass
 
@@ -215,6 +221,13 @@ class DiffusionAgent(Agent):
         # every process draws the same seed from the harness's generator, then its own noise from it
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         return self.dp.sample_sharded(lambda m: self._propose_local(m, self.dp.local_generator(seed)), n)
+
+    def proposal_chunk(self) -> Optional[int]:
+        """``sample_batch``: propose() draws its designs batch by batch from the generator (conditions
+        included), so batch-sized calls reproduce one large call. None for subclasses that propose
+        differently (they override propose or _propose_local) and under data parallelism."""
+        own = type(self).propose is DiffusionAgent.propose and type(self)._propose_local is DiffusionAgent._propose_local
+        return int(self.config["sample_batch"]) if own and not self.dp.distributed else None
 
     def _propose_local(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         """n decoded policy samples (n, *design_shape), no grad; ``cond``: n conditions or None (drawn)."""
