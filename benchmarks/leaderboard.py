@@ -138,6 +138,8 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
 HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
 #: run settings that do not change what a run computes (oracle retries, the optional tracker)
 HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every", "checkpoint_every_s")
+#: run settings added later whose default is what runs before them computed
+HASH_NEUTRAL_RUN_DEFAULTS = {"precision": "fp32"}
 #: agent settings that are derived from others (beta is recorded beside the native knob it sets)
 HASH_DERIVED = ("beta",)
 
@@ -148,7 +150,8 @@ def config_hash(cfg: dict) -> str:
 
     key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
     if isinstance(key["run"], dict):  # harness settings that do not change what a run computes
-        key["run"] = {k: v for k, v in key["run"].items() if k not in HASH_NEUTRAL_RUN}
+        key["run"] = {k: v for k, v in key["run"].items() if k not in HASH_NEUTRAL_RUN
+                      and not (k in HASH_NEUTRAL_RUN_DEFAULTS and v == HASH_NEUTRAL_RUN_DEFAULTS[k])}
     if isinstance(key["agent"], dict):
         key["agent"] = {k: v for k, v in key["agent"].items()
                         if k not in HASH_DERIVED and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
