@@ -28,6 +28,9 @@ def table(df: pd.DataFrame) -> str:
         for _, r in g.iterrows():
             best = cell(r, "best_score_manifold") if not math.isnan(r["best_score_manifold"]) else "–"
             knob = r['knob'] if isinstance(r['knob'], str) and r['knob'] else '–'
+            if "kl_measured" in r and r["kl_measured"] is False:  # random search, BO, FK steering: no path KL
+                lines.append(f"| {r['method']} | {knob} | no path KL | – | – | – | – | {best} |")
+                continue
             lines.append(f"| {r['method']} | {knob} | {cell(r, 'auf')} | {cell(r, 'score_at_kl1')} | "
                          f"{cell(r, 'score_at_kl10')} | {cell(r, 'score_at_kl100')} | {r['kl_max']:.3g} | {best} |")
         lines.append("")

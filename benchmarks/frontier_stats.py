@@ -187,9 +187,12 @@ def frontier_leaderboard(runs: pd.DataFrame, targets: Sequence[float] = KL_TARGE
                "grid": ",".join(_fmt_value(v) for v in sorted(g["value"].dropna().unique(), key=_value_key)),
                "n_points": len(pts), "seeds_per_point": int(min(len(p) for p in pts)),
                "pretrained_reward": float(b["norm_low"])}
-        row.update(frontier_summary([p["path_kl"].to_numpy(float) for p in pts],
-                                    [p["eval_reward"].to_numpy(float) for p in pts], b["norm_low"], b["norm_low"],
-                                    b["norm_high"], targets, cap, low, reps, seed))
+        # methods with no path KL to the prior (random search, BO, FK steering's SMC: NaN) have no frontier
+        row["kl_measured"] = bool(np.isfinite(g["path_kl"].to_numpy(float)).any())
+        if row["kl_measured"]:
+            row.update(frontier_summary([p["path_kl"].to_numpy(float) for p in pts],
+                                        [p["eval_reward"].to_numpy(float) for p in pts], b["norm_low"], b["norm_low"],
+                                        b["norm_high"], targets, cap, low, reps, seed))
         best = (math.nan,) * 3
         best_at = ""
         if str(task).endswith("-manifold"):
@@ -231,9 +234,10 @@ def frontier_markdown(board: pd.DataFrame, targets: Sequence[float] = KL_TARGETS
               + [f"reward @ KL {t}" for t in tags] + ["pretrained reward"])
     rows = []
     for _, r in board.iterrows():
+        no_kl = r.get("kl_measured") is False
         at = []
         for t in tags:
-            at.append("not reached" if r[f"not_reached_kl{t}"] else
+            at.append("no path KL" if no_kl else "not reached" if r[f"not_reached_kl{t}"] else
                       _fmt_ci(r[f"score_at_kl{t}"], r[f"score_at_kl{t}_ci_low"], r[f"score_at_kl{t}_ci_high"]))
         best = _fmt_ci(r["best_score_manifold"], r["best_score_manifold_ci_low"], r["best_score_manifold_ci_high"])
         if r["best_score_manifold_at"]:
@@ -241,7 +245,7 @@ def frontier_markdown(board: pd.DataFrame, targets: Sequence[float] = KL_TARGETS
         grid = f"{r['knob']} = {r['grid'].replace(',', ', ')}" if r["knob"] else "single point"
         rows.append([r["task"], r["method"], str(int(r["budget"])), grid, str(int(r["seeds_per_point"])), *at,
                      _fmt_ci(r["auf"], r["auf_ci_low"], r["auf_ci_high"]), best, _fmt(r["kl_max"]),
-                     *("–" if r[f"not_reached_kl{t}"] else _fmt(r[f"reward_at_kl{t}"], 4) for t in tags),
+                     *("–" if no_kl or r[f"not_reached_kl{t}"] else _fmt(r[f"reward_at_kl{t}"], 4) for t in tags),
                      _fmt(r["pretrained_reward"], 4)])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -250,7 +254,9 @@ def frontier_markdown(board: pd.DataFrame, targets: Sequence[float] = KL_TARGETS
             "reward (0 = pretrained model, 1 = task optimum). Each method's frontier = its Pareto-optimal grid "
             "points (means over seeds) after the pretrained model at KL 0; interpolated linearly in log10 KL "
             "between points and linearly in KL from the pretrained model to the first point; 'not reached' "
-            "where the method's largest KL is below the target. AUF = mean over log10 KL in "
+            "where the method's largest KL is below the target; 'no path KL' for methods whose samples have no "
+            "measurable path KL to the prior (random search and BO ignore it; FK steering's resampled "
+            "particles have none in closed form). AUF = mean over log10 KL in "
             f"[{_tag(low)}, {_tag(cap)}] nats of the best score reachable at that KL or less. Best score "
             "(-manifold) = best grid point's mean score on tasks whose oracle punishes leaving the prior. "
             "[95% CI]: percentile bootstrap over seeds within each grid point.", "", *lines]

@@ -125,7 +125,7 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
         row.update({"budget": int(fin["budget"]), "seed": int(fin["seed"]), "run_dir": str(d),
                     "config_hash": config_hash(cfg), "git_commit": (cfg.get("git_commit") or "")[:7],
                     "tier": info.get("tier"), "optimal_value": info.get("optimal_value"),
-                    "round0_eval_reward": rr[0].get("eval_reward")})
+                    "round0_eval_reward": rr[0].get("eval_reward"), "round0_path_kl": rr[0].get("path_kl")})
         finals.append(row)
         for r in rr:
             rounds.append({"task": fin["task"], "method": fin["method"], "budget": int(fin["budget"]),
@@ -175,16 +175,22 @@ def _scalar(v) -> bool:
 
 def extra_metric_keys(finals: pd.DataFrame) -> list[str]:
     """Task-specific numeric keys (naturalness, eval extras) present in final.json, sorted."""
-    skip = CORE_KEYS | {"tier", "optimal_value", "round0_eval_reward", "config_hash", "git_commit"}
+    skip = CORE_KEYS | {"tier", "optimal_value", "round0_eval_reward", "round0_path_kl", "config_hash", "git_commit"}
     return sorted(c for c in finals.columns
                   if c not in skip and pd.api.types.is_numeric_dtype(finals[c]))
 
 
 # ---- normalisation -----------------------------------------------------------------------------
 def normalisation_bounds(finals: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, budget): norm_low (pretrained eval reward), norm_high and norm_high_source."""
+    """Per (task, budget): norm_low (pretrained eval reward), norm_high and norm_high_source.
+
+    norm_low averages round 0 of the runs whose round 0 *is* the pretrained model (path KL 0): the
+    prior-free searchers' round 0 (random, TuRBO, qLogNEI: their own initial designs, path KL NaN) is not."""
     rows = []
     for (task, budget), g in finals.groupby(["task", "budget"], sort=True):
+        if "round0_path_kl" in g:  # older run folders may lack round 0's path KL: then keep every run
+            on_prior = pd.to_numeric(g["round0_path_kl"], errors="coerce") == 0
+            g = g[on_prior] if on_prior.any() else g
         r0 = g.dropna(subset=["round0_eval_reward"]).groupby("seed")["round0_eval_reward"].mean()
         if len(r0) == 0:
             raise LeaderboardError(f"task {task!r} budget {budget}: no round-0 eval_reward to normalise with")

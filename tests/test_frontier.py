@@ -260,3 +260,32 @@ def test_best_of_n_sweeps_its_oversample_grid():
 
     assert fr.default_knob("best-of-n", BestOfNAgent) == "oversample"
     assert fr.rule_values("best-of-n", BestOfNAgent, "oversample") == [2, 4, 16, 64]
+
+
+def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier():
+    """Random search's round 0 (its own designs, path KL NaN) must not move norm_low; a method whose runs have
+    no path KL (random, BO, FK steering) gets no AUF or matched-KL score, only its -manifold best score."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import frontier_stats as fs
+    from benchmarks.leaderboard import normalisation_bounds
+
+    finals = pd.DataFrame({"task": ["t-manifold"] * 4, "budget": [100] * 4, "seed": [0, 1, 0, 1],
+                           "method": ["sqdf", "sqdf", "random", "random"],
+                           "round0_eval_reward": [-10.0, -12.0, -90.0, -95.0],
+                           "round0_path_kl": [0.0, 0.0, np.nan, np.nan], "optimal_value": [0.0] * 4})
+    rounds = pd.DataFrame({"task": ["t-manifold"], "eval_reward": [-1.0]})
+    b = normalisation_bounds(finals, rounds)
+    assert b["norm_low"].iloc[0] == -11.0  # the mean over the prior-sampling runs' seeds only
+
+    runs = pd.DataFrame({"task": "t-manifold", "method": ["sqdf"] * 2 + ["random"] * 2, "budget": 100,
+                         "knob": ["beta"] * 2 + [""] * 2, "value": [1.0, 1.0, np.nan, np.nan], "seed": [0, 1, 0, 1],
+                         "path_kl": [2.0, 3.0, np.nan, np.nan], "eval_reward": [-8.0, -9.0, -20.0, -30.0],
+                         "normalised_score": [0.3, 0.2, -0.8, -1.7], "norm_low": -11.0, "norm_high": 0.0,
+                         "norm_high_source": "optimum"})
+    board = fs.frontier_leaderboard(runs, reps=50).set_index("method")
+    assert board.loc["sqdf", "kl_measured"] and np.isfinite(board.loc["sqdf", "auf"])
+    assert not board.loc["random", "kl_measured"] and np.isnan(board.loc["random", "auf"])
+    assert board.loc["random", "best_score_manifold"] == -1.25
+    assert "no path KL" in fs.frontier_markdown(board.reset_index())
