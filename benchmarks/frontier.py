@@ -423,6 +423,10 @@ def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
     for ax in (ax_kl, ax_nat):
         ax.grid(alpha=0.3, which="both", lw=0.4)
     handles, labels = ax_kl.get_legend_handles_labels()
+    for h, lab in zip(*ax_nat.get_legend_handles_labels()):  # methods drawn on the naturalness panel only
+        if lab not in labels and not lab.startswith("pretrained"):
+            handles.append(h)
+            labels.append(f"{lab} (no path KL)")
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     n = f"{int(p['n_seeds'].min())}–{int(p['n_seeds'].max())}" if p["n_seeds"].nunique() > 1 else str(int(p["n_seeds"].iloc[0]))
     fig.suptitle(f"{task}: reward–KL frontier, budget {budget}, {n} seed(s) per point, 95% bootstrap CIs", fontsize=10)

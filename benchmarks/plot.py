@@ -36,7 +36,8 @@ from benchmarks.leaderboard import LeaderboardError, load_runs  # noqa: E402
 METHOD_COLOURS = {"pretrained": "#7f7f7f", "sqdf": "#d62728", "ddpo": "#1f77b4", "ddpo-sf": "#17becf",
                   "alignprop": "#2ca02c", "draft": "#ff7f0e", "draft-k": "#bcbd22", "draft-lv": "#8c564b",
                   "adjoint-matching": "#9467bd", "seiko": "#e377c2", "draft-1": "#393b79",
-                  "best-of-n": "#000000", "svdd": "#8c6d31", "random": "#c7c7c7"}
+                  "best-of-n": "#000000", "svdd": "#8c6d31", "random": "#c7c7c7", "fk-steering": "#637939",
+                  "raft": "#e7969c", "diffusion-nft": "#6b6ecf", "turbo": "#843c39", "qlognei": "#de9ed6"}
 NATURALNESS_LABELS = {"invalid_frac": "invalid fraction (off-manifold designs)",
                       "prior_logpdf": "prior log-density (nats)"}
 CI_REPS = 1000

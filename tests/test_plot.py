@@ -69,3 +69,11 @@ def test_cli_error_on_empty_folder_and_min_seeds(fake_runs, tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
     assert plot.main([str(fake_runs), "--out", str(tmp_path / "res"), "--min-seeds", "4"]) == 2
     assert "no (task, method, budget) has 4 finished seeds" in capsys.readouterr().err
+
+
+def test_every_registered_method_has_its_own_colour():
+    from benchmarks.plot import METHOD_COLOURS
+    from sqdf_bbo.agents import available_methods
+
+    assert set(available_methods()) <= set(METHOD_COLOURS)
+    assert len(set(METHOD_COLOURS.values())) == len(METHOD_COLOURS)
