@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     killed_dir = out / "killed"
     alive, rows, t_start = 0.0, [], time.time()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    commit_at_start = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip()  # the code the kills run (resumes re-import it)
     first = True
     for i, moment in enumerate(moments + [None]):
         cmd = [sys.executable, "-m", "sqdf_bbo.run", *base, "--out", str(killed_dir)] + ([] if first else ["--resume"])
@@ -115,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("wall_time_s", "peak_mem_mb", "run_dir"):
                     d.pop(k, None)
             summary["final_equal"] = fa == fb and (ref / "queries.csv").read_bytes() == (run_dir / "queries.csv").read_bytes()
-    summary["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip()
+    summary["git_commit"] = commit_at_start
     try:
         summary["load_average_before"] = load_before
         summary["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
