@@ -94,15 +94,10 @@ def ready_agent(cls, backbone_factory: Callable[[], Backbone], reward: Callable[
 
 
 def one_update(agent) -> dict[str, float]:
-    """Run exactly one optimizer step of ``agent.improve()`` at the agent's current state: the round is
-    marked open (so improve() neither refits the proxy nor starts a new AdamW nor redoes its
-    start-of-round work) with one step to go. Returns that step's statistics."""
+    """Exactly one optimizer step of ``agent.improve()`` at the agent's current state
+    (``OnlineFinetuneAgent.one_more_step``); returns that step's statistics."""
     assert int(agent.config["updates_per_round"]) == 1, "one_update needs updates_per_round=1"
-    agent.round_progress = {"stats": {}, "sums": {}, "done": 0}
-    round_before = agent.round
-    stats = agent.improve()
-    agent.round = round_before
-    return stats
+    return agent.one_more_step()
 
 
 def hand_ddim_mean(scheduler, num_steps: int, k: int, x: Tensor, eps: Tensor, eta: float = 1.0):

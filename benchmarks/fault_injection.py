@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.perf_main import git_commit_short
+
 
 def _run_folder(out: Path) -> Path | None:
     dirs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
@@ -68,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     killed_dir = out / "killed"
     alive, rows, t_start = 0.0, [], time.time()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    commit_at_start = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip()  # the code the kills run (resumes re-import it)
+    commit_at_start = git_commit_short()  # the code the kills run (resumes re-import it)
     first = True
     for i, moment in enumerate(moments + [None]):
         cmd = [sys.executable, "-m", "sqdf_bbo.run", *base, "--out", str(killed_dir)] + ([] if first else ["--resume"])

@@ -148,13 +148,15 @@ def config_hash(cfg: dict) -> str:
     """8-hex digest of the settings that define a run's method (agent, run and task overrides), not its seed."""
     import hashlib
 
+    def hashed(settings, always: tuple, at_default: dict):
+        """settings minus the keys in ``always`` and those still at their ``at_default`` value."""
+        if not isinstance(settings, dict):
+            return settings
+        return {k: v for k, v in settings.items() if k not in always and not (k in at_default and v == at_default[k])}
+
     key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
-    if isinstance(key["run"], dict):  # harness settings that do not change what a run computes
-        key["run"] = {k: v for k, v in key["run"].items() if k not in HASH_NEUTRAL_RUN
-                      and not (k in HASH_NEUTRAL_RUN_DEFAULTS and v == HASH_NEUTRAL_RUN_DEFAULTS[k])}
-    if isinstance(key["agent"], dict):
-        key["agent"] = {k: v for k, v in key["agent"].items()
-                        if k not in HASH_DERIVED and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+    key["run"] = hashed(key["run"], HASH_NEUTRAL_RUN, HASH_NEUTRAL_RUN_DEFAULTS)
+    key["agent"] = hashed(key["agent"], HASH_DERIVED, HASH_NEUTRAL_DEFAULTS)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -37,7 +37,8 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs, {platform.system()})"
 
 
-def _git() -> str:
+def git_commit_short() -> str:
+    """The checkout's short commit hash ("" outside git): every benchmark CSV records it."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -82,7 +83,7 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
         "eval_ground_truth_A_final": final.get("eval_ground_truth_A"),
         "fd_phi_final": final.get("fd_phi"), "path_kl_final": final.get("path_kl"),
         "target_wall_s": 600, "meets_target": bool(wall <= 600 and after.ru_maxrss / 1024 <= 4096),
-        "machine": _machine(), "git_commit": _git(),
+        "machine": _machine(), "git_commit": git_commit_short(),
     }
 
 

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import csv
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +57,10 @@ class PhaseClock:
         self.flops = {p: 0 for p in PHASES}
         self.counter = flop_counter
         self.stack = ["other"]
+        self.start()
+
+    def start(self) -> None:
+        """Count from now (time and FLOPs before this are charged to nothing)."""
         self._t, self._f = time.perf_counter(), self._total_flops()
 
     def _total_flops(self) -> int:
@@ -151,21 +154,15 @@ def run_method(task: str, method: str, budget: int, extra: dict, count_flops: bo
     counter = FlopCounterMode(display=False) if count_flops else None
     clock = PhaseClock(counter)
     with tempfile.TemporaryDirectory() as out, instrumented(cls, clock), (counter or contextlib.nullcontext()):
-        clock._t, clock._f = time.perf_counter(), clock._total_flops()
+        clock.start()
         run_experiment(task, method, budget, seed=0, out=out, run_settings=LEADERBOARD_SETTINGS["run"], **settings)
         clock.finish()
     return clock
 
 
-def _git() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     from benchmarks.perf_core import machine
+    from benchmarks.perf_main import git_commit_short
     from sqdf_bbo.run import _parse_value
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf_methods", description=__doc__.split("\n")[0])
@@ -188,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         extra[k] = _parse_value(v)
     torch.set_num_threads(a.threads)
     peak = matmul_peak_gflops()
-    mach, commit = machine(), _git()
+    mach, commit = machine(), git_commit_short()
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     run_method(a.task, methods[0], 32, extra, count_flops=False)  # warm-up: one-time imports and caches
     rows = []

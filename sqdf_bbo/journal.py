@@ -24,6 +24,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from sqdf_bbo.io import atomic_write_text
+
 
 def designs_sha256(designs: torch.Tensor) -> str:
     """sha256 of the designs' float32 bytes (what the oracle was sent)."""
@@ -49,8 +51,6 @@ class QueryJournal:
             except json.JSONDecodeError:
                 if i == len(lines) - 1:  # a torn last line: the agent never saw this batch; drop it so the
                     good = "".join(x + "\n" for x in lines[:i] if x.strip())  # next append starts a clean line
-                    from sqdf_bbo.io import atomic_write_text
-
                     atomic_write_text(self.path, good)
                     break
                 raise ValueError(f"query journal {self.path} is corrupt at line {i + 1}; it cannot be replayed "

@@ -439,7 +439,6 @@ class Run:
         from sqdf_bbo import checkpoint
 
         self._last_checkpoint_t = time.monotonic()
-
         folder = self.ckpt.parent
         st.ckpt_id = R = st.ckpt_id + 1
         try:
@@ -563,8 +562,8 @@ class Run:
         chunk by chunk, with a checkpoint (designs so far, generator state) whenever ``run.checkpoint_every_s``
         has passed since the last one, so a kill while sampling a large round redoes at most that much;
         a resume continues from the saved designs with the saved generator: the same designs as one call."""
-        chunk, every_s = agent.proposal_chunk(), float(self.run_cfg["checkpoint_every_s"])
-        if chunk is None or not every_s or self.dp is not None:
+        chunk = agent.proposal_chunk()
+        if chunk is None or not self._checkpoint_interval_s():
             return agent.propose(n, gen)
         parts = []
         if st.proposing is not None and st.proposing["round"] == round_no:  # resumed mid-proposal
@@ -576,27 +575,33 @@ class Run:
             part = torch.as_tensor(agent.propose(min(chunk, n - done), gen)).detach().cpu()
             parts.append(part)
             done += len(part)
-            if done < n and time.monotonic() - self._last_checkpoint_t >= every_s:
+            if done < n and self._checkpoint_overdue():
                 st.proposing = {"round": round_no, "designs": torch.cat(parts), "generator": gen.get_state()}
                 self.save_checkpoint(st, agent)
         st.proposing = None
         return torch.cat(parts)
 
+    def _checkpoint_interval_s(self) -> float:
+        """``run.checkpoint_every_s``, or 0 (off) in data-parallel runs: every process must save at the same
+        moment, and their clocks differ."""
+        return 0.0 if self.dp is not None else float(self.run_cfg["checkpoint_every_s"])
+
+    def _checkpoint_overdue(self) -> bool:
+        """Whether the time-based checkpoint interval has passed since the last checkpoint."""
+        every_s = self._checkpoint_interval_s()
+        return bool(every_s) and time.monotonic() - self._last_checkpoint_t >= every_s
+
     def _mid_round_checkpointer(self, st: RunState, agent):
         """The agent's update_hook: a checkpoint after every ``run.checkpoint_every``-th optimizer step and
-        after any step that ends ``run.checkpoint_every_s`` seconds or more after the last checkpoint (an
-        image-tier step can take seconds); None when both are off. Checkpoints draw no random numbers, so
-        when they happen does not change the run. Data-parallel runs checkpoint by step count only (every
-        process must save at the same step, and their clocks differ)."""
-        every, every_s = int(self.run_cfg["checkpoint_every"]), float(self.run_cfg["checkpoint_every_s"])
-        if self.dp is not None:
-            every_s = 0.0
-        if not every and not every_s:
+        after any step that ends when the time-based interval is overdue (an image-tier step can take
+        seconds); None when both are off. Checkpoints draw no random numbers, so when they happen does not
+        change the run."""
+        every = int(self.run_cfg["checkpoint_every"])
+        if not every and not self._checkpoint_interval_s():
             return None
 
         def hook(done: int) -> None:
-            due_s = every_s and time.monotonic() - self._last_checkpoint_t >= every_s
-            if (every and done % every == 0) or due_s:
+            if (every and done % every == 0) or self._checkpoint_overdue():
                 self.save_checkpoint(st, agent)
 
         return hook

@@ -228,6 +228,18 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
             for k, v in info.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
 
+    def one_more_step(self) -> dict[str, Any]:
+        """Run one optimizer step of :meth:`improve` at the current state (benchmarks and tests): the round
+        is marked open with one step to go, so improve() neither refits the proxy nor starts a new AdamW
+        nor redoes its start-of-round work. Returns improve()'s statistics, whose step means are over
+        ``updates_per_round`` (so they are that step's own values when it is 1); ``round`` is unchanged."""
+        n = int(self.config["updates_per_round"])
+        self.round_progress = {"stats": {}, "sums": {}, "done": max(n - 1, 0)}
+        round_before = self.round
+        stats = self.improve()
+        self.round = round_before
+        return stats
+
     def end_round(self) -> dict[str, Any]:
         """Close the round: the proxy refit's statistics and the mean of every recorded step statistic."""
         p, n = self.round_progress, int(self.config["updates_per_round"])
