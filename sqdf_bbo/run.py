@@ -64,7 +64,8 @@ class RunSettings:
                                      "outputs stay float32) or auto (bf16 where the GPU or CPU computes it "
                                      "natively, else fp32)", choices=("fp32", "bf16", "auto"))
     checkpoint_every_s: float = setting(60.0, "also a mid-round checkpoint after any optimizer step that ends "
-                                              "this many seconds after the last checkpoint (0: off)", ge=0)
+                                              "this many seconds after the last checkpoint, and after the "
+                                              "first step of a resumed run (0: off)", ge=0)
 
 
 RUN_DEFAULTS = _settings.defaults(RunSettings)
@@ -517,6 +518,10 @@ class Run:
                                      **self.agent_config})
         if args.resume and self.ckpt.exists():
             st, agent, rng = self.load_checkpoint()
+            # the first step or proposal chunk after a resume saves (the time-based interval counts as
+            # overdue): the work a kill threw away is secured once redone, so kills in quick succession
+            # never cost the same work twice
+            self._last_checkpoint_t = -math.inf
             if main and st.in_round:
                 print(f"resuming round {st.in_round['round']} after its query phase"
                       + (f" at optimizer step {agent.round_progress['done']}"

@@ -296,3 +296,31 @@ def test_kill_while_proposing_a_round_resumes_exactly(tmp_path, monkeypatch, cap
     assert main(_argv("sqdf", tmp_path / "b") + extra + ["--resume"]) == 0
     assert re.search(r"resuming round \d+'s proposal at [1-9]\d*/\d+ designs", capsys.readouterr().err)
     assert_same_run(next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir()))
+
+
+def test_a_resumed_run_checkpoints_after_its_first_step(tmp_path, monkeypatch):
+    """Kills in quick succession must not cost the same work twice: a run resumed from the checkpoint after
+    a query phase saves again right after its first optimizer step, though neither the step count nor the
+    (long) time interval asks for it; the result is still the uninterrupted run's."""
+    import sqdf_bbo.run as run_mod
+
+    extra = ["--set", "updates_per_round=3", "--set", "run.checkpoint_every=0", "--set", "run.checkpoint_every_s=1e6"]
+    assert main(_argv("sqdf", tmp_path / "a") + extra) == 0
+    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT", "2")  # round 0's, then round 1's query phase
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
+    with pytest.raises(Killed):
+        main(_argv("sqdf", tmp_path / "b") + extra)
+    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT")
+    steps_at_save = []
+    real_save = run_mod.Run.save_checkpoint
+
+    def recording_save(self, st, agent):
+        progress = getattr(agent, "round_progress", None)
+        steps_at_save.append((st.in_round is not None, progress["done"] if progress else None))
+        return real_save(self, st, agent)
+
+    monkeypatch.setattr(run_mod.Run, "save_checkpoint", recording_save)
+    assert main(_argv("sqdf", tmp_path / "b") + extra + ["--resume"]) == 0
+    assert steps_at_save[0] == (True, 1)  # mid-round, after the first step of the resumed round
+    assert sum(1 for mid, done in steps_at_save if mid and done) == 1  # and no other mid-round save
+    assert_same_run(next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir()))
