@@ -6,7 +6,7 @@ Index convention (spec §0): generation step k = 0..N-1 maps x_k -> x_{k+1}; x_0
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 import torch.utils.checkpoint
@@ -28,6 +28,19 @@ class BaselineSettings(OnlineFinetuneAgent.Settings):
     updates_per_round: int = setting(20, "optimizer steps per round", ge=0)
     weight_decay: float = setting(1e-4, "AdamW weight decay (AlignProp/DDPO/DRaFT configs)", ge=0)
     max_grad_norm: float = setting(1.0, "global gradient-norm clip (AlignProp/DDPO/DRaFT configs)", gt=0)
+
+
+#: the ``checkpoint`` setting of the reward-backprop agents (SEIKO, AlignProp, DRaFT-K/DRaFT/DRaFT-1)
+CHECKPOINT_DOC = ("gradient checkpointing of every model call: 'auto' = on for the image and SD backbones (their "
+                  "activations dominate memory), off for the vector MLP (recomputing only costs time); same result")
+Checkpointing = Union[bool, Literal["auto"]]
+
+
+def uses_checkpointing(agent) -> bool:
+    """The agent's ``checkpoint`` setting resolved: True/False as set, 'auto' = on outside the synthetic tier.
+    Checkpointing recomputes each forward pass in backward, so it changes memory and time, not the result."""
+    value = agent.config["checkpoint"]
+    return agent.task.tier != "synthetic" if value == "auto" else bool(value)
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> Any:

@@ -9,6 +9,7 @@ KL, reward in standardised units). This is the optimum only for a *memoryless* s
 2. terminal adjoint ã_N = -λ ∇_x r̂⁺(x_N) (through the decoder and proxy);
 3. lean adjoint, backward: ã_k = (∂μ_k^base/∂x_k)^T ã_{k+1}, one vector-Jacobian product through the frozen
    pretrained mean per step (``torch.autograd.grad`` with ``grad_outputs=ã_{k+1}``, not a Jacobian row sum);
+   its forward passes give μ_k^base(x_k), which step 4 reuses;
 4. loss L = mean_b (N/|S|) Σ_{k∈S} ‖(μ_k^θ(x_k) - μ_k^base(x_k))/s_k + s_k ã_k‖² (sum over elements), with
    x and ã detached, so θ gets gradient only through ε_θ at the selected steps S. Its minimiser is
    μ^θ = μ^base - s_k² ã_k. ``adjoint_index="k"`` (default) pairs the control at x_k with ã_k as in QAM and
@@ -43,11 +44,13 @@ from sqdf_bbo.settings import setting
 Tensor = torch.Tensor
 
 
-def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Tensor, cond: Any = None) -> Tensor:
+def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Tensor, cond: Any = None,
+                 return_eps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Lean adjoint along a recorded chain.
 
     latents: (B, N+1, *shape) states x_0..x_N (detached here); terminal: (B, *shape) ã_N (e.g. -λ∇r(x_N)).
-    Returns (B, N+1, *shape) with ã_N = terminal and ã_k = VJP of μ_k^base at x_k with ã_{k+1}.
+    Returns (B, N+1, *shape) with ã_N = terminal and ã_k = VJP of μ_k^base at x_k with ã_{k+1}; with
+    ``return_eps`` also the base model's ε̂(x_k) (B, N, *shape), detached, which the loss can reuse.
     """
     B, N1 = latents.shape[:2]
     N = schedule.num_steps
@@ -55,23 +58,28 @@ def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Te
         raise ValueError(f"latents must hold N+1={N + 1} states, got {N1}")
     if terminal.shape != latents[:, -1].shape:
         raise ValueError(f"terminal adjoint shape {tuple(terminal.shape)} != state shape {tuple(latents[:, -1].shape)}")
-    adj = [None] * (N + 1)
+    adj, eps = [None] * (N + 1), [None] * N
     adj[N] = terminal.detach()
     for k in range(N - 1, -1, -1):
         x = latents[:, k].detach().requires_grad_(True)
         with torch.enable_grad():
             t = schedule.timestep_batch(k, B, x.device)
-            mu = schedule.mean(x, eps_base(x, t, cond), k)
+            e = eps_base(x, t, cond)
+            mu = schedule.mean(x, e, k)
             (a,) = torch.autograd.grad(mu, x, grad_outputs=adj[k + 1])
-        adj[k] = a.detach()
-    return torch.stack(adj, dim=1)
+        adj[k], eps[k] = a.detach(), e.detach()
+    adjoints = torch.stack(adj, dim=1)
+    return (adjoints, torch.stack(eps, dim=1)) if return_eps else adjoints
 
 
 def adjoint_matching_loss(eps_policy, eps_base, schedule: DDIMSchedule, latents: Tensor, adjoints: Tensor,
-                          steps: Optional[Tensor] = None, cond: Any = None, index: str = "k") -> Tensor:
+                          steps: Optional[Tensor] = None, cond: Any = None, index: str = "k",
+                          base_eps: Optional[Tensor] = None) -> Tensor:
     """mean_b (N/|S|) Σ_{k∈S} ‖(μ^θ_k - μ^base_k)/s_k + s_k ã‖² with ã = ã_k (index 'k') or ã_{k+1} ('k+1').
 
-    latents, adjoints: (B, N+1, *shape), both treated as constants; steps: (S,) long step indices (None = all).
+    latents, adjoints: (B, N+1, *shape), both treated as constants; steps: (S,) long step indices (None = all);
+    base_eps: (B, N, *shape) the base model's ε̂(x_k) already computed (``lean_adjoint(return_eps=True)``),
+    used instead of calling ``eps_base`` again.
     """
     check_choice("adjoint_index", index, ("k", "k+1"))
     B = latents.shape[0]
@@ -91,8 +99,11 @@ def adjoint_matching_loss(eps_policy, eps_base, schedule: DDIMSchedule, latents:
     if cond is not None:
         cond_rep = cond.repeat_interleave(S, dim=0) if isinstance(cond, Tensor) else [c for c in cond for _ in range(S)]
     eps_p = eps_policy(x, t, cond_rep)
-    with torch.no_grad():
-        eps_b = eps_base(x, t, cond_rep)
+    if base_eps is not None:
+        eps_b = base_eps[:, steps].detach().reshape(B * S, *shape)
+    else:
+        with torch.no_grad():
+            eps_b = eps_base(x, t, cond_rep)
     s = schedule.step_std(ks, x)
     resid = (schedule.mean(x, eps_p, ks) - schedule.mean(x, eps_b, ks)) / s + s * a
     per_row = resid.pow(2).reshape(B, S, -1).sum(dim=(1, 2))
@@ -145,12 +156,13 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         for _ in self.round_steps():
             traj = self.sample(B, self.generator)
             aN, r = self.terminal_adjoint(traj.final)
-            adj = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond)
+            adj, base_eps = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond,
+                                         return_eps=True)
             steps = None  # all steps, or am_steps of them drawn without replacement
             if c["am_steps"] is not None:
                 steps = torch.randperm(N, generator=self.generator)[: int(c["am_steps"])].sort().values
             loss = adjoint_matching_loss(self.policy_eps, self.reference_eps, self.schedule, traj.latents, adj,
-                                         steps, traj.cond, c["adjoint_index"])
+                                         steps, traj.cond, c["adjoint_index"], base_eps)
             loss.backward()
             self.record_step({"loss": loss.item(), "reward": r.mean().item(), "grad_norm": self.clip_and_step(),
                               "adjoint_norm0": float(adj[:, 0].reshape(B, -1).norm(dim=1).mean())})

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines._common import BaselineSettings, check_choice, check_positive_int, draw_noise, truncated_chain
+from baselines._common import (CHECKPOINT_DOC, BaselineSettings, Checkpointing, uses_checkpointing, check_choice,
+    check_positive_int, draw_noise, truncated_chain)
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.settings import setting
 
@@ -73,7 +74,7 @@ class AlignPropAgent(OnlineFinetuneAgent):
         truncation: str = setting("gaussian", "randomised truncation of the backprop (per trajectory)",
                                   choices=STRATEGIES)
         truncation_K: int = setting(1, "steps with gradient when truncation = fixed", ge=1)
-        checkpoint: bool = setting(True, "gradient checkpointing of every model call")
+        checkpoint: Checkpointing = setting("auto", CHECKPOINT_DOC)
 
     @classmethod
     def resolve_config(cls, task, overrides):
@@ -95,7 +96,7 @@ class AlignPropAgent(OnlineFinetuneAgent):
             x0, noises, cond = draw_noise(self, B)
             cut = self.cut_indices(B)
             xN = truncated_chain(self.policy_eps, self.schedule, x0, noises, cond, cut=cut,
-                                 checkpoint=bool(self.config["checkpoint"]))
+                                 checkpoint=uses_checkpointing(self))
             r = self.reward(xN)
             loss = -r.mean()
             loss.backward()

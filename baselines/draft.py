@@ -24,7 +24,8 @@ from typing import Union
 
 import torch
 
-from baselines._common import BaselineSettings, check_positive_int, draw_noise, truncated_chain
+from baselines._common import (CHECKPOINT_DOC, BaselineSettings, Checkpointing, uses_checkpointing,
+    check_positive_int, draw_noise, truncated_chain)
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory
 from sqdf_bbo.settings import setting
@@ -81,7 +82,7 @@ class DRaFTKAgent(OnlineFinetuneAgent):
     class Settings(BaselineSettings):
         lr: float = setting(4e-4, "AdamW learning rate (SQDF's DRaFT comparison)", gt=0)
         K: Union[int, str, None] = setting(2, "last steps with gradient: an integer in [1, num_steps] or 'all'")
-        checkpoint: bool = setting(True, "gradient checkpointing of every model call")
+        checkpoint: Checkpointing = setting("auto", CHECKPOINT_DOC)
 
     @classmethod
     def resolve_config(cls, task, overrides):
@@ -102,7 +103,7 @@ class DRaFTKAgent(OnlineFinetuneAgent):
         for _ in self.round_steps():
             x0, noises, cond = draw_noise(self, B)
             xN = truncated_chain(self.policy_eps, self.schedule, x0, noises, cond, cut=cut,
-                                 checkpoint=bool(self.config["checkpoint"]))
+                                 checkpoint=uses_checkpointing(self))
             r = self.reward(xN)
             loss = -r.mean()
             loss.backward()

@@ -35,7 +35,8 @@ from typing import Optional
 import torch
 import torch.utils.checkpoint
 
-from baselines._common import BaselineSettings, draw_noise, truncated_chain
+from baselines._common import (CHECKPOINT_DOC, BaselineSettings, Checkpointing, uses_checkpointing, draw_noise,
+    truncated_chain)
 from sqdf_bbo.agents.kl_scale import latent_elements, resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import gaussian_kl
@@ -70,7 +71,7 @@ class SEIKOAgent(OnlineFinetuneAgent):
                                     choices=("previous", "pretrained"))
         truncation: str = setting("per_step", "per-step random gradient truncation (SEIKO code) or full backprop",
                                   choices=("per_step", "none"))
-        checkpoint: bool = setting(True, "gradient checkpointing of every model call")
+        checkpoint: Checkpointing = setting("auto", CHECKPOINT_DOC)
 
     @classmethod
     def resolve_config(cls, task, overrides):
@@ -94,7 +95,7 @@ class SEIKOAgent(OnlineFinetuneAgent):
     def chain_with_kl(self, x0: Tensor, noises: Tensor, cond=None, mask=None) -> tuple[Tensor, Tensor]:
         """Differentiable chain and SEIKO's KL: returns x_N (B, *shape) and kl = Σ_k mean_b KL_k (scalar)."""
         sched = self.schedule
-        ckpt = bool(self.config["checkpoint"])
+        ckpt = uses_checkpointing(self)
         kls = []
 
         def hook(k, x, t, eps, live):

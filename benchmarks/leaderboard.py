@@ -140,8 +140,9 @@ HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
 HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every", "checkpoint_every_s")
 #: run settings added later whose default is what runs before them computed
 HASH_NEUTRAL_RUN_DEFAULTS = {"precision": "fp32"}
-#: agent settings that are derived from others (beta is recorded beside the native knob it sets)
-HASH_DERIVED = ("beta",)
+#: agent settings that are derived from others (beta is recorded beside the native knob it sets) or that
+#: change memory and time but not the result (gradient checkpointing)
+HASH_NEUTRAL_AGENT = ("beta", "checkpoint")
 
 
 def config_hash(cfg: dict) -> str:
@@ -156,7 +157,7 @@ def config_hash(cfg: dict) -> str:
 
     key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
     key["run"] = hashed(key["run"], HASH_NEUTRAL_RUN, HASH_NEUTRAL_RUN_DEFAULTS)
-    key["agent"] = hashed(key["agent"], HASH_DERIVED, HASH_NEUTRAL_DEFAULTS)
+    key["agent"] = hashed(key["agent"], HASH_NEUTRAL_AGENT, HASH_NEUTRAL_DEFAULTS)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

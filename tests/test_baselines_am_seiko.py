@@ -95,6 +95,31 @@ def test_am_loss_at_base_equals_adjoint_energy():
     torch.testing.assert_close(adjoint_matching_loss(model, model, sched, traj.latents, adj, index="k+1"), e_next)
 
 
+def test_am_reuses_the_base_predictions_of_the_adjoint_pass():
+    """lean_adjoint(return_eps=True) returns the base model's ε̂ at every x_k, and the loss given them equals
+    the loss that calls the base model again (all steps and a subset), in gradient too."""
+    N = 6
+    policy, base = TinyEps(DIM, 3, seed=3), TinyEps(DIM, 3, seed=4)
+    sched = DDIMSchedule.from_scheduler(base.scheduler, N, 1.0)
+    g = torch.Generator().manual_seed(3)
+    traj = sample_trajectory(policy, sched, torch.randn(5, DIM, generator=g, dtype=torch.float64), generator=g)
+    terminal = torch.randn(5, DIM, generator=g, dtype=torch.float64)
+    adj, eps = lean_adjoint(base, sched, traj.latents, terminal, return_eps=True)
+    torch.testing.assert_close(adj, lean_adjoint(base, sched, traj.latents, terminal), rtol=0, atol=0)
+    for k in range(N):
+        with torch.no_grad():
+            expect = base(traj.latents[:, k], sched.timestep_batch(k, 5, traj.latents.device))
+        torch.testing.assert_close(eps[:, k], expect, rtol=1e-14, atol=1e-15)
+    for steps in (None, torch.tensor([0, 3, 5])):
+        fresh = adjoint_matching_loss(policy, base, sched, traj.latents, adj, steps)
+        reused = adjoint_matching_loss(policy, base, sched, traj.latents, adj, steps, base_eps=eps)
+        torch.testing.assert_close(reused, fresh, rtol=1e-14, atol=0)
+        g_fresh = torch.autograd.grad(fresh, list(policy.parameters()))
+        g_reused = torch.autograd.grad(reused, list(policy.parameters()))
+        for a, b in zip(g_fresh, g_reused):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+
+
 def test_am_converges_to_tilted_gaussian():
     """Data N(m, vI), exact ε*, linear reward g·x, λ = 1/alpha: after training a per-step bias with the agent's
     optimizer step, x_N has mean m + λ v g and unchanged variance (spec §4 test c).

@@ -237,3 +237,26 @@ def test_update_steps_improve_reward():
         g = torch.Generator().manual_seed(7)
         after = reward_fn(agent.sample(512, g).final).mean()
         assert after > before + 0.1, f"{cls.__name__}: reward {before:.3f} -> {after:.3f}"
+
+
+@pytest.mark.parametrize("cls,cfg", [(AlignPropAgent, {}), (DRaFTAgent, {}), (DRaFTKAgent, {"K": 3}),
+                                     ("seiko", {"truncation": "none"}), ("seiko", {})])
+def test_gradient_checkpointing_changes_nothing_but_cost(cls, cfg):
+    """checkpoint=True (recompute every model call in backward) and False give the same update to the last
+    bit; 'auto' resolves to off on the vector tier and on for the image and SD backbones."""
+    from types import SimpleNamespace
+
+    from baselines._common import uses_checkpointing
+    from baselines.seiko import SEIKOAgent
+
+    cls = SEIKOAgent if cls == "seiko" else cls
+    grads = {}
+    for ck in (True, False):
+        agent = ready_agent(cls, lambda: TinyEps(DIM, 3, seed=1), reward_fn, {**cfg, "checkpoint": ck}, num_steps=N)
+        grads[ck] = capture_grads(agent)
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[True].items():
+        assert torch.equal(g, grads[False][name]), name
+    auto = lambda tier: uses_checkpointing(SimpleNamespace(config={"checkpoint": "auto"},  # noqa: E731
+                                                           task=SimpleNamespace(tier=tier)))
+    assert [auto(t) for t in ("synthetic", "image", "sd")] == [False, True, True]
