@@ -2,6 +2,7 @@
 
     python -m benchmarks.perf_methods [--task levy] [--methods sqdf,seiko,...] [--budget 1000] [--threads 1]
         [--flops] [--out results/perf_methods.csv] [--set KEY=VALUE ...]
+    python -m benchmarks.perf_methods --table results/perf_methods.csv   # the README's markdown table
 
 After an untimed warm-up run (budget 32: the one-time imports), each method runs once, in this process, through the real runner (``sqdf_bbo.run.run_experiment``) at the
 leaderboard's settings (128 eval draws; fine-tuners: 20 updates per round, 30 proxy epochs), with timers
@@ -160,6 +161,31 @@ def run_method(task: str, method: str, budget: int, extra: dict, count_flops: bo
     return clock
 
 
+TARGET_S_PER_1K = 15.0  # issue 14: every method at the leaderboard's settings, 1 thread, quiet machine
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per method from the CSV rows: s per 1k queries in total and in the main phases, the
+    counted GFLOP, achieved GFLOP/s and share of the matmul peak (when FLOPs were counted), the target."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["method"], {})[r["phase"]] = r
+    head = ("| method | s / 1k queries | training steps | training rollouts | query sampling | evaluation "
+            "+ path KL | proxy fit | GFLOP | GFLOP/s | of matmul peak | ≤ 15 s |\n|---|" + "---:|" * 10)
+    lines = [head]
+    f = lambda x: "" if x in (None, "") else f"{float(x):.1f}"  # noqa: E731
+    for method, ph in by.items():
+        tot = ph["total"]
+        s = lambda name: float(ph[name]["s_per_1k_queries"])  # noqa: E731
+        ratio = tot.get("peak_ratio")
+        lines.append(f"| {method} | {f(tot['s_per_1k_queries'])} | {s('train_steps'):.1f} | "
+                     f"{s('train_rollouts'):.1f} | {s('query_sampling'):.1f} | {s('evaluation') + s('path_kl'):.1f} | "
+                     f"{s('proxy_fit'):.1f} | {f(tot.get('gflop'))} | {f(tot.get('gflops_per_s'))} | "
+                     + ("" if ratio in (None, "") else f"{100 * float(ratio):.0f} %") + " | "
+                     + ("yes" if float(tot["s_per_1k_queries"]) <= TARGET_S_PER_1K else "no") + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from benchmarks.perf_core import machine
     from benchmarks.perf_main import git_commit_short
@@ -174,7 +200,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default="results/perf_methods.csv")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="agent setting for every method")
+    p.add_argument("--table", metavar="CSV", help="print the markdown summary of an earlier CSV and stop")
     a = p.parse_args(argv)
+    if a.table:
+        with open(a.table, newline="") as fh:
+            print(markdown_table(list(csv.DictReader(fh))))
+        return 0
     if a.budget < 1 or a.threads < 1:
         p.error(f"--budget and --threads must be >= 1, got {a.budget} and {a.threads}")
     extra = {}
@@ -219,6 +250,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
+    print(markdown_table(rows))
     return 0
 
 

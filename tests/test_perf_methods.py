@@ -35,3 +35,28 @@ def test_flops_go_to_the_phase_that_ran_them():
         clock.finish()
     assert clock.flops["train_rollouts"] == 2 * 64 * 32 * 16
     assert clock.flops["other"] == 2 * 64 * 32 * 16 and clock.flops["train_steps"] == 0
+
+
+def test_markdown_table_sums_evaluation_and_flags_the_target(tmp_path, capsys):
+    import csv
+
+    rows = []
+    for method, total in (("fast", 12.0), ("slow", 40.0)):
+        for phase in pm.PHASES + ("total",):
+            sec = {"total": total, "evaluation": 1.5, "path_kl": 0.5, "train_steps": total - 2.0}.get(phase, 0.0)
+            counted = phase == "total"
+            rows.append({"task": "levy", "method": method, "phase": phase, "s_per_1k_queries": sec,
+                         "gflop": 100.0 if counted else None, "gflops_per_s": 100.0 / total if counted else None,
+                         "peak_ratio": 0.5 if counted else None})
+    path = tmp_path / "p.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert pm.main(["--table", str(path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    fast = next(x for x in lines if x.startswith("| fast "))
+    slow = next(x for x in lines if x.startswith("| slow "))
+    cells = [c.strip() for c in fast.strip("|").split("|")]
+    assert cells[1] == "12.0" and cells[5] == "2.0" and cells[9] == "50 %" and cells[10] == "yes"
+    assert slow.rstrip().endswith("| no |")
