@@ -18,7 +18,7 @@ wrapped around the runner's phases. Phases are exclusive (a phase's time exclude
 * ``other``           everything else: building the task and agent, the oracle, logs and sample grids
 
 With ``--flops`` a second run of each method counts the FLOPs of every phase with
-``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward; it slows
+:class:`MatmulFlops`: ``torch.utils.flop_counter``'s formulas (matmuls and convolutions, forward and backward; it slows
 the run, so times always come from the first, uncounted run). Achieved GFLOP/s = FLOPs / time; the
 ``peak_ratio`` divides it by this CPU's fp32 matmul rate measured at the start of the same invocation
 (1024 x 1024 GEMM, the run's thread count).
@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 PHASES = ("query_sampling", "proxy_fit", "train_rollouts", "train_steps", "evaluation", "path_kl", "checkpoints",
           "other")
@@ -48,6 +50,27 @@ DEFAULT_METHODS = ("sqdf", "seiko", "adjoint-matching", "alignprop", "draft", "d
                    "ddpo", "ddpo-sf", "raft", "diffusion-nft", "best-of-n", "svdd", "fk-steering")
 COLUMNS = ["task", "method", "budget", "phase", "seconds", "s_per_1k_queries", "gflop", "gflops_per_s",
            "peak_ratio", "matmul_peak_gflops", "threads", "load_before", "load_after", "machine", "git_commit"]
+
+
+class MatmulFlops(TorchDispatchMode):
+    """FLOPs of every matmul and convolution run inside it, by ``torch.utils.flop_counter``'s formulas, forward
+    and backward. Unlike ``FlopCounterMode`` it tracks no modules, whose backward hooks break the
+    ``torch.autograd.grad`` calls of Adjoint Matching's adjoint and reward gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+    def get_total_flops(self) -> int:
+        return self.total
 
 
 class PhaseClock:
@@ -141,8 +164,6 @@ def _timed(fn: Callable) -> float:
 
 def run_method(task: str, method: str, budget: int, extra: dict, count_flops: bool) -> PhaseClock:
     """One run of ``method`` on ``task`` in a temporary folder, phases timed (and FLOPs counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from sqdf_bbo.agents import resolve_method
     from sqdf_bbo.run import run_experiment
 
@@ -152,7 +173,7 @@ def run_method(task: str, method: str, budget: int, extra: dict, count_flops: bo
         settings = {**LEADERBOARD_SETTINGS["trained"], **settings}
     elif "proxy_epochs" in cls.default_config:
         settings = {"proxy_epochs": LEADERBOARD_SETTINGS["trained"]["proxy_epochs"], **settings}
-    counter = FlopCounterMode(display=False) if count_flops else None
+    counter = MatmulFlops() if count_flops else None
     clock = PhaseClock(counter)
     with tempfile.TemporaryDirectory() as out, instrumented(cls, clock), (counter or contextlib.nullcontext()):
         clock.start()
@@ -184,6 +205,14 @@ def markdown_table(rows: list[dict]) -> str:
                      + ("" if ratio in (None, "") else f"{100 * float(ratio):.0f} %") + " | "
                      + ("yes" if float(tot["s_per_1k_queries"]) <= TARGET_S_PER_1K else "no") + " |")
     return "\n".join(lines)
+
+
+def write_csv(out: Path, rows: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -240,16 +269,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "peak_ratio": None if rate is None else round(rate / peak, 4),
                          "matmul_peak_gflops": round(peak, 1), "threads": a.threads,
                          "load_before": load_before, "load_after": load_after, "machine": mach, "git_commit": commit})
+        write_csv(Path(a.out), rows)  # after every method: an interruption keeps what was measured
         print(f"{method}: {total_s * per_1k:.1f} s per 1000 queries ("
               + ", ".join(f"{k} {v * per_1k:.1f}" for k, v in timed.seconds.items()) + ")", file=sys.stderr,
               flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
+    print(f"wrote {len(rows)} rows to {a.out}", file=sys.stderr)
     print(markdown_table(rows))
     return 0
 

@@ -60,3 +60,23 @@ def test_markdown_table_sums_evaluation_and_flags_the_target(tmp_path, capsys):
     cells = [c.strip() for c in fast.strip("|").split("|")]
     assert cells[1] == "12.0" and cells[5] == "2.0" and cells[9] == "50 %" and cells[10] == "yes"
     assert slow.rstrip().endswith("| no |")
+
+
+def test_matmul_flops_agree_with_flop_counter_mode_and_survive_autograd_grad():
+    """The benchmark's counter gives FlopCounterMode's total on a forward + backward, and, unlike it, counts
+    through torch.autograd.grad on a leaf input (Adjoint Matching's adjoint)."""
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    reference = FlopCounterMode(display=False)
+    with reference:
+        net(x).sum().backward()
+    ours = pm.MatmulFlops()
+    with ours:
+        net(x).sum().backward()
+    assert ours.get_total_flops() == reference.get_total_flops() > 0
+    leaf = torch.randn(5, 8, requires_grad=True)
+    ours = pm.MatmulFlops()
+    with ours:
+        (g,) = torch.autograd.grad(net(leaf).sum(), leaf)
+    forward = 2 * 5 * (8 * 16 + 16 * 4)  # two GEMMs of 5 rows
+    assert g.shape == leaf.shape and ours.get_total_flops() == 2 * forward  # + input gradients, no weight gradients
