@@ -136,8 +136,10 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
 #: agent settings added after results were committed, with the value that reproduces the earlier
 #: computation exactly: left out of the hash at that value so committed rows stay comparable
 HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
-#: run settings that do not change what a run computes (oracle retries, the optional tracker)
-HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every", "checkpoint_every_s")
+#: run settings that do not change what a run computes (oracle retries, the optional tracker, checkpoints)
+#: or change only its float rounding, as the thread count does (the UNet's memory layout)
+HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every", "checkpoint_every_s",
+                    "channels_last")
 #: run settings added later whose default is what runs before them computed
 HASH_NEUTRAL_RUN_DEFAULTS = {"precision": "fp32"}
 #: agent settings that are derived from others (beta is recorded beside the native knob it sets) or that

@@ -63,6 +63,9 @@ class RunSettings:
     precision: str = setting("fp32", "the diffusion backbones' forward pass: fp32, bf16 (torch.autocast; "
                                      "outputs stay float32) or auto (bf16 where the GPU or CPU computes it "
                                      "natively, else fp32)", choices=("fp32", "bf16", "auto"))
+    channels_last: bool = setting(True, "the embedded image UNet computes in channels_last memory format (faster on "
+                                        "CPU, same function up to float rounding; false: the layout of runs "
+                                        "before it)")
     checkpoint_every_s: float = setting(60.0, "also a mid-round checkpoint after any optimizer step that ends "
                                               "this many seconds after the last checkpoint, and after the "
                                               "first step of a resumed run (0: off)", ge=0)
@@ -375,11 +378,13 @@ class Run:
         self.agent_cls = resolve_method(args.method)
         self.agent_config = self.agent_cls.resolve_config(self.task.info, self.agent_overrides)
         self.run_cfg = resolve_run_settings(run_overrides, self.task.info.defaults, args.budget)
-        from sqdf_bbo.backbones.base import compute_dtype_for, with_compute_dtype
+        from sqdf_bbo.backbones.base import compute_dtype_for, with_channels_last, with_compute_dtype
 
         dtype = compute_dtype_for(self.run_cfg["precision"])
         if dtype is not None and self.task.info.make_backbone is not None:  # agents' and the harness's backbones
             self.task.info.make_backbone = with_compute_dtype(self.task.info.make_backbone, dtype)
+        if self.run_cfg["channels_last"] and self.task.info.make_backbone is not None:
+            self.task.info.make_backbone = with_channels_last(self.task.info.make_backbone)
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.json"

@@ -57,3 +57,24 @@ def test_fp32_runs_hash_like_runs_from_before_the_setting():
            "task_overrides": {}}
     bf16 = {**new, "run": {**new["run"], "precision": "bf16"}}
     assert config_hash(old) == config_hash(new) != config_hash(bf16)
+
+
+def test_channels_last_unet_is_the_same_function_in_the_standard_layout(tmp_path):
+    """run.channels_last: the UNet's weights go NHWC, its output stays in the standard layout and equals the
+    standard-layout UNet's up to float rounding; the vector MLP ignores it; a run with it off still works."""
+    from sqdf_bbo.backbones.base import with_channels_last
+    from sqdf_bbo.backbones.unet import load_pretrained_unet
+    from sqdf_bbo.run import main
+
+    plain = load_pretrained_unet()
+    fast = with_channels_last(load_pretrained_unet)()
+    conv = fast.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 3, 16, 16, generator=g), torch.tensor([5, 500, 950])
+    with torch.no_grad():
+        out, ref = fast(x, t), plain(x, t)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert main(["--task", "levy", "--method", "random", "--budget", "8", "--out", str(tmp_path / "v"),
+                 "--no-progress", "--set", "run.channels_last=false"]) == 0

@@ -60,6 +60,15 @@ def with_compute_dtype(make_backbone, dtype: torch.dtype):
     return make
 
 
+def with_channels_last(make_backbone):
+    """A backbone factory whose convolutional backbones compute in channels_last (NHWC) memory format."""
+    def make():
+        backbone = make_backbone()
+        backbone.use_channels_last()
+        return backbone
+    return make
+
+
 class Backbone(nn.Module):
     """Abstract epsilon-prediction denoiser with a differentiable decoder.
 
@@ -95,6 +104,9 @@ class Backbone(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Design -> latent (inverse of decode), used for pretraining. Identity by default."""
         return x
+
+    def use_channels_last(self) -> None:
+        """Compute in channels_last memory format where that helps (``run.channels_last``); a no-op here."""
 
     def lora_targets(self) -> Optional[list[str]]:
         """Module names peft's LoRA should wrap, or None if the backbone is fine-tuned in full."""

@@ -1,0 +1,85 @@
+"""What the LoRA wrapper costs on the vector tier: the levy MLP prior as the fine-tuners hold it.
+
+    python -m benchmarks.perf_lora [--task levy] [--rows 32] [--rank 4] [--calls 200] [--out results/perf_lora.csv]
+
+Milliseconds per call at ``--rows`` rows (the fine-tuners' ``train_batch``), one thread, of: the plain
+pretrained network (the frozen reference), the policy with peft LoRA adapters of ``--rank`` (how every
+fine-tuner trains it, ``lora_rank=4``), and the LoRA policy with its adapters merged (what no-grad sampling
+uses); each without grad and with a backward pass (to the LoRA weights for the LoRA policy, to the input
+for the frozen ones). Give it the machine alone.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+COLUMNS = ["task", "module", "pass", "rows", "ms_per_call", "threads", "load_before", "machine", "git_commit"]
+
+
+def ms_per_call(fn, calls: int) -> float:
+    for _ in range(5):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.perf_core import machine
+    from benchmarks.perf_main import git_commit_short
+    from sqdf_bbo.agents import resolve_method
+    from sqdf_bbo.tasks import make_task
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.perf_lora", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="levy")
+    p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--out", default="results/perf_lora.csv")
+    a = p.parse_args(argv)
+    if min(a.rows, a.rank, a.calls) < 1:
+        p.error(f"--rows, --rank and --calls must be >= 1, got {a.rows}, {a.rank}, {a.calls}")
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0]
+    task = make_task(a.task)
+    cls = resolve_method("draft-1")  # any OnlineFinetuneAgent: it wraps the policy as every fine-tuner does
+    agent = cls(task.info, cls.resolve_config(task.info, {"lora_rank": a.rank}), seed=0)
+    modules = {"plain": agent.reference, "lora": agent.policy, "lora_merged": agent.sampling_policy()}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.rows, *agent.reference.latent_shape, generator=g)
+    t = torch.full((a.rows,), 500, dtype=torch.long)
+    rows = []
+    for name, module in modules.items():
+        def forward():
+            with torch.no_grad():
+                module(x, t)
+
+        x_in = x.clone().requires_grad_(name != "lora")
+
+        def backward():
+            module(x_in, t).sum().backward()
+
+        for pass_name, fn in (("forward", forward), ("forward+backward", backward)):
+            ms = ms_per_call(fn, a.calls)
+            rows.append({"task": a.task, "module": name, "pass": pass_name, "rows": a.rows,
+                         "ms_per_call": round(ms, 3), "threads": 1, "load_before": load, "machine": machine(),
+                         "git_commit": git_commit_short()})
+            print(f"{name:12s} {pass_name:17s} {ms:7.3f} ms", file=sys.stderr)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
