@@ -142,9 +142,11 @@ HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpo
                     "channels_last")
 #: run settings added later whose default is what runs before them computed
 HASH_NEUTRAL_RUN_DEFAULTS = {"precision": "fp32"}
-#: agent settings that are derived from others (beta is recorded beside the native knob it sets) or that
-#: change memory and time but not the result (gradient checkpointing)
-HASH_NEUTRAL_AGENT = ("beta", "checkpoint")
+#: agent settings that are derived from others (beta is recorded beside the native knob it sets)
+HASH_NEUTRAL_AGENT = ("beta",)
+#: agent settings that change memory and time but not the result (gradient checkpointing): hashed at one
+#: fixed value, the default they had when the committed results were made, so those rows keep their hashes
+HASH_FIXED_AGENT = {"checkpoint": True}
 
 
 def config_hash(cfg: dict) -> str:
@@ -160,6 +162,8 @@ def config_hash(cfg: dict) -> str:
     key = {k: cfg.get(k) for k in ("agent", "run", "task_overrides")}
     key["run"] = hashed(key["run"], HASH_NEUTRAL_RUN, HASH_NEUTRAL_RUN_DEFAULTS)
     key["agent"] = hashed(key["agent"], HASH_NEUTRAL_AGENT, HASH_NEUTRAL_DEFAULTS)
+    if isinstance(key["agent"], dict):
+        key["agent"].update({k: v for k, v in HASH_FIXED_AGENT.items() if k in key["agent"]})
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -78,3 +78,16 @@ def test_channels_last_unet_is_the_same_function_in_the_standard_layout(tmp_path
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     assert main(["--task", "levy", "--method", "random", "--budget", "8", "--out", str(tmp_path / "v"),
                  "--no-progress", "--set", "run.channels_last=false"]) == 0
+
+
+def test_memory_and_time_switches_do_not_change_the_config_hash():
+    """Gradient checkpointing (any value) and the UNet's memory layout hash like the committed runs, which
+    recorded checkpoint=true and no layout; a setting that changes results still changes the hash."""
+    from benchmarks.leaderboard import config_hash
+
+    old = {"agent": {"lr": 1e-3, "checkpoint": True}, "run": {"n_eval": 128}, "task_overrides": {}}
+    for ck in ("auto", False, True):
+        new = {"agent": {"lr": 1e-3, "checkpoint": ck}, "run": {"n_eval": 128, "channels_last": ck is True},
+               "task_overrides": {}}
+        assert config_hash(new) == config_hash(old)
+    assert config_hash({**old, "agent": {"lr": 2e-3, "checkpoint": True}}) != config_hash(old)
