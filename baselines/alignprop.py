@@ -25,6 +25,7 @@ step per epoch, 20 epochs) — the same ``train_batch``/``updates_per_round`` as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 

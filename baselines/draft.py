@@ -20,7 +20,7 @@ model call is on by default (non-reentrant). No KL term.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 

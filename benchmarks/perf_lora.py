@@ -11,7 +11,6 @@ for the frozen ones). Give it the machine alone.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ def ms_per_call(fn, calls: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.perf_core import machine
     from benchmarks.perf_main import git_commit_short
+    from benchmarks.perf_methods import write_csv
     from sqdf_bbo.agents import resolve_method
     from sqdf_bbo.tasks import make_task
 
@@ -72,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ms_per_call": round(ms, 3), "threads": 1, "load_before": load, "machine": machine(),
                          "git_commit": git_commit_short()})
             print(f"{name:12s} {pass_name:17s} {ms:7.3f} ms", file=sys.stderr)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(Path(a.out), rows, COLUMNS)
     return 0
 
 

@@ -207,10 +207,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(out: Path, rows: list[dict]) -> None:
+def write_csv(out: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+    """Rewrite ``out`` with a header and ``rows`` (the perf benchmarks' CSVs)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w = csv.DictWriter(fh, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
 

@@ -14,7 +14,6 @@ and the load average. Give it the machine alone.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -38,13 +37,14 @@ def build(variant: str):
     if "channels_last" in variant:
         model = model.to(memory_format=torch.channels_last)
         to_input = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
-    fn = model
     if variant == "bf16":
         def fn(x, t):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(x, t).float()
-    if variant.startswith("compile"):
+    elif variant.startswith("compile"):
         fn = torch.compile(model)
+    else:
+        fn = model
     return model, fn, to_input
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.perf_core import machine
     from benchmarks.perf_main import git_commit_short
-    from benchmarks.perf_methods import matmul_peak_gflops
+    from benchmarks.perf_methods import matmul_peak_gflops, write_csv
     from sqdf_bbo.backbones.base import cpu_has_native_bf16
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf_unet", description=__doc__.split("\n")[0])
@@ -126,13 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variant:22s} {name:17s} {1e3 * sec:8.2f} ms  {rate:6.1f} GFLOP/s  ({100 * rate / peak:.0f} % of "
                   f"{peak:.0f})  max |diff| {diff:.1e}" + (f"  compile {compile_s:.0f} s" if compile_s else ""),
                   file=sys.stderr, flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
+    write_csv(Path(a.out), rows, COLUMNS)
+    print(f"wrote {len(rows)} rows to {a.out}", file=sys.stderr)
     return 0
 
 
