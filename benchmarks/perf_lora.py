@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(a.rows, a.rank, a.calls) < 1:
         p.error(f"--rows, --rank and --calls must be >= 1, got {a.rows}, {a.rank}, {a.calls}")
     torch.set_num_threads(1)
-    load = os.getloadavg()[0]
+    context = {"threads": 1, "load_before": os.getloadavg()[0], "machine": machine(), "git_commit": git_commit_short()}
     task = make_task(a.task)
     cls = resolve_method("draft-1")  # any OnlineFinetuneAgent: it wraps the policy as every fine-tuner does
     agent = cls(task.info, cls.resolve_config(task.info, {"lora_rank": a.rank}), seed=0)
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for pass_name, fn in (("forward", forward), ("forward+backward", backward)):
             ms = ms_per_call(fn, a.calls)
             rows.append({"task": a.task, "module": name, "pass": pass_name, "rows": a.rows,
-                         "ms_per_call": round(ms, 3), "threads": 1, "load_before": load, "machine": machine(),
-                         "git_commit": git_commit_short()})
+                         "ms_per_call": round(ms, 3), **context})
             print(f"{name:12s} {pass_name:17s} {ms:7.3f} ms", file=sys.stderr)
     write_csv(Path(a.out), rows, COLUMNS)
     return 0

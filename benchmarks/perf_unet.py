@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants must be among {', '.join(VARIANTS)} (got {', '.join(bad)}); "
                 "--threads, --batch, --repeats >= 1")
     torch.set_num_threads(a.threads)
-    load = os.getloadavg()[0]
+    load = os.getloadavg()[0]  # before this process's own GEMM
     peak = matmul_peak_gflops()
+    context = {"threads": a.threads, "matmul_peak_gflops": round(peak, 1), "native_bf16": cpu_has_native_bf16(),
+               "load_before": load, "machine": machine(), "git_commit": git_commit_short()}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, 3, 16, 16, generator=g)
     t = torch.randint(0, 1000, (a.batch,), generator=g)
@@ -120,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"variant": variant, "pass": name, "batch": a.batch, "ms_per_call": round(1e3 * sec, 2),
                          "gflop_per_call": round(flops / 1e9, 3), "gflops_per_s": round(rate, 1),
                          "peak_ratio": round(rate / peak, 3), "max_abs_diff_vs_fp32": f"{diff:.2e}",
-                         "compile_s": round(compile_s, 1), "threads": a.threads,
-                         "matmul_peak_gflops": round(peak, 1), "native_bf16": cpu_has_native_bf16(),
-                         "load_before": load, "machine": machine(), "git_commit": git_commit_short()})
+                         "compile_s": round(compile_s, 1), **context})
             print(f"{variant:22s} {name:17s} {1e3 * sec:8.2f} ms  {rate:6.1f} GFLOP/s  ({100 * rate / peak:.0f} % of "
                   f"{peak:.0f})  max |diff| {diff:.1e}" + (f"  compile {compile_s:.0f} s" if compile_s else ""),
                   file=sys.stderr, flush=True)
