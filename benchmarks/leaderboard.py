@@ -39,7 +39,7 @@ KEY = ["task", "method", "budget"]
 CORE_KEYS = {"task", "method", "seed", "budget", "round", "rounds", "queries_used", "round_size", "run_dir",
              "best_so_far", "best_observed", "top1", "top10", "top100", "auc_top10", "eval_reward",
              "eval_reward_std", "path_kl", "vendi", "mean_pairwise_distance", "wall_time_s", "peak_mem_mb",
-             "round_wall_s", "train"}
+             "round_wall_s", "phase_wall_s", "train"}
 REQUIRED_FINAL = ("task", "method", "seed", "budget", "eval_reward")
 #: columns that measure the machine, not the method; excluded when checking reproducibility
 TIMING_COLUMNS = ("wall_time_s_mean", "peak_mem_mb_max")

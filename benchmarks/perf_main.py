@@ -12,7 +12,8 @@ to ``results/perf_main_profile_s<seed>.txt``.
 
 Appends one row per seed to ``results/perf_main.csv``: task, method, budget, seed, threads, wall_s, cpu_s,
 peak_rss_mb, load_before, load_after, eval_reward_pretrained (round 0), eval_reward_final,
-eval_ground_truth_A_final, fd_phi_final, path_kl_final, target_wall_s, meets_target, machine, git_commit.
+eval_ground_truth_A_final, fd_phi_final, path_kl_final, target_wall_s, meets_target, machine, git_commit,
+and where the time went (``PHASE_COLUMNS``, from the run's rounds.jsonl).
 """
 from __future__ import annotations
 
@@ -28,9 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
+#: where the wall time went: start-up and weight loading (wall time outside the rounds), the round-0
+#: evaluation of the pretrained model, then per phase summed over rounds 1.. (rounds.jsonl's phase_wall_s)
+PHASE_COLUMNS = ["startup_s", "eval_pretrained_s", "propose_s", "query_s", "improve_s", "evaluate_s",
+                 "checkpoint_s"]
 COLUMNS = ["task", "method", "budget", "seed", "threads", "wall_s", "cpu_s", "peak_rss_mb", "load_before",
            "load_after", "eval_reward_pretrained", "eval_reward_final", "eval_ground_truth_A_final",
-           "fd_phi_final", "path_kl_final", "target_wall_s", "meets_target", "machine", "git_commit"]
+           "fd_phi_final", "path_kl_final", "target_wall_s", "meets_target", "machine", "git_commit",
+           *PHASE_COLUMNS]
 
 
 def _machine() -> str:
@@ -72,7 +78,12 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out.parent / f"perf_main_profile_s{seed}.txt", "w") as f:
                 pstats.Stats(str(prof), stream=f).sort_stats("cumulative").print_stats(40)
+    phases = {f"{k}_s": round(sum(r.get("phase_wall_s", {}).get(k, 0.0) for r in rounds[1:]), 1)
+              for k in ("propose", "query", "improve", "evaluate", "checkpoint")}
+    phases["eval_pretrained_s"] = round(rounds[0].get("round_wall_s", 0.0), 1) if rounds else 0.0
+    phases["startup_s"] = round(wall - sum(r.get("round_wall_s", 0.0) for r in rounds), 1)
     return {
+        **phases,
         "task": task, "method": method, "budget": budget, "seed": seed, "threads": threads,
         "wall_s": round(wall, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
@@ -106,13 +117,30 @@ def main(argv=None) -> None:
     for seed in a.seeds:
         row = run_once(a.task, a.method, a.budget, seed, a.threads, out, a.profile, extra)
         print(json.dumps(row), flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        new = not out.exists()
-        with open(out, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_row(out, row)
+
+
+def append_row(out: Path, row: dict) -> None:
+    """Append ``row`` to the CSV; a file written before a column was added is rewritten with the current
+    header first (its rows get empty cells there)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if out.exists():
+        with open(out, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != COLUMNS:
+                rows = list(reader)
+    if rows:
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+            w.writeheader()
+            w.writerows(rows)
+    new = not out.exists()
+    with open(out, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 if __name__ == "__main__":

@@ -389,6 +389,7 @@ class Run:
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.json"
         self._last_checkpoint_t = time.monotonic()  # when the newest checkpoint was saved (or the run began)
+        self._checkpoint_wall_s = 0.0  # seconds spent saving checkpoints in the current round
         self._check_out_dir()
 
     def _check_out_dir(self) -> None:
@@ -444,7 +445,7 @@ class Run:
         improve() reports progress, every ``run.checkpoint_every`` steps or ``run.checkpoint_every_s`` seconds."""
         from sqdf_bbo import checkpoint
 
-        self._last_checkpoint_t = time.monotonic()
+        t_start = time.monotonic()
         folder = self.ckpt.parent
         st.ckpt_id = R = st.ckpt_id + 1
         try:
@@ -461,6 +462,8 @@ class Run:
         for old in folder.glob(f"agent_rank{self.rank}_ckpt*.json"):
             if old.stem != self._agent_stem(R, self.rank):
                 checkpoint.remove(folder, old.stem)
+        self._last_checkpoint_t = time.monotonic()
+        self._checkpoint_wall_s += self._last_checkpoint_t - t_start
         if os.environ.get("SQDF_BBO_CRASH_AFTER_CHECKPOINT") == str(R):  # test hook: a kill right after it
             os._exit(17)
 
@@ -621,22 +624,29 @@ class Run:
         (improve, with mid-round checkpoints), evaluation and logs (process 0), checkpoint."""
         args, main, n = self.args, self.rank == 0, self.sizes[r]
         t0 = time.time()
+        self._checkpoint_wall_s = 0.0
         if st.in_round is None:  # skipped when resuming after the query phase
             bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
             gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
             designs = self._check_designs(self.propose(agent, n, gen, st, r + 1), n)
+            t_query = time.time()
             observed = self._query(env, designs, st, r, bar) if main else None  # process 0 alone spends budget
             if self.dp is not None:
                 observed = self.dp.broadcast_object(observed)
             agent.observe(designs, torch.from_numpy(observed))
-            st.in_round = {"round": r + 1, "query_wall_s": time.time() - t0}
+            st.in_round = {"round": r + 1, "query_wall_s": time.time() - t0,
+                           "phase_wall_s": {"propose": t_query - t0 - self._checkpoint_wall_s,
+                                            "query": time.time() - t_query}}
             if main:
                 st.env = env.get_state()
             self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
+        phases = dict(st.in_round.get("phase_wall_s", {}))  # this process's share when resumed mid-round
         best = max(q["true"] for q in st.queries) if main else float("nan")
         bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
         agent.update_hook = self._mid_round_checkpointer(st, agent)
+        t_improve, ckpt_before = time.time(), self._checkpoint_wall_s
         train_stats = agent.improve() or {}
+        phases["improve"] = time.time() - t_improve - (self._checkpoint_wall_s - ckpt_before)
         agent.update_hook = None
         st.in_round = None
         st.next_round = r + 1
@@ -649,8 +659,9 @@ class Run:
             summary = curve_summary(np.array([q["true"] for q in st.queries]), args.budget)
             summary["best_observed"] = float(max(q["observed"] for q in st.queries))
             st.wall_s += time.time() - t_eval
+            phases.update(evaluate=time.time() - t_eval, checkpoint=self._checkpoint_wall_s)
             st.rounds.append({"round": r + 1, "round_size": n, **summary, **ev, "round_wall_s": time.time() - t0,
-                              "train": {k: _num(v) for k, v in train_stats.items()}})
+                              "phase_wall_s": phases, "train": {k: _num(v) for k, v in train_stats.items()}})
             st.env = env.get_state()
             self._render(st.last_designs, st.reference_designs, r + 1)
             self.write_logs(st)
@@ -668,6 +679,7 @@ class Run:
                  "rounds": len(self.sizes), "wall_time_s": st.wall_s, "peak_mem_mb": _peak_mem_mb(),
                  "run_dir": str(self.dir)}
         final.pop("round_wall_s", None)
+        final.pop("phase_wall_s", None)
         if self.world_size > 1:
             final["world_size"] = self.world_size
         atomic_write_json(self.dir / "final.json", final)

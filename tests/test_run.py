@@ -73,6 +73,11 @@ def test_pretrained_run_folder_holds_everything(tmp_path):
     rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
     assert [r["queries_used"] for r in rounds] == [0, 13, 39, 92, 200]
+    for r in rounds[1:]:  # the round's wall time split into disjoint phases
+        phases = r["phase_wall_s"]
+        assert set(phases) == {"propose", "query", "improve", "evaluate", "checkpoint"}
+        assert min(phases.values()) >= 0 and phases["checkpoint"] > 0
+        assert sum(phases.values()) <= r["round_wall_s"] + 1e-3
     q = pd.read_csv(run / "queries.csv")
     assert len(q) == 200 and list(q["query_index"]) == list(range(200))
     assert {"round", "observed", "true", "x0", "x7"} <= set(q.columns)
