@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(WEIGHTS_DIR))
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only when stopping)")
     p.add_argument("--fd-samples", type=int, default=512, help="samples for the final Fréchet distance (0: skip)")
-    p.add_argument("--fd-steps", type=int, nargs="+", default=[20, 50], help="DDIM steps (eta 1) for the FD")
+    p.add_argument("--fd-steps", type=int, nargs="+", default=[20, 50], help="DDIM steps for the FD")
+    p.add_argument("--fd-eta", type=float, nargs="+", default=[1.0],
+                   help="DDIM eta values for the FD (1: the tiers' sampler; 0: deterministic DDIM); the grid and the "
+                        "extra statistics use the first")
     p.add_argument("--eval-only", action="store_true",
                    help="only measure FD of the saved weights --name, add it to its JSON, write the sample grid")
     p.add_argument("--grid", default="results/image_pretrained_samples.png", help="sample grid PNG ('' to skip)")
@@ -99,9 +102,10 @@ def sample_images(model: PixelUNet, n: int, num_steps: int = 20, eta: float = 1.
     return torch.cat(out)
 
 def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), seed: int = 0,
-                  grid: str = "") -> dict:
+                  grid: str = "", etas: tuple[float, ...] = (1.0,)) -> dict:
     """Fréchet distance (oracle phi features, see tasks/image.py) of n samples vs held-out patches, per
-    number of DDIM steps, with data-vs-data and baseline references; optionally a sample grid PNG."""
+    number of DDIM steps and eta (keys ``fd_ddim<k>`` for eta 1, ``fd_ddim<k>_eta<e>`` otherwise), with
+    data-vs-data and baseline references; optionally a sample grid PNG (first steps and eta)."""
     from sqdf_bbo.data import build_patches
     from sqdf_bbo.tasks.image import AestheticTask
 
@@ -109,18 +113,22 @@ def evaluate_unet(name: str, n: int = 512, steps: tuple[int, ...] = (20, 50), se
     task = AestheticTask(unet=name)  # its FD / denoising loss / oracle read the committed weights
     res: dict[str, Any] = {"fd_samples": n, "fd_space": "RandAesthetic phi, z-scored, 512-d; ref = 5000 held-out patches"}
     t0 = time.time()
+    first = None
     for k in steps:
-        x = sample_images(model, n, num_steps=k, seed=seed)
-        res[f"fd_ddim{k}"] = round(task.frechet_distance(x), 3)
-        res[f"denoise_loss_ddim{k}"] = round(float(task.denoising_loss(x).mean()), 4)
-        res[f"aesthetic_ddim{k}"] = round(float(task.evaluate_true(x).mean()), 4)
-        if k == steps[0]:
+        for eta in etas:
+            x = sample_images(model, n, num_steps=k, eta=eta, seed=seed)
+            key = f"ddim{k}" if eta == 1.0 else f"ddim{k}_eta{eta:g}"
+            res[f"fd_{key}"] = round(task.frechet_distance(x), 3)
+            res[f"denoise_loss_{key}"] = round(float(task.denoising_loss(x).mean()), 4)
+            res[f"aesthetic_{key}"] = round(float(task.evaluate_true(x).mean()), 4)
+            if first is not None:
+                continue
             first = x
-        if k == steps[0] and grid:
-            Path(grid).parent.mkdir(parents=True, exist_ok=True)
-            real = build_patches(64, model.latent_shape[-1], "heldout", seed=seed + 1)
-            task.render(x[:64], grid, title=f"{name}: DDIM-{k} (eta 1) samples, FD {res[f'fd_ddim{k}']:.1f}",
-                        reference=real, reference_label="held-out natural patches")
+            if grid:
+                Path(grid).parent.mkdir(parents=True, exist_ok=True)
+                real = build_patches(64, model.latent_shape[-1], "heldout", seed=seed + 1)
+                task.render(x[:64], grid, title=f"{name}: DDIM-{k} (eta {eta:g}) samples, FD {res[f'fd_{key}']:.1f}",
+                            reference=real, reference_label="held-out natural patches")
     moments, model.data_moments = model.data_moments, None  # the same sampler started from N(0, I)
     res[f"fd_ddim{steps[0]}_standard_normal_start"] = round(task.frechet_distance(
         sample_images(model, n, num_steps=steps[0], seed=seed)), 3)
@@ -235,7 +243,7 @@ def _pretrain_image(args: argparse.Namespace, argv: Optional[list[str]]) -> dict
     if args.eval_only:
         if out.resolve() != WEIGHTS_DIR:
             raise SystemExit(f"error: --eval-only works on the committed weights in {WEIGHTS_DIR}, not --out {out}")
-        res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid)
+        res = evaluate_unet(name, args.fd_samples, tuple(args.fd_steps), args.seed, args.grid, tuple(args.fd_eta))
         js = _paths(name, out)[1]
         meta = json.loads(js.read_text())
         meta["sample_quality"] = dict(res, command=cmd)
