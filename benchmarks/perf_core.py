@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from sqdf_bbo.diffusion import DDIMSchedule, path_kl, sample_trajectory
@@ -63,8 +62,11 @@ def machine() -> str:
     return f"{model} ({os.cpu_count()} logical CPUs, {platform.system()})"
 
 
-def _median_time(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
+def median_seconds(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
+    """Seconds per call of ``fn``: the median of ``repeats`` timed calls after ``warmup`` untimed ones (every
+    perf benchmark times its calls with this)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -132,7 +134,7 @@ def time_task(name: str, repeats: int, sampling: bool = True) -> dict[str, float
     scale = 1000.0 / N_QUERIES
     ops = {"ddim_sample": sample, "ddim_sample_grad": sample_grad, "path_kl": kl} if sampling else {}
     ops.update({"oracle_true": oracle, "env_step": env_steps})
-    return {what: _median_time(fn, repeats) * scale for what, fn in ops.items()}
+    return {what: median_seconds(fn, repeats) * scale for what, fn in ops.items()}
 
 
 def main(argv=None) -> int:

@@ -2,18 +2,18 @@
 
     python -m benchmarks.perf_lora [--task levy] [--rows 32] [--rank 4] [--calls 200] [--out results/perf_lora.csv]
 
-Milliseconds per call at ``--rows`` rows (the fine-tuners' ``train_batch``), one thread, of: the plain
-pretrained network (the frozen reference), the policy with peft LoRA adapters of ``--rank`` (how every
-fine-tuner trains it, ``lora_rank=4``), and the LoRA policy with its adapters merged (what no-grad sampling
-uses); each without grad and with a backward pass (to the LoRA weights for the LoRA policy, to the input
-for the frozen ones). Give it the machine alone.
+Milliseconds per call (median of ``--calls`` after 5 warm-up calls) at ``--rows`` rows (the fine-tuners'
+``train_batch``), one thread, of: the plain pretrained network (the frozen reference), the policy with peft
+LoRA adapters of ``--rank`` (how every fine-tuner trains it, ``lora_rank=4``), and the LoRA policy with its
+adapters merged (what no-grad sampling uses); each without grad and with a backward pass (to the LoRA
+weights for the LoRA policy, to the input for the frozen ones). Give it the machine alone. (Rows committed
+before the shared ``median_seconds`` timer were a mean over the calls.)
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,17 +21,8 @@ import torch
 COLUMNS = ["task", "module", "pass", "rows", "ms_per_call", "threads", "load_before", "machine", "git_commit"]
 
 
-def ms_per_call(fn, calls: int) -> float:
-    for _ in range(5):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls * 1e3
-
-
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.perf_core import machine
+    from benchmarks.perf_core import machine, median_seconds
     from benchmarks.perf_main import git_commit_short
     from benchmarks.perf_methods import write_csv
     from sqdf_bbo.agents import resolve_method
@@ -67,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             module(x_in, t).sum().backward()
 
         for pass_name, fn in (("forward", forward), ("forward+backward", backward)):
-            ms = ms_per_call(fn, a.calls)
+            ms = 1e3 * median_seconds(fn, a.calls, warmup=5)
             rows.append({"task": a.task, "module": name, "pass": pass_name, "rows": a.rows,
                          "ms_per_call": round(ms, 3), **context})
             print(f"{name:12s} {pass_name:17s} {ms:7.3f} ms", file=sys.stderr)

@@ -48,23 +48,10 @@ def build(variant: str):
     return model, fn, to_input
 
 
-def time_calls(call, repeats: int) -> float:
-    """Seconds per call, the median of ``repeats`` after two warm-up calls."""
-    call()
-    call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def main(argv: list[str] | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.perf_core import machine
+    from benchmarks.perf_core import machine, median_seconds
     from benchmarks.perf_main import git_commit_short
     from benchmarks.perf_methods import matmul_peak_gflops, write_csv
     from sqdf_bbo.backbones.base import cpu_has_native_bf16
@@ -117,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             fn(xv, t).sum().backward()
 
         for name, call, flops in (("forward", forward, fwd_flops), ("forward+backward", train, train_flops)):
-            sec = time_calls(call, a.repeats)
+            sec = median_seconds(call, a.repeats)
             rate = flops / sec / 1e9
             rows.append({"variant": variant, "pass": name, "batch": a.batch, "ms_per_call": round(1e3 * sec, 2),
                          "gflop_per_call": round(flops / 1e9, 3), "gflops_per_s": round(rate, 1),

@@ -84,7 +84,7 @@ def _grid(n_rows: int, tasks: Sequence[str], height: float = 3.3, width: float =
 
 
 def _finish(fig, axes, path: Path, title: str) -> Path:
-    handles, labels = {}, []
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
