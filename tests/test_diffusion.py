@@ -2,7 +2,6 @@
 finite differences and Monte Carlo."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler

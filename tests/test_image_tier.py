@@ -5,7 +5,6 @@ Kept small (few images, few DDIM steps) so the file runs in well under 2 minutes
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import socket

@@ -1,6 +1,5 @@
 """SQDF math against independent computations (spec sqdf.md §3) and the decisive Gaussian/linear-reward
 test: fine-tuning reaches the KL-regularised optimum p* ∝ p_ref exp(r/α) in closed form."""
-import copy
 
 import pytest
 import torch

@@ -13,7 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 torch.set_num_threads(1)
 

@@ -1,5 +1,4 @@
 """Synthetic tier: BoTorch oracles, exact prior densities, -manifold validity, the pretrained MLP."""
-import math
 
 import numpy as np
 import pytest
