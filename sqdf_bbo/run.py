@@ -378,13 +378,12 @@ class Run:
         self.agent_cls = resolve_method(args.method)
         self.agent_config = self.agent_cls.resolve_config(self.task.info, self.agent_overrides)
         self.run_cfg = resolve_run_settings(run_overrides, self.task.info.defaults, args.budget)
-        from sqdf_bbo.backbones.base import compute_dtype_for, with_channels_last, with_compute_dtype
+        from sqdf_bbo.backbones.base import compute_dtype_for, with_execution_options
 
-        dtype = compute_dtype_for(self.run_cfg["precision"])
-        if dtype is not None and self.task.info.make_backbone is not None:  # agents' and the harness's backbones
-            self.task.info.make_backbone = with_compute_dtype(self.task.info.make_backbone, dtype)
-        if self.run_cfg["channels_last"] and self.task.info.make_backbone is not None:
-            self.task.info.make_backbone = with_channels_last(self.task.info.make_backbone)
+        dtype, channels_last = compute_dtype_for(self.run_cfg["precision"]), self.run_cfg["channels_last"]
+        if (dtype is not None or channels_last) and self.task.info.make_backbone is not None:
+            # the agents' and the harness's backbones
+            self.task.info.make_backbone = with_execution_options(self.task.info.make_backbone, dtype, channels_last)
         self.sizes = round_sizes(args.budget, self.run_cfg["rounds"], self.run_cfg["round_sizes"])
         self.dir = Path(args.out) / run_folder_name(args.task, args.method, args.budget, args.seed)
         self.ckpt = self.dir / "checkpoint" / "state.json"

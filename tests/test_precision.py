@@ -36,8 +36,9 @@ def test_auto_is_fp32_without_native_bf16(monkeypatch):
 
 def test_bf16_run_is_recorded_and_refused_values_are_one_line(tmp_path, capsys, monkeypatch):
     built = []
-    real = base.with_compute_dtype
-    monkeypatch.setattr(base, "with_compute_dtype", lambda make, dtype: (built.append(dtype), real(make, dtype))[1])
+    real = base.with_execution_options
+    monkeypatch.setattr(base, "with_execution_options",
+                        lambda make, dtype, channels_last: (built.append(dtype), real(make, dtype, channels_last))[1])
     argv = ["--task", "levy", "--method", "pretrained", "--budget", "16", "--out", str(tmp_path), "--no-progress",
             "--set", "num_steps=3", "--set", "run.n_eval=8"]
     assert main(argv + ["--set", "run.precision=bf16"]) == 0
@@ -61,12 +62,12 @@ def test_fp32_runs_hash_like_runs_from_before_the_setting():
 def test_channels_last_unet_is_the_same_function_in_the_standard_layout(tmp_path):
     """run.channels_last: the UNet's weights go NHWC, its output stays in the standard layout and equals the
     standard-layout UNet's up to float rounding; the vector MLP ignores it; a run with it off still works."""
-    from sqdf_bbo.backbones.base import with_channels_last
+    from sqdf_bbo.backbones.base import with_execution_options
     from sqdf_bbo.backbones.unet import load_pretrained_unet
     from sqdf_bbo.run import main
 
     plain = load_pretrained_unet()
-    fast = with_channels_last(load_pretrained_unet)()
+    fast = with_execution_options(load_pretrained_unet, channels_last=True)()
     conv = fast.unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     g = torch.Generator().manual_seed(0)

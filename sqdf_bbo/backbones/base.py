@@ -51,20 +51,16 @@ def compute_dtype_for(precision: str) -> Optional[torch.dtype]:
     raise ValueError(f"precision must be fp32, bf16 or auto, got {precision!r}")
 
 
-def with_compute_dtype(make_backbone, dtype: torch.dtype):
-    """A backbone factory whose backbones compute their forward pass under autocast to ``dtype``."""
+def with_execution_options(make_backbone, compute_dtype: Optional[torch.dtype] = None,
+                           channels_last: bool = False):
+    """A backbone factory whose backbones compute their forward pass under autocast to ``compute_dtype``
+    (None: in the input's dtype) and, if ``channels_last``, convolutional ones in the NHWC memory format
+    (``run.precision`` and ``run.channels_last``)."""
     def make():
         backbone = make_backbone()
-        backbone.compute_dtype = dtype
-        return backbone
-    return make
-
-
-def with_channels_last(make_backbone):
-    """A backbone factory whose convolutional backbones compute in channels_last (NHWC) memory format."""
-    def make():
-        backbone = make_backbone()
-        backbone.use_channels_last()
+        backbone.compute_dtype = compute_dtype
+        if channels_last:
+            backbone.use_channels_last()
         return backbone
     return make
 
