@@ -44,13 +44,13 @@ from sqdf_bbo.settings import setting
 Tensor = torch.Tensor
 
 
-def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Tensor, cond: Any = None,
-                 return_eps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Tensor,
+                 cond: Any = None) -> tuple[Tensor, Tensor]:
     """Lean adjoint along a recorded chain.
 
     latents: (B, N+1, *shape) states x_0..x_N (detached here); terminal: (B, *shape) ã_N (e.g. -λ∇r(x_N)).
-    Returns (B, N+1, *shape) with ã_N = terminal and ã_k = VJP of μ_k^base at x_k with ã_{k+1}; with
-    ``return_eps`` also the base model's ε̂(x_k) (B, N, *shape), detached, which the loss can reuse.
+    Returns (adjoints, base_eps): adjoints (B, N+1, *shape) with ã_N = terminal and ã_k = VJP of μ_k^base at
+    x_k with ã_{k+1}; base_eps (B, N, *shape) the base model's ε̂(x_k), detached, which the loss reuses.
     """
     B, N1 = latents.shape[:2]
     N = schedule.num_steps
@@ -69,7 +69,7 @@ def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Te
             (a,) = torch.autograd.grad(mu, x, grad_outputs=adj[k + 1])
         adj[k], eps[k] = a.detach(), e.detach()
     adjoints = torch.stack(adj, dim=1)
-    return (adjoints, torch.stack(eps, dim=1)) if return_eps else adjoints
+    return adjoints, torch.stack(eps, dim=1)
 
 
 def adjoint_matching_loss(eps_policy, eps_base, schedule: DDIMSchedule, latents: Tensor, adjoints: Tensor,
@@ -78,7 +78,7 @@ def adjoint_matching_loss(eps_policy, eps_base, schedule: DDIMSchedule, latents:
     """mean_b (N/|S|) Σ_{k∈S} ‖(μ^θ_k - μ^base_k)/s_k + s_k ã‖² with ã = ã_k (index 'k') or ã_{k+1} ('k+1').
 
     latents, adjoints: (B, N+1, *shape), both treated as constants; steps: (S,) long step indices (None = all);
-    base_eps: (B, N, *shape) the base model's ε̂(x_k) already computed (``lean_adjoint(return_eps=True)``),
+    base_eps: (B, N, *shape) the base model's ε̂(x_k) already computed (by ``lean_adjoint``),
     used instead of calling ``eps_base`` again.
     """
     check_choice("adjoint_index", index, ("k", "k+1"))
@@ -156,8 +156,7 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         for _ in self.round_steps():
             traj = self.sample(B, self.generator)
             aN, r = self.terminal_adjoint(traj.final)
-            adj, base_eps = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond,
-                                         return_eps=True)
+            adj, base_eps = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond)
             steps = None  # all steps, or am_steps of them drawn without replacement
             if c["am_steps"] is not None:
                 steps = torch.randperm(N, generator=self.generator)[: int(c["am_steps"])].sort().values

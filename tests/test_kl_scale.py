@@ -138,7 +138,7 @@ def test_adjoint_matching_gradient_equals_beta_times_exact_kl_gradient(task, bet
         d = delta.clone().requires_grad_(True)
         _patch(agent, d, K_STAR)
         terminal = -agent.lam * g.expand(B, 8)  # ã_N = -λ ∇r(x_N) for r = g·x
-        adj = lean_adjoint(agent.reference_eps, agent.schedule, latents, terminal)
+        adj, _ = lean_adjoint(agent.reference_eps, agent.schedule, latents, terminal)
         loss = adjoint_matching_loss(agent.policy_eps, agent.reference_eps, agent.schedule, latents, adj,
                                      index="k+1")
         (gd,) = torch.autograd.grad(loss, d)
