@@ -6,7 +6,8 @@
 # x 0.01, 0.1, 1, 10 for the others) except the candidate counts of best-of-n and svdd, capped at 2, 4, 16
 # for both: 64 candidates per proposal would cost about an hour per run on one core (64 x 20 UNet steps per
 # query). The BO peers ignore the image prior and are not run. Resumable: re-running skips finished runs and
-# continues interrupted ones, so it can be spread over several sessions (about 6 h on 2 cores in all).
+# continues interrupted ones, so it can be spread over several sessions (about 9-10 h on 2 cores in all, ~6.5 min
+# per run and worker).
 #
 #   bash benchmarks/reproduce_image_frontier.sh [OUT=runs/frontier_image] [WORKERS=2]
 #
