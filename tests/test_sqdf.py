@@ -6,10 +6,12 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from sqdf_bbo.agents import resolve_method
 from sqdf_bbo.agents.sqdf import SQDFAgent, ddim_n_predict, kl_tilde
 from sqdf_bbo.backbones.base import Backbone, default_scheduler
 from sqdf_bbo.backbones.mlp import MLPDenoiser
 from sqdf_bbo.diffusion import DDIMSchedule
+from sqdf_bbo.tasks import make_task
 from sqdf_bbo.tasks.base import TaskInfo
 
 torch.set_num_threads(1)
@@ -292,3 +294,31 @@ def test_cli_run_records_ablation_flags(tmp_path):
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 3 and rounds[-1]["train"]["q_estimator_used"] == "tweedie"
     assert rounds[-1]["path_kl"] > 0
+
+
+@pytest.mark.parametrize("task_name", ["levy", "aesthetic"])
+def test_the_reused_merged_sampling_copy_equals_a_fresh_merge(task_name):
+    """sampling_policy() refreshes one merged copy in place; after each change of the LoRA weights its
+    weights and outputs equal those of a fresh deep copy merged by peft, bit for bit (MLP and UNet convs)."""
+    import copy as copy_module
+
+    task = make_task(task_name)
+    agent = resolve_method("sqdf")(task.info, {}, 0)
+    g = torch.Generator().manual_seed(0)
+    first = agent.sampling_policy()
+    for _ in range(2):
+        for p in agent.trainable_parameters():  # as an optimizer step would
+            p.data.add_(0.05 * torch.randn(p.shape, generator=g))
+        fresh = copy_module.deepcopy(agent.policy)
+        for m in fresh.modules():
+            if hasattr(m, "merge") and hasattr(m, "lora_A"):
+                m.merge()
+        merged = agent.sampling_policy()
+        assert merged is first and not any(p.requires_grad for p in merged.parameters())
+        a, b = merged.state_dict(), fresh.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        x = torch.randn(3, *agent.reference.latent_shape, generator=g)
+        t = torch.tensor([3, 400, 900])
+        with torch.no_grad():
+            assert torch.equal(merged(x, t), fresh.eval()(x, t))
+    assert "_sampling_copy" not in agent.state_tree()

@@ -137,19 +137,36 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
     # ---- sampling ----------------------------------------------------------------------------------
     #: policies with at most this many parameters are sampled (without grad) through a merged copy
     MERGE_FOR_SAMPLING_MAX_PARAMS: ClassVar[int] = 5_000_000
+    #: the merged sampling copy is rebuilt from the policy, never saved
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("_sampling_copy",)
 
     def sampling_policy(self) -> torch.nn.Module:
-        """The module used for no-grad sampling: for a small LoRA policy, a deep copy with the LoRA
-        weights merged into the base layers (same function, ~2x faster on CPU); otherwise the policy."""
+        """The module used for no-grad sampling: for a small LoRA policy, a copy with the LoRA weights
+        merged into the base layers (same function, ~2x faster on CPU); otherwise the policy.
+
+        The copy is made once and refreshed at every call: the policy's current weights are copied into it
+        and merged again, the same arithmetic as merging a fresh deep copy (bit for bit) without re-building
+        the module tree each time (a deep copy took ~0.1 s on the image tier and ran before every rollout).
+        A module returned earlier is refreshed too, so use it before the next call."""
         n_params = sum(p.numel() for p in self.policy.parameters())
         lora_layers = [m for m in self.policy.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")]
         if not lora_layers or n_params > self.MERGE_FOR_SAMPLING_MAX_PARAMS:
             return self.policy
-        merged = copy.deepcopy(self.policy)
+        merged = getattr(self, "_sampling_copy", None)
+        if merged is None:
+            merged = self._sampling_copy = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        else:
+            with torch.no_grad():
+                source = self.policy.state_dict(keep_vars=True)
+                for name, target in merged.state_dict(keep_vars=True).items():
+                    target.copy_(source[name])
+            for m in merged.modules():
+                if hasattr(m, "merge") and hasattr(m, "lora_A"):
+                    m.merged_adapters.clear()  # the base weights hold the policy's unmerged values again
         for m in merged.modules():
             if hasattr(m, "merge") and hasattr(m, "lora_A"):
                 m.merge()
-        return merged.eval().requires_grad_(False)
+        return merged
 
     def _sample_with(self, pol, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
         eps_fn = None if pol is self.policy else pol
