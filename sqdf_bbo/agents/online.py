@@ -141,32 +141,36 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
     CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("_sampling_copy",)
 
     def sampling_policy(self) -> torch.nn.Module:
-        """The module used for no-grad sampling: for a small LoRA policy, a copy with the LoRA weights
-        merged into the base layers (same function, ~2x faster on CPU); otherwise the policy.
+        """The module used for no-grad sampling: for a small LoRA policy, a plain copy of the network (no
+        LoRA wrappers) holding the merged weights W + ΔW; otherwise the policy itself.
 
-        The copy is made once and refreshed at every call: the policy's current weights are copied into it
-        and merged again, the same arithmetic as merging a fresh deep copy (bit for bit) without re-building
-        the module tree each time (a deep copy took ~0.1 s on the image tier and ran before every rollout).
-        A module returned earlier is refreshed too, so use it before the next call."""
+        Same function as the policy, ~2x faster on CPU. The copy is built once and refreshed at every call:
+        the policy's weights are copied in and each LoRA layer's ΔW (peft's ``get_delta_weight``) is added
+        in place, the arithmetic of peft's ``merge()``, so it equals a freshly merged deep copy bit for bit
+        (a deep copy took ~0.1 s on the image tier and ran before every rollout). A module returned earlier
+        is refreshed too: use it before the next call."""
+        lora_layers = {name: m for name, m in self.policy.named_modules() if hasattr(m, "get_delta_weight")}
         n_params = sum(p.numel() for p in self.policy.parameters())
-        lora_layers = [m for m in self.policy.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")]
-        if not lora_layers or n_params > self.MERGE_FOR_SAMPLING_MAX_PARAMS:
-            return self.policy
-        merged = getattr(self, "_sampling_copy", None)
-        if merged is None:
-            merged = self._sampling_copy = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        else:
-            with torch.no_grad():
-                source = self.policy.state_dict(keep_vars=True)
-                for name, target in merged.state_dict(keep_vars=True).items():
-                    target.copy_(source[name])
-            for m in merged.modules():
-                if hasattr(m, "merge") and hasattr(m, "lora_A"):
-                    m.merged_adapters.clear()  # the base weights hold the policy's unmerged values again
-        for m in merged.modules():
-            if hasattr(m, "merge") and hasattr(m, "lora_A"):
-                m.merge()
-        return merged
+        if (not lora_layers or n_params > self.MERGE_FOR_SAMPLING_MAX_PARAMS
+                or any(m.lora_variant or any(m.lora_bias.values()) for m in lora_layers.values())):
+            return self.policy  # (DoRA-style variants and LoRA biases would need peft's own merge)
+        plain = getattr(self, "_sampling_copy", None)
+        if plain is None:
+            plain = copy.deepcopy(self.policy)
+            for name in lora_layers:  # unwrap: the wrapper's base layer takes its place
+                parent, _, child = name.rpartition(".")
+                setattr(plain.get_submodule(parent), child, plain.get_submodule(name).get_base_layer())
+            plain = self._sampling_copy = plain.eval().requires_grad_(False)
+        source = {k.replace(".base_layer.", "."): v for k, v in self.policy.state_dict().items() if ".lora_" not in k}
+        with torch.no_grad():
+            for key, target in plain.state_dict(keep_vars=True).items():
+                target.copy_(source[key])
+            for name, layer in lora_layers.items():
+                weight = plain.get_submodule(name).weight
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        weight += layer.get_delta_weight(adapter)
+        return plain
 
     def _sample_with(self, pol, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
         eps_fn = None if pol is self.policy else pol
