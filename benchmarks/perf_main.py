@@ -69,7 +69,7 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise SystemExit(f"main command failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        run_dir = next(Path(tmp).iterdir())
+        run_dir = next(d for d in Path(tmp).iterdir() if d.is_dir())  # (profile.out lies beside it)
         final = json.loads((run_dir / "final.json").read_text())
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines() if x.strip()]
         if profile:

@@ -853,4 +853,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's main, not this __main__ copy: its typed settings resolve their annotations
+    # in sqdf_bbo.run's namespace (under `python -m cProfile -m sqdf_bbo.run` this copy's namespace is not
+    # registered as a module, and resolving them failed)
+    from sqdf_bbo.run import main as _main
+
+    sys.exit(_main())

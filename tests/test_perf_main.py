@@ -12,7 +12,8 @@ def test_a_run_is_split_into_phases_that_fit_its_wall_time(tmp_path):
         w.writeheader()
         w.writerow(old)
     perf_main.main(["--task", "levy", "--method", "sqdf", "--budget", "32", "--threads", "1", "--out", str(out),
-                    "--set", "updates_per_round=2", "--set", "proxy_epochs=2", "--set", "run.n_eval=16"])
+                    "--set", "updates_per_round=2", "--set", "proxy_epochs=2", "--set", "run.n_eval=16", "--profile"])
+    assert "cumulative" in (tmp_path / "perf_main_profile_s0.txt").read_text()  # the child ran under cProfile
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]["task"] == "1" and rows[0]["startup_s"] == ""  # the old row is kept
