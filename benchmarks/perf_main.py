@@ -121,26 +121,15 @@ def main(argv=None) -> None:
 
 
 def append_row(out: Path, row: dict) -> None:
-    """Append ``row`` to the CSV; a file written before a column was added is rewritten with the current
-    header first (its rows get empty cells there)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Add ``row`` to the CSV, rewriting it under the current header (rows written before a column was
+    added get empty cells there)."""
+    from benchmarks.perf_methods import write_csv
+
     rows = []
     if out.exists():
         with open(out, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != COLUMNS:
-                rows = list(reader)
-    if rows:
-        with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
-            w.writeheader()
-            w.writerows(rows)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+            rows = list(csv.DictReader(f))
+    write_csv(out, rows + [row], COLUMNS)
 
 
 if __name__ == "__main__":

@@ -633,9 +633,8 @@ class Run:
             if self.dp is not None:
                 observed = self.dp.broadcast_object(observed)
             agent.observe(designs, torch.from_numpy(observed))
-            st.in_round = {"round": r + 1, "query_wall_s": time.time() - t0,
-                           "phase_wall_s": {"propose": t_query - t0 - self._checkpoint_wall_s,
-                                            "query": time.time() - t_query}}
+            st.in_round = {"round": r + 1, "phase_wall_s": {"propose": t_query - t0 - self._checkpoint_wall_s,
+                                                            "query": time.time() - t_query}}
             if main:
                 st.env = env.get_state()
             self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
