@@ -110,11 +110,15 @@ class Backbone(nn.Module):
 
     def add_lora(self, rank: int) -> None:
         """Wrap ``lora_targets()`` with peft LoRA (alpha = rank, Gaussian A, zero B so the output is
-        unchanged); afterwards only the LoRA weights require grad."""
+        unchanged); afterwards only the LoRA weights require grad. The wrapped layers run peft's arithmetic
+        through a lean forward (sqdf_bbo/backbones/lora.py: same result, less per-layer Python)."""
         from peft import LoraConfig, inject_adapter_in_model
+
+        from sqdf_bbo.backbones.lora import use_lean_forward
 
         cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=self.lora_targets(),
                          init_lora_weights="gaussian")
         inject_adapter_in_model(cfg, self)
+        use_lean_forward(self)
         for name, p in self.named_parameters():
             p.requires_grad_("lora_" in name)
