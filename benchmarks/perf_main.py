@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,10 +36,6 @@ COLUMNS = ["task", "method", "budget", "seed", "threads", "wall_s", "cpu_s", "pe
            "load_after", "eval_reward_pretrained", "eval_reward_final", "eval_ground_truth_A_final",
            "fd_phi_final", "path_kl_final", "target_wall_s", "meets_target", "machine", "git_commit",
            *PHASE_COLUMNS]
-
-
-def _machine() -> str:
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs, {platform.system()})"
 
 
 def git_commit_short() -> str:
@@ -78,6 +73,8 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out.parent / f"perf_main_profile_s{seed}.txt", "w") as f:
                 pstats.Stats(str(prof), stream=f).sort_stats("cumulative").print_stats(40)
+    from benchmarks.perf_core import machine  # imports torch: after the timed child, not before
+
     phases = {f"{k}_s": round(sum(r.get("phase_wall_s", {}).get(k, 0.0) for r in rounds[1:]), 1)
               for k in ("propose", "query", "improve", "evaluate", "checkpoint")}
     phases["eval_pretrained_s"] = round(rounds[0].get("round_wall_s", 0.0), 1) if rounds else 0.0
@@ -94,7 +91,7 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
         "eval_ground_truth_A_final": final.get("eval_ground_truth_A"),
         "fd_phi_final": final.get("fd_phi"), "path_kl_final": final.get("path_kl"),
         "target_wall_s": 600, "meets_target": bool(wall <= 600 and after.ru_maxrss / 1024 <= 4096),
-        "machine": _machine(), "git_commit": git_commit_short(),
+        "machine": machine(), "git_commit": git_commit_short(),
     }
 
 
