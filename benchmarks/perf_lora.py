@@ -4,8 +4,9 @@
 
 Milliseconds per call (median of ``--calls`` after 5 warm-up calls) at ``--rows`` rows (the fine-tuners'
 ``train_batch``), one thread, of: the plain pretrained network (the frozen reference), the policy with peft
-LoRA adapters of ``--rank`` (how every fine-tuner trains it, ``lora_rank=4``), and the LoRA policy with its
-adapters merged (what no-grad sampling uses); each without grad and with a backward pass (to the LoRA
+LoRA adapters of ``--rank`` (how every fine-tuner trains it, ``lora_rank=4``, through the lean forward of
+``sqdf_bbo/backbones/lora.py``), the same policy through peft's own forward (``lora_peft``), and the LoRA
+policy with its adapters merged (what no-grad sampling uses); each without grad and with a backward pass (to the LoRA
 weights for the LoRA policy, to the input for the frozen ones). Give it the machine alone. (Rows committed
 before the shared ``median_seconds`` timer were a mean over the calls.)
 """
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.perf_main import git_commit_short
     from benchmarks.perf_methods import write_csv
     from sqdf_bbo.agents import resolve_method
+    from sqdf_bbo.backbones.lora import peft_forward_copy
     from sqdf_bbo.tasks import make_task
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf_lora", description=__doc__.split("\n")[0])
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(a.task)
     cls = resolve_method("draft-1")  # any OnlineFinetuneAgent: it wraps the policy as every fine-tuner does
     agent = cls(task.info, cls.resolve_config(task.info, {"lora_rank": a.rank}), seed=0)
-    modules = {"plain": agent.reference, "lora": agent.policy, "lora_merged": agent.sampling_policy()}
+    modules = {"plain": agent.reference, "lora": agent.policy, "lora_peft": peft_forward_copy(agent.policy),
+               "lora_merged": agent.sampling_policy()}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.rows, *agent.reference.latent_shape, generator=g)
     t = torch.full((a.rows,), 500, dtype=torch.long)

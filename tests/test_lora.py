@@ -1,24 +1,11 @@
 """The lean LoRA forward (sqdf_bbo/backbones/lora.py) computes what peft's forward computes, bit for bit."""
-import copy
-
 import pytest
 import torch
 from peft.tuners.lora import layer as peft_lora
 
 from sqdf_bbo.agents import resolve_method
-from sqdf_bbo.backbones.lora import LeanConv2d, LeanLinear
+from sqdf_bbo.backbones.lora import LeanConv2d, LeanLinear, peft_forward_copy
 from sqdf_bbo.tasks import make_task
-
-
-def as_peft(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy whose LoRA layers run peft's own forward again (an independent implementation)."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, LeanLinear):
-            m.__class__ = peft_lora.Linear
-        elif isinstance(m, LeanConv2d):
-            m.__class__ = peft_lora.Conv2d
-    return twin
 
 
 @pytest.mark.parametrize("task_name, lean_type", [("levy", LeanLinear), ("aesthetic", LeanConv2d)])
@@ -33,7 +20,7 @@ def test_lean_lora_forward_and_gradients_equal_peft_bit_for_bit(task_name, lean_
     with torch.no_grad():  # non-zero B, so the LoRA branch matters
         for p in agent.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    reference = as_peft(policy)
+    reference = peft_forward_copy(policy)  # the independent implementation: peft's forward
     assert not any(type(m) in (LeanLinear, LeanConv2d) for m in reference.modules())
     x = torch.randn(4, *policy.latent_shape, generator=g)
     t = torch.tensor([3, 250, 600, 900])

@@ -82,7 +82,7 @@ def test_matmul_flops_agree_with_flop_counter_mode_and_survive_autograd_grad():
     assert g.shape == leaf.shape and ours.get_total_flops() == 2 * forward  # + input gradients, no weight gradients
 
 
-def test_perf_lora_times_the_three_ways_of_holding_the_policy(tmp_path):
+def test_perf_lora_times_the_four_ways_of_holding_the_policy(tmp_path):
     import csv
 
     from benchmarks import perf_lora
@@ -90,6 +90,6 @@ def test_perf_lora_times_the_three_ways_of_holding_the_policy(tmp_path):
     out = tmp_path / "lora.csv"
     assert perf_lora.main(["--rows", "2", "--calls", "1", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [(r["module"], r["pass"]) for r in rows] == [(m, p) for m in ("plain", "lora", "lora_merged")
+    assert [(r["module"], r["pass"]) for r in rows] == [(m, p) for m in ("plain", "lora", "lora_peft", "lora_merged")
                                                          for p in ("forward", "forward+backward")]
     assert all(float(r["ms_per_call"]) > 0 for r in rows)

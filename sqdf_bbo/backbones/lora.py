@@ -16,6 +16,7 @@ every isinstance check are peft's, unchanged.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -77,3 +78,13 @@ def use_lean_forward(model: nn.Module) -> int:
             module.__class__ = lean
             switched += 1
     return switched
+
+
+def peft_forward_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose lean LoRA layers run peft's own forward again (tests, benchmarks)."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        for peft_type, lean in _LEAN.items():
+            if type(module) is lean:
+                module.__class__ = peft_type
+    return twin
