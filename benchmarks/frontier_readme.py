@@ -1,7 +1,14 @@
 """Compact Markdown of the frontier leaderboard for the README: per task, methods ranked by the area under
-the reward–KL frontier, with the score at matched KL (1, 10, 100 nats) and the best -manifold score.
+the reward–KL frontier, with the score at matched KL (1, 10, 100 nats) and the best -manifold score; and,
+with ``--verdicts METHOD``, where that method's frontier lies against every other method's.
 
     python -m benchmarks.frontier_readme results/frontier_leaderboard.csv > /tmp/table.md
+    python -m benchmarks.frontier_readme results/frontier_leaderboard.csv --verdicts sqdf > /tmp/verdicts.md
+
+A verdict compares two 95 % CIs (each a percentile bootstrap over one method's seeds): "above" when the
+reference's lower bound is above the other's upper bound, "below" in the mirror case, "on" when they
+overlap (not a finding either way), "only X" when one of the two frontiers does not reach that KL.
+Overlapping independent CIs is a conservative test: "on" can hide a real but small difference.
 """
 from __future__ import annotations
 
@@ -37,5 +44,53 @@ def table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+VERDICT_KEYS = (("auf", "AUF"), ("score_at_kl1", "@ KL 1"), ("score_at_kl10", "@ KL 10"),
+                ("score_at_kl100", "@ KL 100"))
+
+
+def verdict(ref, other, key: str, ref_name: str, other_name: str) -> str:
+    """'above' / 'below' / 'on' (CIs overlap) / 'only <method>' / 'neither' for one metric of two rows."""
+    have = [not (isinstance(r[key], float) and math.isnan(r[key])) for r in (ref, other)]
+    if not all(have):
+        return "neither" if not any(have) else f"only {ref_name if have[0] else other_name}"
+    if ref[key + "_ci_low"] > other[key + "_ci_high"]:
+        return "above"
+    if ref[key + "_ci_high"] < other[key + "_ci_low"]:
+        return "below"
+    return "on"
+
+
+def verdicts(df: pd.DataFrame, reference: str) -> str:
+    """Per task, one row per other method with a frontier: where ``reference``'s frontier lies against it."""
+    lines = []
+    for task, g in df.groupby("task", sort=True):
+        has_kl = g["kl_measured"].astype(bool) if "kl_measured" in g else pd.Series(True, index=g.index)
+        g = g[has_kl & (g["method"] != "pretrained")]
+        if reference not in set(g["method"]):
+            continue
+        ref = g[g["method"] == reference].iloc[0]
+        lines += [f"**{task}**: {reference}'s frontier against each method's (95 % CIs; 'on' = they overlap)", "",
+                  "| method | " + " | ".join(name for _, name in VERDICT_KEYS) + " |",
+                  "|---|" + "---|" * len(VERDICT_KEYS)]
+        for _, r in g[g["method"] != reference].sort_values("auf", ascending=False).iterrows():
+            lines.append(f"| {r['method']} | " + " | ".join(verdict(ref, r, k, reference, r["method"])
+                                                           for k, _ in VERDICT_KEYS) + " |")
+        lines.append("")
+    if not lines:
+        raise SystemExit(f"error: no task in the table has a frontier for method {reference!r}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontier_readme", description=__doc__.split("\n\n")[0])
+    p.add_argument("leaderboard", nargs="?", default="results/frontier_leaderboard.csv")
+    p.add_argument("--verdicts", metavar="METHOD", default=None,
+                   help="print where METHOD's frontier lies against every other method's instead of the table")
+    args = p.parse_args(argv)
+    df = pd.read_csv(args.leaderboard)
+    print(verdicts(df, args.verdicts) if args.verdicts else table(df))
+
+
 if __name__ == "__main__":
-    print(table(pd.read_csv(sys.argv[1] if len(sys.argv) > 1 else "results/frontier_leaderboard.csv")))
+    main()

@@ -289,3 +289,42 @@ def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier
     assert not board.loc["random", "kl_measured"] and np.isnan(board.loc["random", "auf"])
     assert board.loc["random", "best_score_manifold"] == -1.25
     assert "no path KL" in fs.frontier_markdown(board.reset_index())
+
+
+def test_verdicts_compare_confidence_intervals_by_hand():
+    """Where one method's frontier lies against another's: above / below when the 95 % CIs separate, on when
+    they overlap, only X when one frontier does not reach that KL (the README's 'what the frontier says')."""
+    from benchmarks import frontier_readme as fr_md
+
+    def row(method, auf, at1, at10, kl_measured=True):
+        r = {"task": "t", "method": method, "kl_measured": kl_measured}
+        for key, (p, lo, hi) in {"auf": auf, "score_at_kl1": at1, "score_at_kl10": at10,
+                                 "score_at_kl100": (np.nan,) * 3}.items():
+            r[key], r[key + "_ci_low"], r[key + "_ci_high"] = p, lo, hi
+        return r
+
+    nan3 = (np.nan,) * 3
+    board = pd.DataFrame([
+        row("ref", (0.30, 0.28, 0.32), (0.20, 0.18, 0.24), (0.45, 0.43, 0.50)),
+        row("weak", (0.20, 0.17, 0.27), (0.10, 0.08, 0.13), nan3),
+        row("close", (0.25, 0.20, 0.29), (0.30, 0.25, 0.35), (0.40, 0.30, 0.44)),
+        row("strong", (0.40, 0.33, 0.45), (0.21, 0.19, 0.23), nan3),
+        row("pretrained", (0.0, 0.0, 0.0), nan3, nan3),
+        row("bo", nan3, nan3, nan3, kl_measured=False),
+    ])
+    ref = board.iloc[0]
+    assert fr_md.verdict(ref, board.iloc[1], "auf", "ref", "weak") == "above"     # 0.28 > 0.27
+    assert fr_md.verdict(ref, board.iloc[2], "auf", "ref", "close") == "on"       # 0.28 < 0.29
+    assert fr_md.verdict(ref, board.iloc[2], "score_at_kl1", "ref", "close") == "below"  # 0.24 < 0.25
+    assert fr_md.verdict(ref, board.iloc[3], "auf", "ref", "strong") == "below"   # 0.32 < 0.33
+    assert fr_md.verdict(ref, board.iloc[1], "score_at_kl10", "ref", "weak") == "only ref"
+    assert fr_md.verdict(board.iloc[1], ref, "score_at_kl10", "weak", "ref") == "only ref"
+    assert fr_md.verdict(ref, board.iloc[1], "score_at_kl100", "ref", "weak") == "neither"
+    text = fr_md.verdicts(board, "ref")
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    # sorted by AUF, the reference, the pretrained model and methods without path KL left out
+    assert lines == ["| strong | below | on | only ref | neither |",
+                     "| close | on | below | on | neither |",
+                     "| weak | above | above | only ref | neither |"]
+    with pytest.raises(SystemExit, match="no task"):
+        fr_md.verdicts(board, "missing")
