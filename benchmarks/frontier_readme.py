@@ -13,7 +13,6 @@ Overlapping independent CIs is a conservative test: "on" can hide a real but sma
 from __future__ import annotations
 
 import math
-import sys
 
 import pandas as pd
 
