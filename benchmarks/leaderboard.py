@@ -19,6 +19,10 @@ seen on that task in any round of any run (``norm_high_source`` says which).
 The aggregate table (``--aggregate``, and a second table in the Markdown) gives per (method, budget)
 rliable's ``aggregate_iqm``/``aggregate_mean``/``aggregate_optimality_gap`` of the normalised score over
 all tasks that method ran, with stratified-bootstrap CIs (runs resampled within tasks).
+
+``--update`` re-makes part of an existing table: rows (and aggregate rows) these runs cover are replaced,
+the others kept as they were (each row's ``git_commits`` says which code made it). Normalisation is per
+(task, budget), so a row depends only on the runs of its own task and budget.
 """
 from __future__ import annotations
 
@@ -382,6 +386,34 @@ def compare(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "eval_rewa
     return m
 
 
+def merge_update(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
+    """``new``'s rows plus the rows of ``old`` whose ``key`` ``new`` lacks, sorted by ``key``.
+
+    For aggregate tables (key method, budget) a new row must cover every task of the row it replaces: an
+    aggregate over fewer tasks is another quantity, so a partial re-run is refused (LeaderboardError).
+    """
+    key = list(key)
+    if "tasks" in old.columns and "tasks" in new.columns and len(old) and len(new):
+        both = old.merge(new, on=key, suffixes=("_old", "_new"))
+        for _, r in both.iterrows():
+            missing = set(str(r["tasks_old"]).split()) - set(str(r["tasks_new"]).split())
+            if missing:
+                raise LeaderboardError(
+                    f"--update: the aggregate of {'/'.join(str(r[k]) for k in key)} covered tasks "
+                    f"{r['tasks_old']!r}, these runs only {r['tasks_new']!r}; re-run {' '.join(sorted(missing))} "
+                    "too, or leave out --aggregate")
+    have = set(map(tuple, new[key].astype(str).to_numpy())) if len(new) else set()
+    kept = old[[tuple(map(str, k)) not in have for k in old[key].to_numpy()]] if len(old) else old
+    merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    return merged.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def _read_for_update(path: Optional[str]) -> Optional[pd.DataFrame]:
+    if not path or not Path(path).exists():
+        return None
+    return pd.read_csv(path, dtype={"budget": int})
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="folders holding run folders (<task>__<method>__b<budget>__s<seed>)")
@@ -398,6 +430,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="two folders for one (task, method, budget, seed): error, or keep the first root's")
     p.add_argument("--allow-mixed", action="store_true",
                    help="allow seeds of one (task, method, budget) run with different settings")
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows of the existing --out (and --aggregate) tables that these runs do not "
+                        "cover (re-make part of a committed leaderboard, e.g. one tier)")
     p.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default 0)")
     args = p.parse_args(argv)
@@ -419,6 +454,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             keep = set(zip(board["task"], board["method"], board["budget"]))
             sub = finals[[k in keep for k in zip(finals["task"], finals["method"], finals["budget"])]]
             agg = build_aggregate(sub, rounds, args.reps, args.seed) if len(sub) else agg.iloc[0:0]
+        if args.update:
+            old_board = _read_for_update(args.out)
+            if old_board is not None:
+                board = merge_update(old_board, board, KEY)
+            old_agg = _read_for_update(args.aggregate)
+            if old_agg is not None:
+                agg = merge_update(old_agg, agg, ["method", "budget"])
         reference = None
         if args.compare:
             if not Path(args.compare).exists():
@@ -430,7 +472,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unfinished:
         print(f"note: {len(unfinished)} unfinished run folder(s) left out, e.g. {unfinished[0]}", file=sys.stderr)
     write_csv(board, Path(args.out))
-    print(f"wrote {args.out}: {len(board)} rows from {len(finals)} runs")
+    print(f"wrote {args.out}: {len(board)} rows from {len(finals)} runs"
+          + (" (and the rows of the previous table these runs do not cover)" if args.update else ""))
     if args.aggregate:
         write_csv(agg, Path(args.aggregate))
         print(f"wrote {args.aggregate}: {len(agg)} rows")

@@ -2,7 +2,8 @@
 
     python -m benchmarks.plot runs/ [more_runs/ ...] --out results/ [--all-samples]
 
-Writes, for each budget B present (the ``_b<B>`` suffix is left out when there is one budget):
+Writes, for each budget B present (the ``_b<B>`` suffix is left out when there is one budget, unless
+``--budget-suffix``):
 - ``curves.png``: eval reward (row 1) and best-so-far (row 2) vs oracle queries, mean over seeds with a
   95% bootstrap CI band, one panel per task, one line per method; round 0 (pretrained) is at 0 queries;
 - ``tradeoff.png``: eval reward vs path KL to the pretrained model, one point per method and round
@@ -115,8 +116,9 @@ def _line_panel(ax, cs: pd.DataFrame, task: str, methods: Sequence[str], ylabel:
     ax.grid(alpha=0.3)
 
 
-def _suffix(budget: int, budgets: Sequence[int]) -> str:
-    return "" if len(budgets) == 1 else f"_b{budget}"
+def _suffix(budget: int, budgets: Optional[Sequence[int]]) -> str:
+    """'_b<budget>' unless ``budgets`` holds one budget; ``budgets=None`` always names the budget."""
+    return "" if budgets is not None and len(budgets) == 1 else f"_b{budget}"
 
 
 def _n_seeds(rounds: pd.DataFrame) -> str:
@@ -124,7 +126,7 @@ def _n_seeds(rounds: pd.DataFrame) -> str:
     return str(n.min()) if n.min() == n.max() else f"{n.min()}-{n.max()}"
 
 
-def _two_metric_figure(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int], name: str,
+def _two_metric_figure(rounds: pd.DataFrame, out: Path, budget: int, budgets: Optional[Sequence[int]], name: str,
                        top: tuple[str, str], bottom: tuple[str, str], title: str) -> Path:
     """Two rows of per-task panels: metric ``top[0]`` (y label ``top[1]``) over queries, then ``bottom``."""
     r = rounds[rounds["budget"] == budget]
@@ -138,7 +140,7 @@ def _two_metric_figure(rounds: pd.DataFrame, out: Path, budget: int, budgets: Se
     return _finish(fig, axes, out / f"{name}{_suffix(budget, budgets)}.png", title.format(seeds=_n_seeds(r)))
 
 
-def plot_curves(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
+def plot_curves(rounds: pd.DataFrame, out: Path, budget: int, budgets: Optional[Sequence[int]]) -> Path:
     """Eval reward and best-so-far vs oracle queries (mean, 95% CI band over seeds)."""
     return _two_metric_figure(rounds, out, budget, budgets, "curves",
                               ("eval_reward", "eval reward (true oracle, mean over eval draws)"),
@@ -146,7 +148,7 @@ def plot_curves(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[
                               f"Sample efficiency, budget {budget} (mean and 95% bootstrap CI over {{seeds}} seeds)")
 
 
-def plot_tradeoff(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
+def plot_tradeoff(rounds: pd.DataFrame, out: Path, budget: int, budgets: Optional[Sequence[int]]) -> Path:
     """Eval reward vs path KL to the pretrained model, one point per method and round."""
     r = rounds[rounds["budget"] == budget]
     tasks, methods = sorted(r["task"].unique()), _method_order(r["method"])
@@ -178,7 +180,7 @@ def plot_tradeoff(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequenc
                    "(one point per round, mean over seeds; larger = later round)")
 
 
-def plot_diversity(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Path:
+def plot_diversity(rounds: pd.DataFrame, out: Path, budget: int, budgets: Optional[Sequence[int]]) -> Path:
     """Vendi score and mean pairwise distance vs oracle queries."""
     return _two_metric_figure(rounds, out, budget, budgets, "diversity",
                               ("vendi", "Vendi score (effective # distinct designs)"),
@@ -194,7 +196,7 @@ def naturalness_keys(rounds: pd.DataFrame) -> list[str]:
     return keys
 
 
-def plot_naturalness(rounds: pd.DataFrame, out: Path, budget: int, budgets: Sequence[int]) -> Optional[Path]:
+def plot_naturalness(rounds: pd.DataFrame, out: Path, budget: int, budgets: Optional[Sequence[int]]) -> Optional[Path]:
     """Each naturalness key vs oracle queries (a row per key); None if the runs log none."""
     r = rounds[rounds["budget"] == budget]
     keys = naturalness_keys(r)
@@ -247,10 +249,11 @@ def plot_sample_grid(finals: pd.DataFrame, task: str, out: Path) -> Optional[Pat
 
 
 def make_all(roots: Sequence[str | Path], out: str | Path, all_samples: bool = False,
-             on_duplicate: str = "error", min_seeds: int = 1) -> list[Path]:
+             on_duplicate: str = "error", min_seeds: int = 1, budget_suffix: bool = False) -> list[Path]:
     """Every figure for the finished runs under ``roots``; returns the written paths.
 
-    (task, method, budget) cells with fewer than ``min_seeds`` finished seeds are left out.
+    (task, method, budget) cells with fewer than ``min_seeds`` finished seeds are left out; with
+    ``budget_suffix`` the file names carry ``_b<B>`` even for one budget (to replace one budget's figures).
     """
     out = Path(out)
     finals, rounds = load_runs(roots, on_duplicate)
@@ -265,7 +268,7 @@ def make_all(roots: Sequence[str | Path], out: str | Path, all_samples: bool = F
     written: list[Path] = []
     for b in budgets:
         for fn in (plot_curves, plot_tradeoff, plot_diversity, plot_naturalness):
-            p = fn(rounds, out, b, budgets)
+            p = fn(rounds, out, b, None if budget_suffix else budgets)
             if p is not None:
                 written.append(p)
     for task in sorted(finals["task"].unique()):
@@ -285,9 +288,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--on-duplicate", choices=("error", "first"), default="error",
                    help="two folders for one (task, method, budget, seed): error, or keep the first root's")
     p.add_argument("--min-seeds", type=int, default=1, help="leave out cells with fewer finished seeds")
+    p.add_argument("--budget-suffix", action="store_true",
+                   help="name the figures <name>_b<B>.png even when the runs have one budget")
     args = p.parse_args(argv)
     try:
-        written = make_all(args.runs, args.out, args.all_samples, args.on_duplicate, args.min_seeds)
+        written = make_all(args.runs, args.out, args.all_samples, args.on_duplicate, args.min_seeds,
+                           args.budget_suffix)
     except LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

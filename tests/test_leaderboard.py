@@ -181,3 +181,45 @@ def test_min_seeds_leaves_out_thin_rows(fake_runs, tmp_path, capsys):
     df = pd.read_csv(out)
     assert "levy-manifold" not in set(df["task"])
     assert df.set_index(["task", "method"]).loc[("ackley", "sqdf"), "n_seeds"] == 6
+
+
+def test_update_replaces_the_rows_its_runs_cover_and_keeps_the_rest(tmp_path, capsys):
+    """Re-making one tier of a committed leaderboard: the other rows stay byte for byte, the covered ones are
+    the new runs', and an aggregate over fewer tasks than the row it would replace is refused."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    write_fake_sweep(full, tasks=("ackley",), seeds=range(4), budget=200, with_png=False)
+    write_fake_sweep(full, tasks=("aesthetic",), seeds=range(4), budget=100, with_png=False)
+    write_fake_sweep(part, tasks=("aesthetic",), seeds=range(2), budget=100, with_png=False)
+    out, agg, md = tmp_path / "lb.csv", tmp_path / "agg.csv", tmp_path / "lb.md"
+    assert lb.main([str(full), "--out", str(out), "--aggregate", str(agg), "--reps", "200"]) == 0
+    before, agg_before = out.read_text().splitlines(), pd.read_csv(agg)
+    assert lb.main([str(part), "--out", str(out), "--aggregate", str(agg), "--md", str(md), "--reps", "200",
+                    "--update"]) == 0
+    after = out.read_text().splitlines()
+    assert after[0] == before[0]
+    assert [ln for ln in after if ln.startswith("ackley,")] == [ln for ln in before if ln.startswith("ackley,")]
+    new_rows = pd.read_csv(out).set_index(["task", "method"])
+    assert (new_rows.loc["aesthetic", "n_seeds"] == 2).all() and (new_rows.loc["ackley", "n_seeds"] == 4).all()
+    # the aesthetic rows equal a table made from the partial runs alone
+    alone = tmp_path / "alone.csv"
+    assert lb.main([str(part), "--out", str(alone), "--reps", "200"]) == 0
+    got = pd.read_csv(out).query("task == 'aesthetic'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[pd.read_csv(alone).columns], pd.read_csv(alone), check_dtype=False)
+    assert got.drop(columns=pd.read_csv(alone).columns).isna().all().all()  # ackley-only metric columns
+    a = pd.read_csv(agg).set_index(["method", "budget"])
+    assert (a.xs(100, level="budget")["n_runs"] == 2).all()
+    pd.testing.assert_frame_equal(a.xs(200, level="budget"),
+                                  agg_before.set_index(["method", "budget"]).xs(200, level="budget"))
+    assert md.read_text().count("\n| ackley |") == 3
+    # an aggregate over fewer tasks than the committed one is another quantity: refused, nothing written
+    both = tmp_path / "both"
+    write_fake_sweep(both, tasks=("ackley", "aesthetic"), seeds=range(3), budget=300, with_png=False)
+    assert lb.main([str(both), "--out", str(out), "--aggregate", str(agg), "--reps", "200", "--update"]) == 0
+    snapshot = out.read_bytes(), agg.read_bytes()
+    only = tmp_path / "only"
+    write_fake_sweep(only, tasks=("ackley",), seeds=range(3), budget=300, with_png=False)
+    capsys.readouterr()
+    assert lb.main([str(only), "--out", str(out), "--aggregate", str(agg), "--reps", "200", "--update"]) == 2
+    err = capsys.readouterr().err
+    assert "covered tasks 'ackley aesthetic'" in err and "re-run aesthetic" in err
+    assert (out.read_bytes(), agg.read_bytes()) == snapshot

@@ -1,6 +1,8 @@
 """Tests of benchmarks/plot.py: every figure renders from a tiny fake sweep as a valid, non-blank PNG."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,6 +39,11 @@ def test_all_figures_render(fake_runs, tmp_path):
     assert names == ["curves.png", "diversity.png", "naturalness.png", "samples_aesthetic.png", "tradeoff.png"]
     for p in written:
         _check_png(p)
+    # --budget-suffix: one budget's figures named as in a multi-budget folder (to replace just those)
+    named = plot.make_all([fake_runs], tmp_path / "b", budget_suffix=True)
+    budget = json.loads(next(fake_runs.glob("*/final.json")).read_text())["budget"]
+    assert sorted(p.name for p in named) == sorted(n if n.startswith("samples") else n.replace(".png", f"_b{budget}.png")
+                                                   for n in names)
 
 
 def test_curve_stats_round0_at_zero_queries_and_ci(fake_runs):
