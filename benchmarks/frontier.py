@@ -390,15 +390,17 @@ def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
         x = np.maximum(g["path_kl_mean"].to_numpy(float), floor)
         y = g["eval_reward_mean"].to_numpy(float)
         label = f"{m} ({g['knob'].iloc[0]})"
-        ax_kl.plot(x, y, "-", color=c, lw=1.6, label=label)
+        ls, mk = bplot.style(m)
+        lw = 2.4 if m == "sqdf" else 1.6
+        ax_kl.plot(x, y, ls=ls, color=c, lw=lw, label=label, marker=mk, ms=0)
         ax_kl.fill_between(x, g["eval_reward_ci_low"], g["eval_reward_ci_high"], color=c, alpha=0.15, lw=0)
         ax_kl.errorbar(x, y, xerr=np.clip(_err(g, "path_kl"), 0, None), fmt="none", ecolor=c, elinewidth=0.7, alpha=0.7)
         on = g["on_frontier"].to_numpy(bool)
-        ax_kl.scatter(x[on], y[on], color=c, s=26, zorder=4)
-        ax_kl.scatter(x[~on], y[~on], facecolors="white", edgecolors=c, s=26, zorder=4)
+        ax_kl.scatter(x[on], y[on], color=c, s=26, zorder=4, marker=mk)
+        ax_kl.scatter(x[~on], y[~on], facecolors="white", edgecolors=c, s=26, zorder=4, marker=mk)
         if nat:
             xn = g[f"{nat}_mean"].to_numpy(float)
-            ax_nat.plot(xn, y, "-o", color=c, lw=1.4, ms=4, label=label)
+            ax_nat.plot(xn, y, ls=ls, marker=mk, color=c, lw=lw - 0.2, ms=4, label=label)
             ax_nat.fill_between(xn, g["eval_reward_ci_low"], g["eval_reward_ci_high"], color=c, alpha=0.12, lw=0)
             ax_nat.errorbar(xn, y, xerr=_err(g, nat), fmt="none", ecolor=c, elinewidth=0.7, alpha=0.7)
     lo = _focus_ylim(p, r_pre)
@@ -429,8 +431,10 @@ def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
             labels.append(f"{lab} (no path KL)")
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     n = f"{int(p['n_seeds'].min())}–{int(p['n_seeds'].max())}" if p["n_seeds"].nunique() > 1 else str(int(p["n_seeds"].iloc[0]))
-    fig.suptitle(f"{task}: reward–KL frontier, budget {budget}, {n} seed(s) per point, 95% bootstrap CIs", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
+    fig.suptitle(f"{task}: reward–KL frontier, budget {budget}, {n} seed(s) per point, 95% bootstrap CIs\n"
+                 "line: solid = KL-regularised, dashed = reward backprop, dash-dot = policy gradient / "
+                 "reward-weighted, dotted = inference-time", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=bplot.DPI)
     plt.close(fig)

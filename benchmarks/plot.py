@@ -39,6 +39,15 @@ METHOD_COLOURS = {"pretrained": "#7f7f7f", "sqdf": "#d62728", "ddpo": "#1f77b4",
                   "adjoint-matching": "#9467bd", "seiko": "#e377c2", "draft-1": "#393b79",
                   "best-of-n": "#000000", "svdd": "#8c6d31", "random": "#c7c7c7", "fk-steering": "#637939",
                   "raft": "#e7969c", "diffusion-nft": "#6b6ecf", "turbo": "#843c39", "qlognei": "#de9ed6"}
+#: line style and marker by method family, so that methods of similar colour stay apart in a crowded figure
+FAMILY_STYLES = {"kl-regularised": ("-", "o"), "reward backprop": ("--", "s"),
+                 "policy gradient / reward-weighted": ("-.", "^"), "inference-time": (":", "D")}
+METHOD_FAMILY = {"sqdf": "kl-regularised", "seiko": "kl-regularised", "adjoint-matching": "kl-regularised",
+                 "alignprop": "reward backprop", "draft": "reward backprop", "draft-k": "reward backprop",
+                 "draft-1": "reward backprop", "draft-lv": "reward backprop",
+                 "ddpo": "policy gradient / reward-weighted", "ddpo-sf": "policy gradient / reward-weighted",
+                 "raft": "policy gradient / reward-weighted", "diffusion-nft": "policy gradient / reward-weighted",
+                 "best-of-n": "inference-time", "svdd": "inference-time", "fk-steering": "inference-time"}
 NATURALNESS_LABELS = {"invalid_frac": "invalid fraction (off-manifold designs)",
                       "prior_logpdf": "prior log-density (nats)"}
 CI_REPS = 1000
@@ -51,6 +60,11 @@ def colour(method: str, methods: Sequence[str]) -> str:
         return METHOD_COLOURS[method]
     others = [m for m in methods if m not in METHOD_COLOURS]
     return plt.get_cmap("tab10")(others.index(method) % 10 if method in others else 0)
+
+
+def style(method: str) -> tuple[str, str]:
+    """(line style, marker) of the method's family (solid circles for methods outside the families)."""
+    return FAMILY_STYLES.get(METHOD_FAMILY.get(method, ""), ("-", "o"))
 
 
 def _method_order(methods) -> list[str]:
