@@ -87,7 +87,14 @@ def main(argv=None) -> None:
     p.add_argument("--verdicts", metavar="METHOD", default=None,
                    help="print where METHOD's frontier lies against every other method's instead of the table")
     args = p.parse_args(argv)
-    df = pd.read_csv(args.leaderboard)
+    try:
+        df = pd.read_csv(args.leaderboard)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read the frontier leaderboard {args.leaderboard}: {e}") from None
+    need = {"task", "method", "auf", "auf_ci_low", "auf_ci_high"}
+    if not need <= set(df.columns):
+        raise SystemExit(f"error: {args.leaderboard} lacks {', '.join(sorted(need - set(df.columns)))}; "
+                         "expected a table written by python -m benchmarks.frontier --leaderboard")
     print(verdicts(df, args.verdicts) if args.verdicts else table(df))
 
 

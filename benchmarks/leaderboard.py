@@ -408,10 +408,18 @@ def merge_update(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd
     return merged.sort_values(key, kind="stable").reset_index(drop=True)
 
 
-def _read_for_update(path: Optional[str]) -> Optional[pd.DataFrame]:
+def _read_for_update(path: Optional[str], key: Sequence[str]) -> Optional[pd.DataFrame]:
+    """The table to update (None if there is none yet); LeaderboardError if it is not one of ours."""
     if not path or not Path(path).exists():
         return None
-    return pd.read_csv(path, dtype={"budget": int})
+    try:
+        old = pd.read_csv(path)
+    except (ValueError, OSError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise LeaderboardError(f"--update: cannot read {path}: {e}") from None
+    missing = [k for k in key if k not in old.columns]
+    if missing:
+        raise LeaderboardError(f"--update: {path} lacks the column(s) {', '.join(missing)}; is it a leaderboard table?")
+    return old
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -455,10 +463,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             sub = finals[[k in keep for k in zip(finals["task"], finals["method"], finals["budget"])]]
             agg = build_aggregate(sub, rounds, args.reps, args.seed) if len(sub) else agg.iloc[0:0]
         if args.update:
-            old_board = _read_for_update(args.out)
+            old_board = _read_for_update(args.out, KEY)
             if old_board is not None:
                 board = merge_update(old_board, board, KEY)
-            old_agg = _read_for_update(args.aggregate)
+            old_agg = _read_for_update(args.aggregate, ["method", "budget", "tasks"])
             if old_agg is not None:
                 agg = merge_update(old_agg, agg, ["method", "budget"])
         reference = None

@@ -328,3 +328,5 @@ def test_verdicts_compare_confidence_intervals_by_hand():
                      "| weak | above | above | only ref | neither |"]
     with pytest.raises(SystemExit, match="no task"):
         fr_md.verdicts(board, "missing")
+    with pytest.raises(SystemExit, match="cannot read the frontier leaderboard"):
+        fr_md.main(["/nonexistent/board.csv", "--verdicts", "ref"])

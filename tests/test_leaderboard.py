@@ -223,3 +223,8 @@ def test_update_replaces_the_rows_its_runs_cover_and_keeps_the_rest(tmp_path, ca
     err = capsys.readouterr().err
     assert "covered tasks 'ackley aesthetic'" in err and "re-run aesthetic" in err
     assert (out.read_bytes(), agg.read_bytes()) == snapshot
+    # a table that is not a leaderboard: one line naming it, nothing written
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert lb.main([str(both), "--out", str(tmp_path / "other.csv"), "--reps", "200", "--update"]) == 2
+    assert "other.csv lacks the column(s) task, method, budget" in capsys.readouterr().err
+    assert (tmp_path / "other.csv").read_text() == "a,b\n1,2\n"
