@@ -7,7 +7,8 @@ with ``--verdicts METHOD``, where that method's frontier lies against every othe
 
 A verdict compares two 95 % CIs (each a percentile bootstrap over one method's seeds): "above" when the
 reference's lower bound is above the other's upper bound, "below" in the mirror case, "on" when they
-overlap (not a finding either way), "only X" when one of the two frontiers does not reach that KL.
+overlap (not a finding either way), "only X" when one of the two frontiers does not reach that KL, "one
+seed" when either method has a grid point with one seed (no interval to compare).
 Overlapping independent CIs is a conservative test: "on" can hide a real but small difference.
 """
 from __future__ import annotations
@@ -48,10 +49,13 @@ VERDICT_KEYS = (("auf", "AUF"), ("score_at_kl1", "@ KL 1"), ("score_at_kl10", "@
 
 
 def verdict(ref, other, key: str, ref_name: str, other_name: str) -> str:
-    """'above' / 'below' / 'on' (CIs overlap) / 'only <method>' / 'neither' for one metric of two rows."""
+    """'above' / 'below' / 'on' (CIs overlap) / 'only <method>' / 'neither' for one metric of two rows;
+    'one seed' when either method has a grid point with a single seed (its CI is a point, not an interval)."""
     have = [not (isinstance(r[key], float) and math.isnan(r[key])) for r in (ref, other)]
     if not all(have):
         return "neither" if not any(have) else f"only {ref_name if have[0] else other_name}"
+    if min(int(r.get("seeds_per_point", 2)) for r in (ref, other)) < 2:
+        return "one seed"
     if ref[key + "_ci_low"] > other[key + "_ci_high"]:
         return "above"
     if ref[key + "_ci_high"] < other[key + "_ci_low"]:

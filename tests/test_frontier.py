@@ -326,6 +326,10 @@ def test_verdicts_compare_confidence_intervals_by_hand():
     assert lines == ["| strong | below | on | only ref | neither |",
                      "| close | on | below | on | neither |",
                      "| weak | above | above | only ref | neither |"]
+    one = board.iloc[1].copy()
+    one["seeds_per_point"] = 1  # a point "CI" from one seed says nothing
+    assert fr_md.verdict(ref, one, "auf", "ref", "weak") == "one seed"
+    assert fr_md.verdict(ref, one, "score_at_kl10", "ref", "weak") == "only ref"
     with pytest.raises(SystemExit, match="no task"):
         fr_md.verdicts(board, "missing")
     with pytest.raises(SystemExit, match="cannot read the frontier leaderboard"):
