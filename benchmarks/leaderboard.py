@@ -20,9 +20,9 @@ The aggregate table (``--aggregate``, and a second table in the Markdown) gives 
 rliable's ``aggregate_iqm``/``aggregate_mean``/``aggregate_optimality_gap`` of the normalised score over
 all tasks that method ran, with stratified-bootstrap CIs (runs resampled within tasks).
 
-``--update`` re-makes part of an existing table: rows (and aggregate rows) these runs cover are replaced,
-the others kept as they were (each row's ``git_commits`` says which code made it). Normalisation is per
-(task, budget), so a row depends only on the runs of its own task and budget.
+``--update`` re-makes part of an existing table: the rows of every (task, budget) these runs cover are
+replaced (rows of methods not re-run there are dropped, since normalisation is per task and budget), the
+others kept as they were (each row's ``git_commits`` says which code made it); aggregate rows likewise.
 """
 from __future__ import annotations
 
@@ -386,14 +386,23 @@ def compare(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "eval_rewa
     return m
 
 
-def merge_update(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
-    """``new``'s rows plus the rows of ``old`` whose ``key`` ``new`` lacks, sorted by ``key``.
+def merge_update(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str],
+                 remade: Optional[set] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(merged, dropped): ``new``'s rows plus the rows of ``old`` that the new runs do not re-make, sorted by
+    ``key``; ``dropped`` = old rows left out without a replacement.
 
-    For aggregate tables (key method, budget) a new row must cover every task of the row it replaces: an
-    aggregate over fewer tasks is another quantity, so a partial re-run is refused (LeaderboardError).
+    Leaderboard rows (key task, method, budget): every old row of a (task, budget) the new runs cover goes,
+    also for methods not re-run, because a row's normalised score depends on all runs of its task and
+    budget. Aggregate rows (key method, budget; ``remade`` = the (task, budget) pairs re-made): an old row
+    goes when a new row replaces it or when one of its tasks was re-made at its budget; a new row must
+    cover every task of the row it replaces (an aggregate over fewer tasks is another quantity, so a
+    partial re-run is refused with LeaderboardError).
     """
     key = list(key)
-    if "tasks" in old.columns and "tasks" in new.columns and len(old) and len(new):
+    if not len(old):
+        return new.sort_values(key, kind="stable").reset_index(drop=True), old
+    aggregate = "tasks" in old.columns
+    if aggregate and len(new):
         both = old.merge(new, on=key, suffixes=("_old", "_new"))
         for _, r in both.iterrows():
             missing = set(str(r["tasks_old"]).split()) - set(str(r["tasks_new"]).split())
@@ -402,10 +411,19 @@ def merge_update(old: pd.DataFrame, new: pd.DataFrame, key: Sequence[str]) -> pd
                     f"--update: the aggregate of {'/'.join(str(r[k]) for k in key)} covered tasks "
                     f"{r['tasks_old']!r}, these runs only {r['tasks_new']!r}; re-run {' '.join(sorted(missing))} "
                     "too, or leave out --aggregate")
-    have = set(map(tuple, new[key].astype(str).to_numpy())) if len(new) else set()
-    kept = old[[tuple(map(str, k)) not in have for k in old[key].to_numpy()]] if len(old) else old
+    have = {tuple(map(str, k)) for k in new[key].to_numpy()} if len(new) else set()
+    remade = {(str(t), str(b)) for t, b in (remade or set())}
+    if aggregate:
+        touched = [any((t, str(b)) in remade for t in str(ts).split()) for ts, b in zip(old["tasks"], old["budget"])]
+    else:
+        remade |= {(str(t), str(b)) for t, b in zip(new["task"], new["budget"])} if len(new) else set()
+        touched = [(str(t), str(b)) in remade for t, b in zip(old["task"], old["budget"])]
+    replaced = [tuple(map(str, k)) in have for k in old[key].to_numpy()]
+    keep = [not (r or t) for r, t in zip(replaced, touched)]
+    dropped = old[[t and not r for r, t in zip(replaced, touched)]]
+    kept = old[keep]
     merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-    return merged.sort_values(key, kind="stable").reset_index(drop=True)
+    return merged.sort_values(key, kind="stable").reset_index(drop=True), dropped
 
 
 def _read_for_update(path: Optional[str], key: Sequence[str]) -> Optional[pd.DataFrame]:
@@ -463,12 +481,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             sub = finals[[k in keep for k in zip(finals["task"], finals["method"], finals["budget"])]]
             agg = build_aggregate(sub, rounds, args.reps, args.seed) if len(sub) else agg.iloc[0:0]
         if args.update:
+            remade = set(zip(board["task"], board["budget"]))
             old_board = _read_for_update(args.out, KEY)
-            if old_board is not None:
-                board = merge_update(old_board, board, KEY)
             old_agg = _read_for_update(args.aggregate, ["method", "budget", "tasks"])
+            gone = []
+            if old_board is not None:
+                board, dropped = merge_update(old_board, board, KEY)
+                gone += [f"{r.task} / {r.method} / b{r.budget}" for r in dropped.itertuples()]
             if old_agg is not None:
-                agg = merge_update(old_agg, agg, ["method", "budget"])
+                agg, dropped = merge_update(old_agg, agg, ["method", "budget"], remade)
+                gone += [f"aggregate {r.method} / b{r.budget}" for r in dropped.itertuples()]
+            for g in gone:
+                print(f"note: --update dropped {g}: its task and budget were re-made without it", file=sys.stderr)
         reference = None
         if args.compare:
             if not Path(args.compare).exists():

@@ -36,6 +36,14 @@ fi
 UPDATE=()
 PLOT=()
 if [ "$PART" != all ]; then UPDATE=(--update); PLOT=(--budget-suffix); fi
+SETTINGS="Settings, identical for every method within a task (nothing tuned per method or task): synthetic tasks \
+(ackley, levy, rastrigin-manifold) at budget 2000 (4 rounds of 133/266/533/1068 queries), the task's 50 DDIM steps \
+(eta 1), 128 eval samples; fine-tuning methods updates_per_round=20, proxy_epochs=30 (CPU scaling of the official \
+40 / 300), SQDF also fill_every=4. Image task aesthetic (embedded 16x16 UNet, 20 DDIM steps) at budget 1000 \
+(66/133/266/535), 128 eval samples, updates_per_round=10, proxy_epochs=30."
+HOW="Re-create: \`bash benchmarks/reproduce_leaderboard.sh [OUT] [WORKERS] [all|synthetic|image]\` (resumable); \
+one tier re-made with synthetic or image keeps the other tier's rows as they were: each row's git_commits \
+column says which code made it."
 python -m benchmarks.leaderboard "$OUT" --min-seeds 5 --out results/leaderboard.csv \
-    --md results/leaderboard.md --aggregate results/aggregate.csv "${UPDATE[@]}"
+    --md results/leaderboard.md --aggregate results/aggregate.csv "${UPDATE[@]}" --note "$SETTINGS" --note "$HOW"
 python -m benchmarks.plot "$OUT" --min-seeds 5 --out results/ "${PLOT[@]}"

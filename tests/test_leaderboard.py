@@ -211,6 +211,19 @@ def test_update_replaces_the_rows_its_runs_cover_and_keeps_the_rest(tmp_path, ca
     pd.testing.assert_frame_equal(a.xs(200, level="budget"),
                                   agg_before.set_index(["method", "budget"]).xs(200, level="budget"))
     assert md.read_text().count("\n| ackley |") == 3
+    # re-making a task and budget without one of its methods drops that method's old row (its normalised
+    # score came from the old runs' bounds) and its aggregate, and says so
+    fewer = tmp_path / "fewer"
+    write_fake_sweep(fewer, tasks=("aesthetic",), methods=("pretrained", "sqdf"), seeds=range(2), budget=100,
+                     with_png=False)
+    capsys.readouterr()
+    assert lb.main([str(fewer), "--out", str(out), "--aggregate", str(agg), "--reps", "200", "--update"]) == 0
+    err = capsys.readouterr().err
+    assert "dropped aesthetic / ddpo / b100" in err and "dropped aggregate ddpo / b100" in err
+    rows = pd.read_csv(out)
+    assert set(rows.loc[rows["task"] == "aesthetic", "method"]) == {"pretrained", "sqdf"}
+    assert set(rows.loc[rows["task"] == "ackley", "method"]) == {"pretrained", "sqdf", "ddpo"}
+    assert ("ddpo", 100) not in set(zip(*pd.read_csv(agg)[["method", "budget"]].T.to_numpy()))
     # an aggregate over fewer tasks than the committed one is another quantity: refused, nothing written
     both = tmp_path / "both"
     write_fake_sweep(both, tasks=("ackley", "aesthetic"), seeds=range(3), budget=300, with_png=False)
