@@ -5,10 +5,12 @@
 Milliseconds per call (median of ``--calls`` after 5 warm-up calls) at ``--rows`` rows (the fine-tuners'
 ``train_batch``), one thread, of: the plain pretrained network (the frozen reference), the policy with peft
 LoRA adapters of ``--rank`` (how every fine-tuner trains it, ``lora_rank=4``, through the lean forward of
-``sqdf_bbo/backbones/lora.py``), the same policy through peft's own forward (``lora_peft``), and the LoRA
-policy with its adapters merged (what no-grad sampling uses); each without grad and with a backward pass (to the LoRA
-weights for the LoRA policy, to the input for the frozen ones). Give it the machine alone. (Rows committed
-before the shared ``median_seconds`` timer were a mean over the calls.)
+``sqdf_bbo/backbones/lora.py``), the same policy through peft's own forward (``lora_peft``), the LoRA
+policy with its adapters merged (what no-grad sampling uses), and a what-if used nowhere else: the LoRA
+policy computing W + s·B·A inside every call (``lora_merged_per_call``: the same function, other
+rounding); each without grad and with a backward pass (to the LoRA weights for the LoRA policies, to the
+input for the frozen ones). Give it the machine alone. (Rows committed before the shared
+``median_seconds`` timer were a mean over the calls.)
 """
 from __future__ import annotations
 
@@ -20,6 +22,43 @@ from pathlib import Path
 import torch
 
 COLUMNS = ["task", "module", "pass", "rows", "ms_per_call", "threads", "load_before", "machine", "git_commit"]
+
+
+def merged_per_call_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """What-if, benchmark only: a deep copy whose LoRA Linear layers compute ``x (W + s B A)^T + b`` with
+    the merge inside the autograd graph (gradients still reach A and B). The same function as the lean
+    forward but not the same rounding, so using it in training would change every run's numbers."""
+    import copy
+
+    import torch.nn.functional as F
+    from peft.tuners import lora as peft_lora
+
+    class MergedPerCallLinear(peft_lora.Linear):
+        def forward(self, x, *args, **kwargs):
+            name = self.active_adapters[0]
+            w = self.base_layer.weight + (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+            return F.linear(x, w, self.base_layer.bias)
+
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, peft_lora.Linear):
+            module.__class__ = MergedPerCallLinear
+    return twin
+
+
+def what_if_difference(policy: torch.nn.Module, latent_shape) -> float:
+    """Max |lean - merged per call| on 4 rows, with nonzero adapters (B = 0 at initialisation)."""
+    import copy
+
+    lean = copy.deepcopy(policy)
+    with torch.no_grad():
+        for n, w in lean.named_parameters():
+            if "lora_B" in n:
+                w.copy_(0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(4, *latent_shape, generator=torch.Generator().manual_seed(2))
+    t = torch.full((4,), 500, dtype=torch.long)
+    with torch.no_grad():
+        return float((lean(x, t) - merged_per_call_copy(lean)(x, t)).abs().max())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     cls = resolve_method("draft-1")  # any OnlineFinetuneAgent: it wraps the policy as every fine-tuner does
     agent = cls(task.info, cls.resolve_config(task.info, {"lora_rank": a.rank}), seed=0)
     modules = {"plain": agent.reference, "lora": agent.policy, "lora_peft": peft_forward_copy(agent.policy),
-               "lora_merged": agent.sampling_policy()}
+               "lora_merged": agent.sampling_policy(), "lora_merged_per_call": merged_per_call_copy(agent.policy)}
+    print(f"merged per call vs lean forward, random adapters: max abs. difference "
+          f"{what_if_difference(agent.policy, agent.reference.latent_shape):.1e}", file=sys.stderr)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.rows, *agent.reference.latent_shape, generator=g)
     t = torch.full((a.rows,), 500, dtype=torch.long)
@@ -55,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 module(x, t)
 
-        x_in = x.clone().requires_grad_(name != "lora")
+        x_in = x.clone().requires_grad_(name not in ("lora", "lora_merged_per_call"))
 
         def backward():
             module(x_in, t).sum().backward()

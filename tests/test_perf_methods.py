@@ -82,7 +82,7 @@ def test_matmul_flops_agree_with_flop_counter_mode_and_survive_autograd_grad():
     assert g.shape == leaf.shape and ours.get_total_flops() == 2 * forward  # + input gradients, no weight gradients
 
 
-def test_perf_lora_times_the_four_ways_of_holding_the_policy(tmp_path):
+def test_perf_lora_times_the_five_ways_of_holding_the_policy(tmp_path):
     import csv
 
     from benchmarks import perf_lora
@@ -90,6 +90,31 @@ def test_perf_lora_times_the_four_ways_of_holding_the_policy(tmp_path):
     out = tmp_path / "lora.csv"
     assert perf_lora.main(["--rows", "2", "--calls", "1", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [(r["module"], r["pass"]) for r in rows] == [(m, p) for m in ("plain", "lora", "lora_peft", "lora_merged")
-                                                         for p in ("forward", "forward+backward")]
+    assert [(r["module"], r["pass"]) for r in rows] == [
+        (m, p) for m in ("plain", "lora", "lora_peft", "lora_merged", "lora_merged_per_call")
+        for p in ("forward", "forward+backward")]
     assert all(float(r["ms_per_call"]) > 0 for r in rows)
+
+
+def test_the_merged_per_call_what_if_is_the_lora_function_up_to_rounding():
+    """perf_lora's what-if x (W + s B A)^T: same outputs and LoRA gradients as the lean forward (float64)."""
+    from benchmarks.perf_lora import merged_per_call_copy
+    from sqdf_bbo.agents import resolve_method
+    from sqdf_bbo.tasks import make_task
+
+    task = make_task("levy")
+    cls = resolve_method("draft-1")
+    policy = cls(task.info, cls.resolve_config(task.info, {"lora_rank": 4}), seed=0).policy.double()
+    with torch.no_grad():
+        for n, w in policy.named_parameters():
+            if "lora_B" in n:
+                w.copy_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(3), dtype=w.dtype))
+    what_if = merged_per_call_copy(policy)
+    x = torch.randn(6, *policy.latent_shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.full((6,), 300, dtype=torch.long)
+    y, y2 = policy(x, t), what_if(x, t)
+    assert torch.allclose(y, y2, rtol=0, atol=1e-12) and not torch.equal(y.detach(), torch.zeros_like(y))
+    lora = [n for n, w in policy.named_parameters() if w.requires_grad]
+    g1 = torch.autograd.grad(y.square().sum(), [dict(policy.named_parameters())[n] for n in lora])
+    g2 = torch.autograd.grad(y2.square().sum(), [dict(what_if.named_parameters())[n] for n in lora])
+    assert lora and all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(g1, g2))
