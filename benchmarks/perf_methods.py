@@ -23,9 +23,16 @@ the run, so times always come from the first, uncounted run). Achieved GFLOP/s =
 ``peak_ratio`` divides it by this CPU's fp32 matmul rate measured at the start of the same invocation
 (1024 x 1024 GEMM, the run's thread count).
 
+With ``--repeats K`` the timed runs are repeated K times, interleaved (every method once, then every
+method again, ...), so that this VM's drift, which moves the same code by tens of percent within minutes,
+falls on every method alike; each phase's seconds are the median over the K runs, the ``total`` row's the
+median of the K totals (so the phases need not add up to it), and ``s_per_1k_min`` / ``s_per_1k_max``
+give the spread of the totals.
+
 Appends nothing: rewrites ``--out`` with one row per (method, phase) plus a ``total`` row per method:
 task, method, budget, phase, seconds, s_per_1k_queries, gflop, gflops_per_s, peak_ratio, matmul_peak_gflops,
-threads, load_before, load_after, machine, git_commit. Give it the machine alone and quote the load averages.
+threads, load_before, load_after, machine, git_commit, repeats, s_per_1k_min, s_per_1k_max. Give it the
+machine alone and quote the load averages.
 """
 from __future__ import annotations
 
@@ -49,7 +56,8 @@ LEADERBOARD_SETTINGS = {"run": {"n_eval": 128}, "trained": {"updates_per_round":
 DEFAULT_METHODS = ("sqdf", "seiko", "adjoint-matching", "alignprop", "draft", "draft-k", "draft-1", "draft-lv",
                    "ddpo", "ddpo-sf", "raft", "diffusion-nft", "best-of-n", "svdd", "fk-steering")
 COLUMNS = ["task", "method", "budget", "phase", "seconds", "s_per_1k_queries", "gflop", "gflops_per_s",
-           "peak_ratio", "matmul_peak_gflops", "threads", "load_before", "load_after", "machine", "git_commit"]
+           "peak_ratio", "matmul_peak_gflops", "threads", "load_before", "load_after", "machine", "git_commit",
+           "repeats", "s_per_1k_min", "s_per_1k_max"]
 
 
 class MatmulFlops(TorchDispatchMode):
@@ -186,8 +194,9 @@ TARGET_S_PER_1K = 15.0  # issue 14: every method at the leaderboard's settings, 
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per method from the CSV rows: s per 1k queries in total and in the main phases, the
-    counted GFLOP, achieved GFLOP/s and share of the matmul peak (when FLOPs were counted), the target."""
+    """One line per method from the CSV rows: s per 1k queries in total (with the min–max over repeats) and
+    in the main phases, the counted GFLOP, achieved GFLOP/s and share of the matmul peak (when FLOPs were
+    counted), the target."""
     by = {}
     for r in rows:
         by.setdefault(r["method"], {})[r["phase"]] = r
@@ -199,7 +208,9 @@ def markdown_table(rows: list[dict]) -> str:
         tot = ph["total"]
         s = lambda name: float(ph[name]["s_per_1k_queries"])  # noqa: E731
         ratio = tot.get("peak_ratio")
-        lines.append(f"| {method} | {f(tot['s_per_1k_queries'])} | {s('train_steps'):.1f} | "
+        spread = (f" ({f(tot['s_per_1k_min'])}–{f(tot['s_per_1k_max'])})"
+                  if int(float(tot.get("repeats") or 1)) > 1 and tot.get("s_per_1k_min") not in (None, "") else "")
+        lines.append(f"| {method} | {f(tot['s_per_1k_queries'])}{spread} | {s('train_steps'):.1f} | "
                      f"{s('train_rollouts'):.1f} | {s('query_sampling'):.1f} | {s('evaluation') + s('path_kl'):.1f} | "
                      f"{s('proxy_fit'):.1f} | {f(tot.get('gflop'))} | {f(tot.get('gflops_per_s'))} | "
                      + ("" if ratio in (None, "") else f"{100 * float(ratio):.0f} %") + " | "
@@ -216,6 +227,34 @@ def write_csv(out: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None
         w.writerows(rows)
 
 
+def method_rows(task: str, method: str, budget: int, timed: list, counted, loads: list, peak: float,
+                threads: int, mach: str, commit: str) -> list[dict]:
+    """The CSV rows of one method: per phase the median seconds over the timed runs, the total the median
+    of their totals (with min and max); FLOPs from the counted run (if any)."""
+    import statistics
+
+    per_1k = 1000.0 / budget
+    totals = [sum(t.seconds.values()) for t in timed]
+    rows = []
+    for phase in PHASES + ("total",):
+        sec = statistics.median(totals) if phase == "total" else statistics.median(t.seconds[phase] for t in timed)
+        gflop = None
+        if counted is not None:
+            gflop = (sum(counted.flops.values()) if phase == "total" else counted.flops[phase]) / 1e9
+        rate = gflop / sec if gflop is not None and sec > 0 else None
+        rows.append({"task": task, "method": method, "budget": budget, "phase": phase,
+                     "seconds": round(sec, 3), "s_per_1k_queries": round(sec * per_1k, 3),
+                     "gflop": None if gflop is None else round(gflop, 3),
+                     "gflops_per_s": None if rate is None else round(rate, 2),
+                     "peak_ratio": None if rate is None else round(rate / peak, 4),
+                     "matmul_peak_gflops": round(peak, 1), "threads": threads,
+                     "load_before": min(lb for lb, _ in loads), "load_after": max(la for _, la in loads),
+                     "machine": mach, "git_commit": commit, "repeats": len(timed),
+                     "s_per_1k_min": round(min(totals) * per_1k, 3) if phase == "total" else None,
+                     "s_per_1k_max": round(max(totals) * per_1k, 3) if phase == "total" else None})
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from benchmarks.perf_core import machine
     from benchmarks.perf_main import git_commit_short
@@ -227,6 +266,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--budget", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--flops", action="store_true", help="also count FLOPs per phase (a second, slower run)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per method, interleaved; medians reported")
     p.add_argument("--out", default="results/perf_methods.csv")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="agent setting for every method")
@@ -236,8 +276,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(a.table, newline="") as fh:
             print(markdown_table(list(csv.DictReader(fh))))
         return 0
-    if a.budget < 1 or a.threads < 1:
-        p.error(f"--budget and --threads must be >= 1, got {a.budget} and {a.threads}")
+    if a.budget < 1 or a.threads < 1 or a.repeats < 1:
+        p.error(f"--budget, --threads and --repeats must be >= 1, got {a.budget}, {a.threads} and {a.repeats}")
     extra = {}
     for s in a.sets:
         if "=" not in s:
@@ -249,31 +289,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     mach, commit = machine(), git_commit_short()
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     run_method(a.task, methods[0], 32, extra, count_flops=False)  # warm-up: one-time imports and caches
+    timings: dict[str, list] = {m: [] for m in methods}
+    loads: dict[str, list] = {m: [] for m in methods}
+    counted: dict[str, Optional[PhaseClock]] = {}
     rows = []
-    for method in methods:
-        load_before = os.getloadavg()[0]
-        timed = run_method(a.task, method, a.budget, extra, count_flops=False)
-        load_after = os.getloadavg()[0]
-        counted = run_method(a.task, method, a.budget, extra, count_flops=True) if a.flops else None
-        per_1k = 1000.0 / a.budget
-        total_s = sum(timed.seconds.values())
-        for phase in PHASES + ("total",):
-            sec = total_s if phase == "total" else timed.seconds[phase]
-            gflop = None
-            if counted is not None:
-                gflop = (sum(counted.flops.values()) if phase == "total" else counted.flops[phase]) / 1e9
-            rate = gflop / sec if gflop is not None and sec > 0 else None
-            rows.append({"task": a.task, "method": method, "budget": a.budget, "phase": phase,
-                         "seconds": round(sec, 3), "s_per_1k_queries": round(sec * per_1k, 3),
-                         "gflop": None if gflop is None else round(gflop, 3),
-                         "gflops_per_s": None if rate is None else round(rate, 2),
-                         "peak_ratio": None if rate is None else round(rate / peak, 4),
-                         "matmul_peak_gflops": round(peak, 1), "threads": a.threads,
-                         "load_before": load_before, "load_after": load_after, "machine": mach, "git_commit": commit})
-        write_csv(Path(a.out), rows)  # after every method: an interruption keeps what was measured
-        print(f"{method}: {total_s * per_1k:.1f} s per 1000 queries ("
-              + ", ".join(f"{k} {v * per_1k:.1f}" for k, v in timed.seconds.items()) + ")", file=sys.stderr,
-              flush=True)
+    for repeat in range(a.repeats):
+        for method in methods:
+            load_before = os.getloadavg()[0]
+            timings[method].append(run_method(a.task, method, a.budget, extra, count_flops=False))
+            loads[method].append((load_before, os.getloadavg()[0]))
+            if repeat == 0:
+                counted[method] = run_method(a.task, method, a.budget, extra, count_flops=True) if a.flops else None
+            rows = [r for m in methods if timings[m] for r in method_rows(
+                a.task, m, a.budget, timings[m], counted[m], loads[m], peak, a.threads, mach, commit)]
+            write_csv(Path(a.out), rows)  # after every run: an interruption keeps what was measured
+            per_1k = 1000.0 / a.budget
+            last = timings[method][-1].seconds
+            print(f"{method} (run {repeat + 1}/{a.repeats}): {sum(last.values()) * per_1k:.1f} s per 1000 queries ("
+                  + ", ".join(f"{k} {v * per_1k:.1f}" for k, v in last.items()) + ")", file=sys.stderr, flush=True)
     print(f"wrote {len(rows)} rows to {a.out}", file=sys.stderr)
     print(markdown_table(rows))
     return 0

@@ -118,3 +118,35 @@ def test_the_merged_per_call_what_if_is_the_lora_function_up_to_rounding():
     g1 = torch.autograd.grad(y.square().sum(), [dict(policy.named_parameters())[n] for n in lora])
     g2 = torch.autograd.grad(y2.square().sum(), [dict(what_if.named_parameters())[n] for n in lora])
     assert lora and all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(g1, g2))
+
+
+def test_repeats_interleave_the_methods_and_report_medians(tmp_path, monkeypatch, capsys):
+    """--repeats 3: runs go A B A B A B (drift falls on both), each phase is the median of its three times,
+    the total the median of the three totals, with their min and max."""
+    import csv
+
+    calls = []
+    times = {"a": [[2.0, 1.0], [4.0, 1.0], [3.0, 5.0]], "b": [[1.0, 1.0], [1.0, 1.0], [7.0, 1.0]]}
+
+    def fake_run(task, method, budget, extra, count_flops):
+        calls.append(method)
+        clock = pm.PhaseClock()
+        if budget != 32:  # the warm-up run is not counted
+            train, proxy = times[method][sum(c == method for c in calls[1:]) - 1]
+            clock.seconds.update(train_steps=train, proxy_fit=proxy)
+        return clock
+
+    monkeypatch.setattr(pm, "run_method", fake_run)
+    monkeypatch.setattr(pm, "matmul_peak_gflops", lambda: 100.0)
+    out = tmp_path / "p.csv"
+    assert pm.main(["--methods", "a,b", "--budget", "500", "--repeats", "3", "--out", str(out)]) == 0
+    assert calls == ["a", "a", "b", "a", "b", "a", "b"]  # warm-up, then interleaved
+    rows = {(r["method"], r["phase"]): r for r in csv.DictReader(out.open())}
+    assert float(rows["a", "train_steps"]["seconds"]) == 3.0 and float(rows["a", "proxy_fit"]["seconds"]) == 1.0
+    a_total = rows["a", "total"]  # totals 3, 5, 8 s: median 5 (not 3 + 1, the sum of the phase medians)
+    assert float(a_total["seconds"]) == 5.0 and float(a_total["s_per_1k_queries"]) == 10.0
+    assert (float(a_total["s_per_1k_min"]), float(a_total["s_per_1k_max"]), a_total["repeats"]) == (6.0, 16.0, "3")
+    assert float(rows["b", "total"]["seconds"]) == 2.0 and float(rows["b", "train_steps"]["seconds"]) == 1.0
+    capsys.readouterr()
+    assert pm.main(["--table", str(out)]) == 0
+    assert "| a | 10.0 (6.0–16.0) |" in capsys.readouterr().out
