@@ -37,6 +37,8 @@ After the runs (or with ``--report-only``, which runs nothing) every grid folder
   eval reward vs path KL (log x; the pretrained model, KL 0, drawn at ``KL_FLOOR`` = 0.01 nats or half
   the smallest KL, whichever is lower) and eval reward vs the
   task's naturalness metric, one line per method through its grid points sorted by KL, 95% CI bands;
+  and, where the runs render sample grids (the image tier), ``frontier_<task>_samples.png``: each
+  method's eval samples at its grid point nearest ``SAMPLES_KL`` = 10 nats, beside the pretrained model's;
 - ``--leaderboard`` (results/frontier_leaderboard.csv) and ``--md``: reward and score at matched path KL
   (1, 10, 100 nats), area under the reward–KL frontier, best score on -manifold tasks; definitions in
   ``benchmarks/frontier_stats.py``.
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import io
 import json
 import math
 import re
@@ -441,6 +444,79 @@ def plot_task(points: pd.DataFrame, task: str, budget: int, path: Path) -> Path:
     return path
 
 
+SAMPLES_KL = 10.0  # nats: the matched KL of the sample figure
+
+
+def plot_samples_at_kl(points: pd.DataFrame, runs: pd.DataFrame, task: str, budget: int, path: Path,
+                       target_kl: float = SAMPLES_KL) -> Optional[Path]:
+    """frontier_<task>_samples.png, for tasks whose runs render sample grids (the image tier): the pretrained
+    model's eval samples, then per method with a path KL the eval samples of its grid point whose mean KL
+    is nearest ``target_kl`` in log10 (lowest seed; the left panel of that run's samples.png, whose right
+    panel is the pretrained model's). None when no run has a samples.png."""
+    from PIL import Image
+
+    from benchmarks import plot as bplot
+
+    plt = bplot.plt
+    picks = samples_at_kl_picks(points, runs, task, budget, target_kl)
+    if not picks:
+        return None
+    ncols = min(4, len(picks))
+    nrows = math.ceil(len(picks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.4 * nrows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, png, side) in zip(axes.flat, picks):
+        im = Image.open(png).convert("RGB")
+        w, h = im.size
+        top = int(0.09 * h)  # below the figure title and the panel's own title
+        ax.imshow(im.crop((0, top, w // 2, h) if side == "left" else (w // 2, top, w, h)))
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(f"{task}: eval samples at the grid point nearest {target_kl:g} nats of path KL "
+                 f"(budget {budget}, lowest seed)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90, format="png")
+    plt.close(fig)
+    # 256 colours: a quarter of the bytes, and these grids of flat 16x16 patches lose nothing visible
+    Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) \
+        .save(path, optimize=True)
+    return path
+
+
+def samples_at_kl_picks(points: pd.DataFrame, runs: pd.DataFrame, task: str, budget: int,
+                        target_kl: float = SAMPLES_KL) -> list[tuple[str, Path, str]]:
+    """(label, samples.png, panel) per panel of :func:`plot_samples_at_kl`: first the pretrained model (the
+    right panel of the first pick's grid), then per method with KL > 0 the lowest seed with a samples.png
+    of the point nearest ``target_kl`` in log10 (its left panel). Empty when no such samples.png exists."""
+    from benchmarks import plot as bplot
+
+    p = points[(points["task"] == task) & (points["budget"] == budget) & (points["path_kl_mean"] > 0)
+               & (points["method"] != "pretrained")]
+    r = runs[(runs["task"] == task) & (runs["budget"] == budget)]
+    picks = []
+    for m in bplot._method_order(p["method"]):
+        g = p[p["method"] == m]
+        best = g.iloc[int(np.argmin(np.abs(np.log10(g["path_kl_mean"].to_numpy(float)) - math.log10(target_kl))))]
+        seeds = r[(r["method"] == m) & r["value"].map(lambda v: _same_point_value(v, best["value"]))].sort_values("seed")
+        png = next((Path(d) / "samples.png" for d in seeds["run_dir"] if (Path(d) / "samples.png").exists()), None)
+        if png is not None:
+            knob = f"{best['knob']}={fmt_value(best['value'])}" if best["knob"] else "default"
+            picks.append((f"{m} ({knob})\nKL {best['path_kl_mean']:.3g} nats, reward {best['eval_reward_mean']:.2f}",
+                          png, "left"))
+    if picks:
+        picks.insert(0, (f"pretrained\nKL 0, reward {float(p['norm_low'].iloc[0]):.2f}", picks[0][1], "right"))
+    return picks
+
+
+def _same_point_value(a, b) -> bool:
+    """Knob values of one grid point: equal, or both NaN (a method's single default point)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
 def _focus_ylim(p: pd.DataFrame, r_pre: float) -> Optional[float]:
     """A lower y limit that keeps every Pareto-optimal point and the pretrained model in view when dominated
     points lie more than 3x further below the pretrained model than the frontier rises above it; else None."""
@@ -472,6 +548,9 @@ def write_report(out, csv: Path, plots: Optional[Path], board_csv: Optional[Path
             for b in budgets_t:
                 name = f"frontier_{task}.png" if len(budgets_t) == 1 else f"frontier_{task}_b{b}.png"
                 written.append(plot_task(pts, task, int(b), Path(plots) / name))
+                grid = plot_samples_at_kl(pts, runs, task, int(b), Path(plots) / name.replace(".png", "_samples.png"))
+                if grid is not None:
+                    written.append(grid)
     board = fs.frontier_leaderboard(runs, targets, cap, low, reps, seed)
     if board_csv is not None:
         lb.write_csv(board, Path(board_csv))

@@ -237,6 +237,31 @@ def test_report_only_writes_csv_png_and_leaderboard(fake_frontier, tmp_path, cap
     assert lead.loc[lead["task"] == "levy-manifold", "best_score_manifold"].notna().all()
     text = md.read_text()
     assert "| levy-manifold | sqdf |" in text and "beta = 0.01, 0.1, 1, 10" in text
+    assert not list(tmp_path.glob("*_samples.png"))  # no run rendered samples: no sample figure
+
+
+def test_sample_figure_takes_each_methods_point_nearest_the_matched_kl(tmp_path):
+    """Image-tier report: per method, seed 0's samples of the grid point whose mean path KL is nearest
+    10 nats in log10 (checked against the fake runs' final.json by hand), the pretrained panel first."""
+    from PIL import Image
+
+    write_fake_frontier(tmp_path / "runs", GRID, tasks=("aesthetic",), seeds=range(2), with_png=True)
+    runs, _ = fr.load_frontier_runs(tmp_path / "runs")
+    pts = fr.point_table(runs, reps=50)
+    picks = fr.samples_at_kl_picks(pts, runs, "aesthetic", 200)
+    assert picks[0][0].startswith("pretrained") and picks[0][2] == "right" and picks[0][1] == picks[1][1]
+    got = {label.split(" ")[0]: png for label, png, _ in picks[1:]}
+    for method, folders in (("sqdf", "sqdf__beta=*"), ("alignprop", "alignprop__lr=*")):
+        kl = {}
+        for d in (tmp_path / "runs").glob(folders):
+            vals = [json.loads(f.read_text())["path_kl"] for f in d.glob("*/final.json")]
+            kl[d] = sum(vals) / len(vals)
+        nearest = min(kl, key=lambda d: abs(math.log10(kl[d]) - 1.0))
+        assert got[method] == nearest / "aesthetic__{}__b200__s0".format(method) / "samples.png"
+    assert "pretrained" not in got  # KL 0: drawn once, as the reference panel
+    im = Image.open(fr.plot_samples_at_kl(pts, runs, "aesthetic", 200, tmp_path / "s.png"))
+    assert im.mode == "P" and im.size[0] > 600  # 256-colour palette, four panels wide
+    assert fr.plot_samples_at_kl(pts, runs.assign(run_dir="/nonexistent"), "aesthetic", 200, tmp_path / "n.png") is None
 
 
 def test_report_only_filters_and_checks_the_knob_in_config(fake_frontier, tmp_path, capsys):
