@@ -461,12 +461,8 @@ def plot_samples_at_kl(points: pd.DataFrame, runs: pd.DataFrame, task: str, budg
     picks = samples_at_kl_picks(points, runs, task, budget, target_kl)
     if not picks:
         return None
-    ncols = min(4, len(picks))
-    nrows = math.ceil(len(picks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.4 * nrows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (label, png, side) in zip(axes.flat, picks):
+    fig, axes = bplot.image_panels(len(picks), 3.1, 3.4, 0.6)
+    for ax, (label, png, side) in zip(axes, picks):
         im = Image.open(png).convert("RGB")
         w, h = im.size
         top = int(0.09 * h)  # below the figure title and the panel's own title

@@ -231,6 +231,17 @@ def plot_naturalness(rounds: pd.DataFrame, out: Path, budget: int, budgets: Opti
                    f"Naturalness of eval samples vs queries, budget {budget} (mean and 95% CI over seeds)")
 
 
+def image_panels(n: int, width: float, height: float, extra_height: float = 0.0, max_cols: int = 4):
+    """(fig, axes): ``n`` image panels of ``width`` x ``height`` inches, at most ``max_cols`` per row, axes
+    hidden, in reading order (unused trailing panels stay blank)."""
+    ncols = min(max_cols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + extra_height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
 def plot_sample_grid(finals: pd.DataFrame, task: str, out: Path) -> Optional[Path]:
     """Each method's samples.png for ``task`` (largest budget, lowest seed) side by side."""
     f = finals[finals["task"] == task]
@@ -245,12 +256,8 @@ def plot_sample_grid(finals: pd.DataFrame, task: str, out: Path) -> Optional[Pat
                 break
     if not picks:
         return None
-    ncols = min(4, len(picks))
-    nrows = math.ceil(len(picks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows + 0.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (m, seed, png) in zip(axes.flat, picks):
+    fig, axes = image_panels(len(picks), 4.0, 4.0, 0.5)
+    for ax, (m, seed, png) in zip(axes, picks):
         ax.imshow(plt.imread(str(png)))
         ax.set_title(f"{m} (seed {seed})", fontsize=11)
     fig.suptitle(f"{task}: samples after the last round, budget {int(f['budget'].max())}", fontsize=12)
