@@ -26,8 +26,9 @@ the run, so times always come from the first, uncounted run). Achieved GFLOP/s =
 With ``--repeats K`` the timed runs are repeated K times, interleaved (every method once, then every
 method again, ...), so that this VM's drift, which moves the same code by tens of percent within minutes,
 falls on every method alike; each phase's seconds are the median over the K runs, the ``total`` row's the
-median of the K totals (so the phases need not add up to it), and ``s_per_1k_min`` / ``s_per_1k_max``
-give the spread of the totals.
+median of the K totals (so the phases need not add up to it), ``s_per_1k_min`` / ``s_per_1k_max``
+give the spread of the totals, and ``load_before`` / ``load_after`` are the lowest load average before
+and the highest after any of the method's runs.
 
 Appends nothing: rewrites ``--out`` with one row per (method, phase) plus a ``total`` row per method:
 task, method, budget, phase, seconds, s_per_1k_queries, gflop, gflops_per_s, peak_ratio, matmul_peak_gflops,
