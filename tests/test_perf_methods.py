@@ -1,6 +1,7 @@
 """benchmarks/perf_methods.py: exclusive phase accounting (fake clock) and FLOP attribution (a known GEMM)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -150,3 +151,11 @@ def test_repeats_interleave_the_methods_and_report_medians(tmp_path, monkeypatch
     capsys.readouterr()
     assert pm.main(["--table", str(out)]) == 0
     assert "| a | 10.0 (6.0–16.0) |" in capsys.readouterr().out
+
+
+def test_bad_repeats_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pm, "run_method", lambda *a, **k: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit):
+        pm.main(["--repeats", "0", "--out", str(tmp_path / "p.csv")])
+    assert "--repeats must be >= 1, got 1000, 1 and 0" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
