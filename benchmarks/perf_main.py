@@ -117,8 +117,8 @@ def main(argv=None) -> None:
         append_row(out, row)
 
 
-def append_row(out: Path, row: dict) -> None:
-    """Add ``row`` to the CSV, rewriting it under the current header (rows written before a column was
+def append_row(out: Path, row: dict, columns: list[str] = COLUMNS) -> None:
+    """Add ``row`` to the CSV, rewriting it under the header ``columns`` (rows written before a column was
     added get empty cells there)."""
     from benchmarks.perf_methods import write_csv
 
@@ -126,7 +126,7 @@ def append_row(out: Path, row: dict) -> None:
     if out.exists():
         with open(out, newline="") as f:
             rows = list(csv.DictReader(f))
-    write_csv(out, rows + [row], COLUMNS)
+    write_csv(out, rows + [row], columns)
 
 
 if __name__ == "__main__":

@@ -118,19 +118,13 @@ def main(argv=None) -> int:
     for prec, seed in plan:
         row = perf_main.run_once(a.task, a.method, a.budget, seed, a.threads, out, False,
                                  [*extra, "--set", f"run.precision={prec}"])
-        write_rows(out, read_rows(out) + [{"precision": prec, **row}])
+        perf_main.append_row(out, {"precision": prec, **row}, COLUMNS)
         print(f"{prec} seed {seed}: {row['wall_s']} s, eval reward {row['eval_reward_final']:.4g}, "
               f"path KL {row['path_kl_final']:.4g}", file=sys.stderr, flush=True)
     rows = read_rows(out)
     if rows:
         print(report(rows), end="")
     return 0
-
-
-def write_rows(out: Path, rows: list[dict]) -> None:
-    from benchmarks.perf_methods import write_csv
-
-    write_csv(out, rows, COLUMNS)
 
 
 if __name__ == "__main__":
