@@ -4,6 +4,12 @@ with ``--verdicts METHOD``, where that method's frontier lies against every othe
 
     python -m benchmarks.frontier_readme results/frontier_leaderboard.csv > /tmp/table.md
     python -m benchmarks.frontier_readme results/frontier_leaderboard.csv --verdicts sqdf > /tmp/verdicts.md
+    python -m benchmarks.frontier_readme results/frontier_image.csv --near-kl 3 > /tmp/matched.md
+
+``--near-kl KL`` reads the per-grid-point frontier CSV instead and prints, per task and method, the grid
+point whose mean path KL is nearest KL on a log scale (within a factor ``--within``, default 3; "none
+within" otherwise) with its reward, path KL and the naturalness and diversity columns the CSV has (means
+over seeds): naturalness at matched KL, read off measured points rather than interpolated.
 
 A verdict compares two 95 % CIs (each a percentile bootstrap over one method's seeds): "above" when the
 reference's lower bound is above the other's upper bound, "below" in the mirror case, "on" when they
@@ -84,17 +90,72 @@ def verdicts(df: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines)
 
 
+#: per-grid-point columns shown by --near-kl when the frontier CSV has them: (column stem, header)
+NEAR_KL_COLUMNS = (("eval_reward", "eval reward"), ("path_kl", "path KL"), ("fd_phi", "FD (φ)"),
+                   ("denoise_loss", "denoising loss"), ("n_valid", "valid designs"),
+                   ("vendi_valid", "Vendi (valid)"), ("eval_ground_truth_A", "ground truth A"))
+
+
+def near_kl(points: pd.DataFrame, kl: float, within: float = 3.0) -> str:
+    """Per task, each method's grid point nearest ``kl`` nats (|log KL_point - log kl| smallest, at most
+    log ``within``), with the pretrained model first; methods without a path KL are left out."""
+    if not kl > 0 or not within >= 1:
+        raise SystemExit(f"error: --near-kl must be > 0 and --within >= 1, got {kl} and {within}")
+    cols = [(c, h) for c, h in NEAR_KL_COLUMNS if f"{c}_mean" in points.columns]
+    lines = []
+    for task, g in points.groupby("task", sort=True):
+        lines += [f"**{task}**: each method's grid point nearest {kl:g} nats of path KL (within ×{within:g}; "
+                  "means over seeds)", "", "| method | knob | seeds | " + " | ".join(h for _, h in cols) + " |",
+                  "|---|---|---|" + "---:|" * len(cols)]
+        rows = []
+        for method, m in g.groupby("method", sort=True):
+            m = m[m["path_kl_mean"].notna()]
+            if method == "pretrained":
+                rows.insert(0, (method, m.iloc[0]) if len(m) else None)
+                continue
+            m = m[m["path_kl_mean"] > 0]
+            if not len(m):
+                continue
+            dist = (m["path_kl_mean"].map(math.log) - math.log(kl)).abs()
+            best = m.loc[dist.idxmin()]
+            rows.append((method, best if dist.min() <= math.log(within) else None))
+        for entry in rows:
+            if entry is None:
+                continue
+            method, r = entry
+            if r is None:
+                lines.append(f"| {method} | – | – | " + " | ".join("none within" if c == "path_kl" else "–"
+                                                                 for c, _ in cols) + " |")
+                continue
+            knob = f"{r['knob']} = {r['value']:g}" if isinstance(r["knob"], str) and r["knob"] else "–"
+            lines.append(f"| {method} | {knob} | {int(r['n_seeds'])} | "
+                         + " | ".join(f"{r[c + '_mean']:.3g}" for c, _ in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     import argparse
     p = argparse.ArgumentParser(prog="python -m benchmarks.frontier_readme", description=__doc__.split("\n\n")[0])
     p.add_argument("leaderboard", nargs="?", default="results/frontier_leaderboard.csv")
     p.add_argument("--verdicts", metavar="METHOD", default=None,
                    help="print where METHOD's frontier lies against every other method's instead of the table")
+    p.add_argument("--near-kl", type=float, metavar="KL", default=None,
+                   help="the positional CSV is the per-grid-point frontier CSV (benchmarks.frontier --csv): print "
+                        "each method's grid point nearest KL nats with its naturalness and diversity")
+    p.add_argument("--within", type=float, default=3.0, help="with --near-kl: largest factor between KL and a point's")
     args = p.parse_args(argv)
     try:
         df = pd.read_csv(args.leaderboard)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: cannot read the frontier leaderboard {args.leaderboard}: {e}") from None
+        raise SystemExit(f"error: cannot read the frontier table {args.leaderboard}: {e}") from None
+    if args.near_kl is not None:
+        need = {"task", "method", "knob", "value", "n_seeds", "path_kl_mean", "eval_reward_mean"}
+        if not need <= set(df.columns):
+            raise SystemExit(f"error: {args.leaderboard} lacks {', '.join(sorted(need - set(df.columns)))}; "
+                             "--near-kl expects a table written by python -m benchmarks.frontier --csv")
+        print(near_kl(df, args.near_kl, args.within))
+        return
     need = {"task", "method", "auf", "auf_ci_low", "auf_ci_high"}
     if not need <= set(df.columns):
         raise SystemExit(f"error: {args.leaderboard} lacks {', '.join(sorted(need - set(df.columns)))}; "

@@ -357,5 +357,36 @@ def test_verdicts_compare_confidence_intervals_by_hand():
     assert fr_md.verdict(ref, one, "score_at_kl10", "ref", "weak") == "only ref"
     with pytest.raises(SystemExit, match="no task"):
         fr_md.verdicts(board, "missing")
-    with pytest.raises(SystemExit, match="cannot read the frontier leaderboard"):
+    with pytest.raises(SystemExit, match="cannot read the frontier table"):
         fr_md.main(["/nonexistent/board.csv", "--verdicts", "ref"])
+
+
+def test_near_kl_picks_each_methods_grid_point_nearest_on_a_log_scale(tmp_path, capsys):
+    """Naturalness at matched KL: per method the grid point whose path KL is nearest the target in log
+    distance (3 nats: 2 beats 5, since |log 2/3| = 0.41 < |log 5/3| = 0.51), 'none within' beyond the factor."""
+    from benchmarks import frontier_readme as fr_md
+
+    def pt(method, knob, value, kl, reward, fd):
+        return {"task": "t", "method": method, "knob": knob, "value": value, "n_seeds": 3, "path_kl_mean": kl,
+                "eval_reward_mean": reward, "fd_phi_mean": fd}
+
+    points = pd.DataFrame([pt("pretrained", "", np.nan, 0.0, -1.0, 100.0),
+                           pt("a", "beta", 1.0, 0.5, -0.5, 101.0), pt("a", "beta", 0.1, 2.0, 0.5, 102.0),
+                           pt("a", "beta", 0.01, 5.0, 1.5, 103.0),
+                           pt("b", "lr", 1e-3, 0.2, 0.0, 104.0), pt("b", "lr", 1e-2, 40.0, 2.0, 105.0),
+                           pt("bo", "", np.nan, np.nan, 3.0, 106.0)])
+    text = fr_md.near_kl(points, 3.0)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert rows == ["| pretrained | – | 3 | -1 | 0 | 100 |",
+                    "| a | beta = 0.1 | 3 | 0.5 | 2 | 102 |",
+                    "| b | – | – | – | none within | – |"]  # 0.2 and 40 are both more than ×3 from 3; bo has no KL
+    assert "| b | lr = 0.01 | 3 | 2 | 40 | 105 |" in fr_md.near_kl(points, 20.0)
+    csv = tmp_path / "points.csv"
+    points.to_csv(csv, index=False)
+    fr_md.main([str(csv), "--near-kl", "4"])  # log distance: |log 5/4| = 0.22 < |log 2/4| = 0.69
+    assert "| a | beta = 0.01 | 3 | 1.5 | 5 | 103 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="must be > 0"):
+        fr_md.main([str(csv), "--near-kl", "0"])
+    points.drop(columns="path_kl_mean").to_csv(csv, index=False)
+    with pytest.raises(SystemExit, match="lacks path_kl_mean"):
+        fr_md.main([str(csv), "--near-kl", "3"])
