@@ -107,31 +107,29 @@ def near_kl(points: pd.DataFrame, kl: float, within: float = 3.0) -> str:
         lines += [f"**{task}**: each method's grid point nearest {kl:g} nats of path KL (within ×{within:g}; "
                   "means over seeds)", "", "| method | knob | seeds | " + " | ".join(h for _, h in cols) + " |",
                   "|---|---|---|" + "---:|" * len(cols)]
-        rows = []
-        for method, m in g.groupby("method", sort=True):
-            m = m[m["path_kl_mean"].notna()]
-            if method == "pretrained":
-                rows.insert(0, (method, m.iloc[0]) if len(m) else None)
-                continue
-            m = m[m["path_kl_mean"] > 0]
+        for method in sorted(g["method"].unique(), key=lambda name: (name != "pretrained", name)):
+            m = g[(g["method"] == method) & g["path_kl_mean"].notna()]
+            if method != "pretrained":
+                m = m[m["path_kl_mean"] > 0]
             if not len(m):
                 continue
-            dist = (m["path_kl_mean"].map(math.log) - math.log(kl)).abs()
-            best = m.loc[dist.idxmin()]
-            rows.append((method, best if dist.min() <= math.log(within) else None))
-        for entry in rows:
-            if entry is None:
-                continue
-            method, r = entry
-            if r is None:
+            dist = (m["path_kl_mean"].map(math.log) - math.log(kl)).abs() if method != "pretrained" else None
+            if dist is not None and dist.min() > math.log(within):
                 lines.append(f"| {method} | – | – | " + " | ".join("none within" if c == "path_kl" else "–"
                                                                  for c, _ in cols) + " |")
                 continue
+            r = m.iloc[0] if dist is None else m.loc[dist.idxmin()]
             knob = f"{r['knob']} = {r['value']:g}" if isinstance(r["knob"], str) and r["knob"] else "–"
             lines.append(f"| {method} | {knob} | {int(r['n_seeds'])} | "
                          + " | ".join(f"{r[c + '_mean']:.3g}" for c, _ in cols) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def require(df: pd.DataFrame, columns: set, path: str, expected: str) -> None:
+    """One-line exit when the table at ``path`` lacks any of ``columns``."""
+    if not columns <= set(df.columns):
+        raise SystemExit(f"error: {path} lacks {', '.join(sorted(columns - set(df.columns)))}; {expected}")
 
 
 def main(argv=None) -> None:
@@ -150,16 +148,12 @@ def main(argv=None) -> None:
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot read the frontier table {args.leaderboard}: {e}") from None
     if args.near_kl is not None:
-        need = {"task", "method", "knob", "value", "n_seeds", "path_kl_mean", "eval_reward_mean"}
-        if not need <= set(df.columns):
-            raise SystemExit(f"error: {args.leaderboard} lacks {', '.join(sorted(need - set(df.columns)))}; "
-                             "--near-kl expects a table written by python -m benchmarks.frontier --csv")
+        require(df, {"task", "method", "knob", "value", "n_seeds", "path_kl_mean", "eval_reward_mean"},
+                args.leaderboard, "--near-kl expects a table written by python -m benchmarks.frontier --csv")
         print(near_kl(df, args.near_kl, args.within))
         return
-    need = {"task", "method", "auf", "auf_ci_low", "auf_ci_high"}
-    if not need <= set(df.columns):
-        raise SystemExit(f"error: {args.leaderboard} lacks {', '.join(sorted(need - set(df.columns)))}; "
-                         "expected a table written by python -m benchmarks.frontier --leaderboard")
+    require(df, {"task", "method", "auf", "auf_ci_low", "auf_ci_high"}, args.leaderboard,
+            "expected a table written by python -m benchmarks.frontier --leaderboard")
     print(verdicts(df, args.verdicts) if args.verdicts else table(df))
 
 
