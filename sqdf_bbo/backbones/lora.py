@@ -3,9 +3,9 @@
 peft's ``lora.Linear`` / ``lora.Conv2d`` forward checks mixed-batch arguments, variants and dtypes and calls
 five sub-modules per layer; on the vector tier's 256-wide MLP at 32 rows the lean forward + backward took
 5.1 vs 8.3 ms, 4.5 vs 4.9 ms and 7.4 vs 8.3 ms in three measurements (benchmarks/perf_lora.py; this VM's
-speed drifts between runs; whole runs gain less, as most of a training step is the GEMMs themselves). :func:`use_lean_forward` switches each wrapped layer to a subclass
-whose forward computes, in the common case (one active plain LoRA adapter, not merged, no dropout, no
-extra arguments),
+speed drifts between runs; whole runs gain less, as most of a training step is the GEMMs themselves).
+:func:`use_lean_forward` switches each wrapped layer to a subclass whose forward computes, in the common
+case (one active plain LoRA adapter, not merged, no dropout, no extra arguments),
 
     y = base(x) + B(A(x)) * scaling          (the same kernels in the same order as peft: bit-identical)
 
