@@ -47,6 +47,17 @@ def git_commit_short() -> str:
         return ""
 
 
+def code_tree(commit: str = "HEAD") -> str:
+    """git's tree hashes of the code a run executes (``sqdf_bbo/``, ``baselines/``) at ``commit``; "" outside
+    git or for a commit this clone lacks. Two commits with the same value compute the same runs, so a
+    benchmark that resumes by commit can also keep rows of a commit that changed only docs or benchmarks."""
+    try:
+        return " ".join(subprocess.run(["git", "rev-parse", f"{commit}:{d}"], capture_output=True, text=True,
+                                       check=True).stdout.strip() for d in ("sqdf_bbo", "baselines"))
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: Path, profile: bool,
              extra: list[str]) -> dict:
     """Run the CLI once in a child process; returns the CSV row."""

@@ -6,8 +6,8 @@
 Runs ``python -m sqdf_bbo.run --task aesthetic --budget 5000`` once per seed and precision
 (``--set run.precision=fp32`` / ``bf16``) in a child process (``benchmarks.perf_main.run_once``: wall
 time, CPU time, peak memory, load average, final metrics) and appends one row per run to
-``results/precision_main.csv``. A (precision, seed) already there for the checkout's commit is skipped,
-so the check resumes across sessions.
+``results/precision_main.csv``. A (precision, seed) already there for the checkout's commit, or for one
+with the same library code (``perf_main.code_tree``), is skipped, so the check resumes across sessions.
 
 Report, per metric (final eval reward, ground truth A, path KL, Fréchet distance in φ): each precision's
 mean and standard deviation over seeds, and the paired difference bf16 - fp32 (same seed: same initial
@@ -41,11 +41,19 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def same_code(rows: Sequence[dict], commit: str) -> set[str]:
+    """The commits in ``rows`` that run the same code as ``commit`` (itself, and any with equal
+    ``perf_main.code_tree``): their rows pair with its rows, so the check resumes across doc-only commits."""
+    tree = perf_main.code_tree(commit)
+    return {commit} | {c for c in {r["git_commit"] for r in rows} if tree and perf_main.code_tree(c) == tree}
+
+
 def todo(rows: Sequence[dict], seeds: Sequence[int], commit: str, task: str, method: str, budget: int,
          threads: int) -> list[tuple[str, int]]:
-    """The (precision, seed) runs not yet in ``rows`` for this commit and setting, fp32 first per seed."""
+    """The (precision, seed) runs not yet in ``rows`` for this commit's code and setting, fp32 first per seed."""
+    commits = same_code(rows, commit)
     done = {(r["precision"], int(r["seed"])) for r in rows
-            if r["git_commit"] == commit and r["task"] == task and r["method"] == method
+            if r["git_commit"] in commits and r["task"] == task and r["method"] == method
             and int(r["budget"]) == budget and int(r["threads"]) == threads}
     return [(p, s) for s in seeds for p in PRECISIONS if (p, s) not in done]
 
@@ -62,17 +70,21 @@ def paired_t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[floa
 
 
 def report(rows: Sequence[dict], commit: Optional[str] = None) -> str:
-    """Markdown table comparing fp32 and bf16 on the seeds both precisions ran (the latest commit's rows
-    unless ``commit`` is given)."""
+    """Markdown table comparing fp32 and bf16 on the seeds both precisions ran (the rows of the latest
+    commit's code, see ``same_code``, unless ``commit`` is given)."""
     if not rows:
         raise SystemExit("error: no rows to report; run the check first")
     commit = commit or rows[-1]["git_commit"]
-    by = {(r["precision"], int(r["seed"])): r for r in rows if r["git_commit"] == commit}
+    commits = same_code(rows, commit)
+    by = {(r["precision"], int(r["seed"])): r for r in rows if r["git_commit"] in commits}
     seeds = sorted(s for (p, s) in by if p == "fp32" and ("bf16", s) in by)
     if not seeds:
         raise SystemExit(f"error: no seed has both an fp32 and a bf16 row at commit {commit}")
+    used = sorted({by[p, s]["git_commit"] for s in seeds for p in PRECISIONS})
+    commit_text = (f"commit {used[0]}" if len(used) == 1 else
+                   f"commits {', '.join(used)} (the same sqdf_bbo/ and baselines/ trees)")
     lines = [f"fp32 vs bf16 autocast, `python -m sqdf_bbo.run --task {by['fp32', seeds[0]]['task']} --budget "
-             f"{by['fp32', seeds[0]]['budget']}`, seeds {' '.join(map(str, seeds))}, commit {commit} "
+             f"{by['fp32', seeds[0]]['budget']}`, seeds {' '.join(map(str, seeds))}, {commit_text} "
              f"(load average before each run: {', '.join(by[p, s]['load_before'] for s in seeds for p in PRECISIONS)})",
              "", "| metric | fp32 mean ± sd | bf16 mean ± sd | bf16 − fp32 [95 % t-interval] | verdict |",
              "|---|---|---|---|---|"]

@@ -14,7 +14,7 @@ def fake_run(calls):
         bf16 = extra[-1] == "run.precision=bf16"
         row = {k: "" for k in perf_main.COLUMNS}
         row.update(task=task, method=method, budget=budget, seed=seed, threads=threads, wall_s=10.0 + bf16,
-                   load_before=0.5, git_commit="abc1234",
+                   load_before=0.5, git_commit=perf_main.git_commit_short(),
                    eval_reward_final=[8.0, 9.0, 10.0][seed] + (0.5 if bf16 else 0.0) + (0.1 * seed if bf16 else 0.0),
                    eval_ground_truth_A_final=1.0, path_kl_final=100.0 + seed, fd_phi_final=50.0)
         return row
@@ -52,3 +52,30 @@ def test_report_is_a_paired_t_interval_by_hand(tmp_path, monkeypatch, capsys):
     assert "+0 [+0, +0]" in kl and "within seed noise" in kl  # identical values: the interval is the point 0
     with pytest.raises(SystemExit, match="no rows"):
         pc.report([])
+
+
+def test_rows_of_a_commit_with_the_same_library_code_count_as_done(tmp_path, monkeypatch, capsys):
+    trees = {"abc1234": "t1", "def5678": "t1", "9990000": "t2"}  # def5678 changed only docs; 9990000 the code
+    monkeypatch.setattr(perf_main, "code_tree", lambda commit="HEAD": trees.get(commit, ""))
+    calls = []
+    monkeypatch.setattr(perf_main, "run_once", fake_run(calls))
+    out = tmp_path / "p.csv"
+    monkeypatch.setattr(perf_main, "git_commit_short", lambda: "abc1234")
+    assert pc.main(["--seeds", "0", "--out", str(out)]) == 0 and len(calls) == 2
+    monkeypatch.setattr(perf_main, "git_commit_short", lambda: "def5678")
+    assert pc.main(["--seeds", "0", "--out", str(out)]) == 0 and len(calls) == 2  # nothing left to run
+    assert "0 run(s) to do at commit def5678" in capsys.readouterr().err
+    monkeypatch.setattr(perf_main, "git_commit_short", lambda: "9990000")
+    assert pc.main(["--seeds", "0", "--out", str(out)]) == 0 and len(calls) == 4  # new code: both again
+    rows = pc.read_rows(out)
+    assert pc.same_code(rows, "def5678") == {"abc1234", "def5678"} and pc.same_code(rows, "9990000") == {"9990000"}
+
+
+def test_code_tree_is_git_s_tree_hash_of_the_library_folders():
+    import subprocess
+    tree = perf_main.code_tree()
+    if not tree:
+        pytest.skip("not a git checkout")
+    want = subprocess.run(["git", "rev-parse", "HEAD:sqdf_bbo", "HEAD:baselines"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert tree.split() == want and perf_main.code_tree("no-such-commit") == ""
