@@ -38,24 +38,25 @@ COLUMNS = ["task", "method", "budget", "seed", "threads", "wall_s", "cpu_s", "pe
            *PHASE_COLUMNS]
 
 
+def git_rev_parse(*revs: str) -> list[str]:
+    """``git rev-parse`` of each rev in the checkout; [] outside git or when any rev is unknown."""
+    try:
+        return subprocess.run(["git", "rev-parse", *revs], capture_output=True, text=True,
+                              check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+
+
 def git_commit_short() -> str:
     """The checkout's short commit hash ("" outside git): every benchmark CSV records it."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
+    return " ".join(git_rev_parse("--short", "HEAD"))
 
 
 def code_tree(commit: str = "HEAD") -> str:
     """git's tree hashes of the code a run executes (``sqdf_bbo/``, ``baselines/``) at ``commit``; "" outside
     git or for a commit this clone lacks. Two commits with the same value compute the same runs, so a
     benchmark that resumes by commit can also keep rows of a commit that changed only docs or benchmarks."""
-    try:
-        return " ".join(subprocess.run(["git", "rev-parse", f"{commit}:{d}"], capture_output=True, text=True,
-                                       check=True).stdout.strip() for d in ("sqdf_bbo", "baselines"))
-    except (OSError, subprocess.CalledProcessError):
-        return ""
+    return " ".join(git_rev_parse(f"{commit}:sqdf_bbo", f"{commit}:baselines"))
 
 
 def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: Path, profile: bool,
