@@ -109,16 +109,20 @@ def near_kl(points: pd.DataFrame, kl: float, within: float = 3.0) -> str:
                   "|---|---|---|" + "---:|" * len(cols)]
         for method in sorted(g["method"].unique(), key=lambda name: (name != "pretrained", name)):
             m = g[(g["method"] == method) & g["path_kl_mean"].notna()]
-            if method != "pretrained":
+            if method == "pretrained":  # its one point, at KL 0
+                if not len(m):
+                    continue
+                r = m.iloc[0]
+            else:
                 m = m[m["path_kl_mean"] > 0]
-            if not len(m):
-                continue
-            dist = (m["path_kl_mean"].map(math.log) - math.log(kl)).abs() if method != "pretrained" else None
-            if dist is not None and dist.min() > math.log(within):
-                lines.append(f"| {method} | – | – | " + " | ".join("none within" if c == "path_kl" else "–"
-                                                                 for c, _ in cols) + " |")
-                continue
-            r = m.iloc[0] if dist is None else m.loc[dist.idxmin()]
+                if not len(m):
+                    continue
+                dist = (m["path_kl_mean"].map(math.log) - math.log(kl)).abs()
+                if dist.min() > math.log(within):
+                    lines.append(f"| {method} | – | – | " + " | ".join("none within" if c == "path_kl" else "–"
+                                                                     for c, _ in cols) + " |")
+                    continue
+                r = m.loc[dist.idxmin()]
             knob = f"{r['knob']} = {r['value']:g}" if isinstance(r["knob"], str) and r["knob"] else "–"
             lines.append(f"| {method} | {knob} | {int(r['n_seeds'])} | "
                          + " | ".join(f"{r[c + '_mean']:.3g}" for c, _ in cols) + " |")
