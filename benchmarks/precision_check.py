@@ -7,7 +7,9 @@ Runs ``python -m sqdf_bbo.run --task aesthetic --budget 5000`` once per seed and
 (``--set run.precision=fp32`` / ``bf16``) in a child process (``benchmarks.perf_main.run_once``: wall
 time, CPU time, peak memory, load average, final metrics) and appends one row per run to
 ``results/precision_main.csv``. A (precision, seed) already there for the checkout's commit, or for one
-with the same library code (``perf_main.code_tree``), is skipped, so the check resumes across sessions.
+with the same library code (``perf_main.code_tree``), on the same CPU model (the ``machine`` column), is
+skipped, so the check resumes across sessions; rows of another CPU model never pair with this one's (the
+same seed gives other trajectories on another CPU's kernels, in fp32 as well).
 
 Report, per metric (final eval reward, ground truth A, path KL, Fréchet distance in φ): each precision's
 mean and standard deviation over seeds, and the paired difference bf16 - fp32 (same seed: same initial
@@ -49,12 +51,13 @@ def same_code(rows: Sequence[dict], commit: str) -> set[str]:
 
 
 def todo(rows: Sequence[dict], seeds: Sequence[int], commit: str, task: str, method: str, budget: int,
-         threads: int) -> list[tuple[str, int]]:
-    """The (precision, seed) runs not yet in ``rows`` for this commit's code and setting, fp32 first per seed."""
+         threads: int, machine: str) -> list[tuple[str, int]]:
+    """The (precision, seed) runs not yet in ``rows`` for this commit's code, setting and CPU model
+    (``machine``, as ``perf_core.machine`` names it), fp32 first per seed."""
     commits = same_code(rows, commit)
     done = {(r["precision"], int(r["seed"])) for r in rows
             if r["git_commit"] in commits and r["task"] == task and r["method"] == method
-            and int(r["budget"]) == budget and int(r["threads"]) == threads}
+            and int(r["budget"]) == budget and int(r["threads"]) == threads and r["machine"] == machine}
     return [(p, s) for s in seeds for p in PRECISIONS if (p, s) not in done]
 
 
@@ -69,22 +72,25 @@ def paired_t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[floa
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def report(rows: Sequence[dict], commit: Optional[str] = None) -> str:
-    """Markdown table comparing fp32 and bf16 on the seeds both precisions ran (the rows of the latest
-    commit's code, see ``same_code``, unless ``commit`` is given)."""
+def report(rows: Sequence[dict], commit: Optional[str] = None, machine: Optional[str] = None) -> str:
+    """Markdown table comparing fp32 and bf16 on the seeds both precisions ran on one CPU model (the rows
+    of the latest row's commit code, see ``same_code``, and CPU model, unless ``commit`` / ``machine`` are
+    given)."""
     if not rows:
         raise SystemExit("error: no rows to report; run the check first")
     commit = commit or rows[-1]["git_commit"]
+    machine = machine or rows[-1]["machine"]
     commits = same_code(rows, commit)
-    by = {(r["precision"], int(r["seed"])): r for r in rows if r["git_commit"] in commits}
+    by = {(r["precision"], int(r["seed"])): r for r in rows
+          if r["git_commit"] in commits and r["machine"] == machine}
     seeds = sorted(s for (p, s) in by if p == "fp32" and ("bf16", s) in by)
     if not seeds:
-        raise SystemExit(f"error: no seed has both an fp32 and a bf16 row at commit {commit}")
+        raise SystemExit(f"error: no seed has both an fp32 and a bf16 row at commit {commit} on {machine}")
     used = sorted({by[p, s]["git_commit"] for s in seeds for p in PRECISIONS})
     commit_text = (f"commit {used[0]}" if len(used) == 1 else
                    f"commits {', '.join(used)} (the same sqdf_bbo/ and baselines/ trees)")
     lines = [f"fp32 vs bf16 autocast, `python -m sqdf_bbo.run --task {by['fp32', seeds[0]]['task']} --budget "
-             f"{by['fp32', seeds[0]]['budget']}`, seeds {' '.join(map(str, seeds))}, {commit_text} "
+             f"{by['fp32', seeds[0]]['budget']}`, seeds {' '.join(map(str, seeds))}, {commit_text}, {machine} "
              f"(load average before each run: {', '.join(by[p, s]['load_before'] for s in seeds for p in PRECISIONS)})",
              "", "| metric | fp32 mean ± sd | bf16 mean ± sd | bf16 − fp32 [95 % t-interval] | verdict |",
              "|---|---|---|---|---|"]
@@ -123,8 +129,10 @@ def main(argv=None) -> int:
         print("error: --set run.precision is what this check varies; leave it out", file=sys.stderr)
         return 2
     extra = [x for s in a.sets for x in ("--set", s)]
+    from benchmarks.perf_core import machine  # imports torch (the runs themselves are child processes)
+
     commit = perf_main.git_commit_short()
-    plan = todo(read_rows(out), a.seeds, commit, a.task, a.method, a.budget, a.threads)
+    plan = todo(read_rows(out), a.seeds, commit, a.task, a.method, a.budget, a.threads, machine())
     print(f"precision check: {len(plan)} run(s) to do at commit {commit}: "
           + ", ".join(f"{prec}/s{s}" for prec, s in plan), file=sys.stderr)
     for prec, seed in plan:

@@ -6,15 +6,16 @@ import pytest
 
 from benchmarks import perf_main
 from benchmarks import precision_check as pc
+from benchmarks.perf_core import machine
 
 
-def fake_run(calls):
+def fake_run(calls, cpu=None):
     def run_once(task, method, budget, seed, threads, out, profile, extra):
         calls.append(extra)
         bf16 = extra[-1] == "run.precision=bf16"
         row = {k: "" for k in perf_main.COLUMNS}
         row.update(task=task, method=method, budget=budget, seed=seed, threads=threads, wall_s=10.0 + bf16,
-                   load_before=0.5, git_commit=perf_main.git_commit_short(),
+                   load_before=0.5, git_commit=perf_main.git_commit_short(), machine=cpu or machine(),
                    eval_reward_final=[8.0, 9.0, 10.0][seed] + (0.5 if bf16 else 0.0) + (0.1 * seed if bf16 else 0.0),
                    eval_ground_truth_A_final=1.0, path_kl_final=100.0 + seed, fd_phi_final=50.0)
         return row
@@ -79,3 +80,23 @@ def test_code_tree_is_git_s_tree_hash_of_the_library_folders():
     want = subprocess.run(["git", "rev-parse", "HEAD:sqdf_bbo", "HEAD:baselines"], capture_output=True, text=True,
                           check=True).stdout.split()
     assert tree.split() == want and perf_main.code_tree("no-such-commit") == ""
+
+
+def test_rows_of_another_cpu_model_neither_count_as_done_nor_pair(tmp_path, monkeypatch, capsys):
+    """The same seed runs other trajectories on another CPU's kernels: another machine's rows are left out."""
+    monkeypatch.setattr(perf_main, "git_commit_short", lambda: "abc1234")
+    out = tmp_path / "p.csv"
+    monkeypatch.setattr(perf_main, "run_once", fake_run([], cpu="Other CPU (2 logical CPUs, Linux)"))
+    assert pc.main(["--seeds", "0", "1", "--out", str(out)]) == 0
+    calls = []
+    monkeypatch.setattr(perf_main, "run_once", fake_run(calls))
+    assert pc.main(["--seeds", "0", "1", "--out", str(out)]) == 0 and len(calls) == 4  # all four again here
+    assert "4 run(s) to do" in capsys.readouterr().err
+    rows = pc.read_rows(out)
+    rows[-1]["eval_reward_final"] = "100.0"  # this machine's bf16 seed 1
+    assert "Other CPU" not in pc.report(rows) and machine() in pc.report(rows)
+    assert "| final eval reward | 8.5 ± 0.7071 | 54.25 ± 64.7 |" in pc.report(rows)
+    other = pc.report(rows, machine="Other CPU (2 logical CPUs, Linux)")
+    assert "| final eval reward | 8.5 ± 0.7071 | 9.05 ± 0.7778 |" in other
+    with pytest.raises(SystemExit, match="no seed has both"):
+        pc.report(rows, machine="Third CPU")
