@@ -50,14 +50,20 @@ def same_code(rows: Sequence[dict], commit: str) -> set[str]:
     return {commit} | {c for c in {r["git_commit"] for r in rows} if tree and perf_main.code_tree(c) == tree}
 
 
+def comparable(rows: Sequence[dict], commit: str, machine: str) -> list[dict]:
+    """The rows that pair with ``commit``'s runs on ``machine``: the same library code (``same_code``) and
+    the same CPU model."""
+    commits = same_code(rows, commit)
+    return [r for r in rows if r["git_commit"] in commits and r["machine"] == machine]
+
+
 def todo(rows: Sequence[dict], seeds: Sequence[int], commit: str, task: str, method: str, budget: int,
          threads: int, machine: str) -> list[tuple[str, int]]:
     """The (precision, seed) runs not yet in ``rows`` for this commit's code, setting and CPU model
     (``machine``, as ``perf_core.machine`` names it), fp32 first per seed."""
-    commits = same_code(rows, commit)
-    done = {(r["precision"], int(r["seed"])) for r in rows
-            if r["git_commit"] in commits and r["task"] == task and r["method"] == method
-            and int(r["budget"]) == budget and int(r["threads"]) == threads and r["machine"] == machine}
+    done = {(r["precision"], int(r["seed"])) for r in comparable(rows, commit, machine)
+            if r["task"] == task and r["method"] == method and int(r["budget"]) == budget
+            and int(r["threads"]) == threads}
     return [(p, s) for s in seeds for p in PRECISIONS if (p, s) not in done]
 
 
@@ -80,9 +86,7 @@ def report(rows: Sequence[dict], commit: Optional[str] = None, machine: Optional
         raise SystemExit("error: no rows to report; run the check first")
     commit = commit or rows[-1]["git_commit"]
     machine = machine or rows[-1]["machine"]
-    commits = same_code(rows, commit)
-    by = {(r["precision"], int(r["seed"])): r for r in rows
-          if r["git_commit"] in commits and r["machine"] == machine}
+    by = {(r["precision"], int(r["seed"])): r for r in comparable(rows, commit, machine)}
     seeds = sorted(s for (p, s) in by if p == "fp32" and ("bf16", s) in by)
     if not seeds:
         raise SystemExit(f"error: no seed has both an fp32 and a bf16 row at commit {commit} on {machine}")

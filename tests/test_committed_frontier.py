@@ -9,15 +9,14 @@ overlap. The whole frontier is a benchmark; this cell costs about 30 CPU-seconds
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from benchmarks import frontier
+from benchmarks.precision_check import paired_t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results" / "frontier.csv"
@@ -45,6 +44,6 @@ def test_committed_frontier_cell_reproduces(tmp_path):
         lo, hi = ref[f"{metric}_ci_low"], ref[f"{metric}_ci_high"]
         seeds = np.array([f[metric] for f in finals])
         assert seeds.mean() == pytest.approx(row[f"{metric}_mean"], rel=1e-5)
-        half = stats.t.ppf(0.975, len(seeds) - 1) * seeds.std(ddof=1) / math.sqrt(len(seeds))
-        assert seeds.mean() - half <= hi + 1e-9 and seeds.mean() + half >= lo - 1e-9, (
+        _, t_lo, t_hi = paired_t_interval(seeds)  # the 95 % Student-t interval of the seeds' mean
+        assert t_lo <= hi + 1e-9 and t_hi >= lo - 1e-9, (
             metric, list(seeds), (lo, hi))
