@@ -127,3 +127,23 @@ def normalise(score: np.ndarray, low: float, high: float) -> np.ndarray:
     if high == low:
         raise ValueError(f"normalisation bounds are equal ({low}); the score cannot be normalised")
     return (np.asarray(score, float) - low) / (high - low)
+
+
+# ---- per-point intervals with their stated coverage ---------------------------------------------
+def t_interval(x: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval for the mean of i.i.d. values (one value per seed).
+
+    mean +- t_{n-1, 1-alpha/2} * sd / sqrt(n). Exact coverage for normal seeds at any n >= 2; with one value
+    the interval is (mean, nan, nan) -- one seed says nothing about the spread.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    v = np.asarray(x, float).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if v.size < 2:
+        return m, float("nan"), float("nan")
+    half = float(_st.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half
