@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Re-create the committed reward–KL frontier (results/frontier.csv, results/frontier_<task>.png,
-# results/frontier_leaderboard.{csv,md}): every method on ackley-manifold, levy-manifold,
-# rastrigin-manifold and levy, budget 1000, seeds 0-2, each method over its knob grid (the rule in
-# benchmarks/frontier.py: beta = 0.01, 0.1, 1, 10 for the KL-regularised methods, lr = default x 0.01, 0.1,
-# 1, 10 for the others, candidate counts 2, 4, 16, 64 for best-of-n and svdd, beta for fk-steering,
-# pretrained, random, turbo and qlognei as one point each). Resumable: re-running skips finished runs and
-# continues interrupted ones.
+# results/frontier_leaderboard.{csv,md}, and one row per run in results/frontier_runs.csv): every method on
+# ackley-manifold, levy-manifold, rastrigin-manifold and levy, budget 1000, seeds 0-2, each method over its
+# knob grid (the rule in benchmarks/frontier.py: beta = 0.01, 0.1, 1, 10 for the KL-regularised methods and
+# fk-steering; a knob the agent class declares in its `frontier_knob` attribute -- raft's keep_fraction
+# 0.03, 0.1, 0.25, 0.5 and diffusion-nft's nft_beta 0.1, 1, 10, 100; lr = default x 0.01, 0.1, 1, 10 for the
+# other methods without a KL term; candidate counts 2, 4, 16, 64 for best-of-n and svdd; pretrained, random,
+# turbo and qlognei as one point each). Resumable: re-running skips finished runs and continues interrupted
+# ones. The tables and plots rebuild from the runs CSV alone:
+#   python -m benchmarks.frontier --from-runs results/frontier_runs.csv --csv results/frontier.csv \
+#       --plots results/ --leaderboard results/frontier_leaderboard.csv --md results/frontier_leaderboard.md
 #
 #   bash benchmarks/reproduce_frontier.sh [OUT=runs/frontier] [WORKERS=2]
 #
@@ -46,4 +50,4 @@ python -m benchmarks.frontier --tasks "$TASKS" --methods "$METHODS" --budget 100
     --out "$OUT" --workers "$WORKERS" --threads 1 --resume --no-progress \
     --set run.n_eval=128 "${PER_METHOD[@]}" \
     --csv results/frontier.csv --plots results/ --leaderboard results/frontier_leaderboard.csv \
-    --md results/frontier_leaderboard.md "$@"
+    --md results/frontier_leaderboard.md --runs-csv results/frontier_runs.csv "$@"

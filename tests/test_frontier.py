@@ -17,67 +17,72 @@ from sqdf_bbo.agents import Agent, resolve_method
 # ---- the frontier math against hand-computed examples --------------------------------------------
 # Grid points (mean KL in nats, mean reward):
 #   A (0.5, 1.0), B (2, 3), C (4, 2.5), D (20, 5), E (2, 2)
-# C is dominated by B (KL 2 <= 4, reward 3 >= 2.5); E by B (same KL, lower reward). Pretrained r_pre = 0.
+# Pretrained r_pre = 0. Upper concave envelope in linear KL: slopes from the start A 2, B 1.5 -> A;
+# from A: B 1.33, C 0.43, D 0.21 -> B; from B: C -0.25, D 0.11 -> D. C is below the chord B-D,
+# E has B's KL and a lower reward.
 KL = [0.5, 2.0, 4.0, 20.0, 2.0]
 REWARD = [1.0, 3.0, 2.5, 5.0, 2.0]
 
 
-def test_pareto_filter_drops_dominated_points():
-    assert fs.pareto_mask(KL, REWARD).tolist() == [True, True, False, True, False]
-    # of two identical points one is kept
-    assert fs.pareto_mask([1.0, 1.0], [2.0, 2.0]).tolist() == [True, False]
-    xs, ys = fs.frontier(KL, REWARD, r_pre=0.0)
+def test_envelope_drops_points_below_it():
+    xs, ys, src = fs.envelope(KL, REWARD, r_pre=0.0)
     assert xs.tolist() == [0.0, 0.5, 2.0, 20.0]  # the pretrained start, then A, B, D by KL
-    assert ys.tolist() == [0.0, 1.0, 3.0, 5.0]
-    # a KL-0 grid point is not on the log axis: the start stands for it
-    xs0, ys0 = fs.frontier([0.0, 1.0], [9.0, 2.0], r_pre=0.0)
+    assert ys.tolist() == [0.0, 1.0, 3.0, 5.0] and src.tolist() == [-1, 0, 1, 3]
+    # of two identical points one is a vertex
+    assert fs.envelope([1.0, 1.0], [2.0, 2.0], 0.0)[2].tolist() == [-1, 0]
+    # a KL-0 grid point is not on the frontier: the start stands for it
+    xs0, ys0, _ = fs.envelope([0.0, 1.0], [9.0, 2.0], r_pre=0.0)
     assert xs0.tolist() == [0.0, 1.0] and ys0.tolist() == [0.0, 2.0]
 
 
-def test_interpolation_at_matched_kl():
-    xs, ys = fs.frontier(KL, REWARD, r_pre=0.0)
-    got = fs.frontier_at(xs, ys, [0.0, 0.25, 1.0, 10.0, 20.0, 100.0])
+def test_envelope_at_matched_kl_is_linear_in_kl():
+    xs, ys, _ = fs.envelope(KL, REWARD, r_pre=0.0)
+    got = fs.envelope_at(xs, ys, [0.0, 0.25, 1.0, 10.0, 20.0, 100.0])
     # KL 0    : the pretrained start, 0
-    # KL 0.25 : start segment, linear in KL: 0 + (1 - 0) * 0.25 / 0.5 = 0.5
-    # KL 1    : A..B linear in log10 KL: t = (log10 1 - log10 0.5) / (log10 2 - log10 0.5) = 0.30103 / 0.60206
-    #           = 0.5 -> 1 + 0.5 * (3 - 1) = 2.0
-    # KL 10   : B..D: t = (log10 10 - log10 2) / (log10 20 - log10 2) = (1 - 0.30103) / 1 = 0.69897
-    #           -> 3 + 0.69897 * (5 - 3) = 4.39794
+    # KL 0.25 : start..A: 0 + (1 - 0) * 0.25 / 0.5 = 0.5
+    # KL 1    : A..B: 1 + (3 - 1) * (1 - 0.5) / 1.5 = 1.666667 (a 2/3 : 1/3 mixture of A and B)
+    # KL 10   : B..D: 3 + (5 - 3) * (10 - 2) / 18 = 3.888889
     # KL 20   : D itself, 5 (reached: the largest KL)
     # KL 100  : beyond the largest KL 20 -> not reached (NaN)
-    assert got[:5] == pytest.approx([0.0, 0.5, 2.0, 4.39794, 5.0], abs=1e-5)
+    assert got[:5] == pytest.approx([0.0, 0.5, 5 / 3, 35 / 9, 5.0], abs=1e-9)
     assert math.isnan(got[5])
 
 
-def test_start_segment_is_linear_in_kl_and_may_go_below_pretrained():
-    # one point (1, -0.2) below r_pre = 0: f(0.5) = 0 + (-0.2 - 0) * 0.5 / 1 = -0.1 (raw, not clipped)
-    xs, ys = fs.frontier([1.0, 10.0], [-0.2, 0.4], r_pre=0.0)
-    assert fs.frontier_at(xs, ys, [0.5, 1.0])[0] == pytest.approx(-0.1)
-    # ...but R(k), the best score reachable at KL <= k, never drops below the pretrained 0
-    assert fs.best_up_to(xs, ys, [0.5, 1.0, 2.0]).tolist() == pytest.approx([0.0, 0.0, 0.0])
-    # at KL 10^0.5: f = -0.2 + 0.6 * 0.5 = 0.1
-    assert fs.best_up_to(xs, ys, [10 ** 0.5])[0] == pytest.approx(0.1)
+def test_a_point_below_the_pretrained_model_is_beaten_by_a_mixture():
+    # (1, -0.2) lies below the chord from the start (0, 0) to (10, 0.4): mixing the pretrained model with the
+    # KL-10 policy gives 0.04 * k at KL k, so f(0.5) = 0.02, f(1) = 0.04, f(2) = 0.08
+    xs, ys, _ = fs.envelope([1.0, 10.0], [-0.2, 0.4], r_pre=0.0)
+    assert fs.envelope_at(xs, ys, [0.5, 1.0])[0] == pytest.approx(0.02)
+    assert fs.best_up_to(xs, ys, [0.5, 1.0, 2.0]).tolist() == pytest.approx([0.02, 0.04, 0.08])
+    assert fs.best_up_to(xs, ys, [10 ** 0.5])[0] == pytest.approx(0.04 * 10 ** 0.5)
+    # ...and R(k), the best score reachable at KL <= k, never drops below the pretrained 0
+    xs, ys, _ = fs.envelope([1.0, 10.0], [-0.5, -0.1], 0.0)
+    assert fs.best_up_to(xs, ys, [0.5, 5.0, 50.0]).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_area_under_frontier_hand_computed():
-    # 1) points (0.1, 0.2), (1, 0.5), (10, 0.6) in score units, cap 100, low 0.1 -> u = log10 KL in [-1, 2]:
-    #    u in [-1, 0]: linear 0.2 -> 0.5, mean 0.35; u in [0, 1]: 0.5 -> 0.6, mean 0.55;
-    #    u in [1, 2]: beyond the last point, the best reachable stays 0.6.  AUF = (0.35 + 0.55 + 0.6) / 3 = 0.5
-    xs, ys = fs.frontier([0.1, 1.0, 10.0], [0.2, 0.5, 0.6], 0.0)
-    assert fs.area_under_frontier(xs, ys, cap=100, low=0.1) == pytest.approx(0.5, abs=1e-6)
+    ln10 = math.log(10)
+    # 1) points (0.1, 0.2), (1, 0.5), (10, 0.6) in score units, cap 100, low 0.1 -> u = log10 KL in [-1, 2];
+    #    all three are vertices (slopes 2, 0.33, 0.011). The envelope is linear in KL, so with
+    #    int 10^u du = (k_b - k_a) / ln 10 on each piece:
+    #    u in [-1, 0]: 0.2 + (0.3 / 0.9) * ((1 - 0.1) / ln 10 - 0.1) = 0.296955
+    #    u in [0, 1]:  0.5 + (0.1 / 9) * ((10 - 1) / ln 10 - 1) = 0.532318
+    #    u in [1, 2]:  beyond the last point the best reachable stays 0.6.  AUF = 1.429273 / 3 = 0.476424
+    xs, ys, _ = fs.envelope([0.1, 1.0, 10.0], [0.2, 0.5, 0.6], 0.0)
+    assert 0.2 + (0.3 / 0.9) * (0.9 / ln10 - 0.1) == pytest.approx(0.296955, abs=1e-6)
+    assert fs.area_under_frontier(xs, ys, cap=100, low=0.1) == pytest.approx(0.476424, abs=1e-6)
     # 2) one point (1, 0.3), cap 10: on u in [-1, 0] the start segment R = 0.3 * 10^u (linear in KL), so
     #    integral = 0.3 * (10^0 - 10^-1) / ln 10 = 0.27 / 2.302585 = 0.117260; on u in [0, 1]: 0.3.
     #    AUF = (0.117260 + 0.3) / 2 = 0.208630
-    xs, ys = fs.frontier([1.0], [0.3], 0.0)
-    assert fs.area_under_frontier(xs, ys, cap=10, low=0.1) == pytest.approx(0.208630, abs=1e-5)
-    # 3) first point below the pretrained model: (1, -0.2), (10, 0.4), cap 100.
-    #    u in [-1, 0]: f <= 0 -> R = 0.  u in [0, 1]: f = -0.2 + 0.6 u, R = max(0, f): 0 up to u = 1/3,
-    #    then a triangle of area 1/2 * (2/3) * 0.4 = 0.133333.  u in [1, 2]: 0.4.
-    #    AUF = (0 + 0.133333 + 0.4) / 3 = 0.177778
-    xs, ys = fs.frontier([1.0, 10.0], [-0.2, 0.4], 0.0)
-    assert fs.area_under_frontier(xs, ys, cap=100, low=0.1) == pytest.approx(0.177778, abs=1e-5)
+    xs, ys, _ = fs.envelope([1.0], [0.3], 0.0)
+    assert fs.area_under_frontier(xs, ys, cap=10, low=0.1) == pytest.approx(0.208630, abs=1e-6)
+    # 3) first point below the pretrained model: (1, -0.2), (10, 0.4), cap 100. The envelope skips (1, -0.2):
+    #    u in [-1, 1]: R = 0.04 k, integral 0.04 * (10 - 0.1) / ln 10 = 0.171984; u in [1, 2]: 0.4.
+    #    AUF = (0.171984 + 0.4) / 3 = 0.190661
+    xs, ys, _ = fs.envelope([1.0, 10.0], [-0.2, 0.4], 0.0)
+    assert fs.area_under_frontier(xs, ys, cap=100, low=0.1) == pytest.approx(0.190661, abs=1e-6)
     # 4) never better than pretrained -> 0; the pretrained model alone -> 0
-    xs, ys = fs.frontier([1.0, 10.0], [-0.5, -0.1], 0.0)
+    xs, ys, _ = fs.envelope([1.0, 10.0], [-0.5, -0.1], 0.0)
     assert fs.area_under_frontier(xs, ys) == 0.0
     assert fs.area_under_frontier(np.array([0.0]), np.array([0.0])) == 0.0
     with pytest.raises(ValueError, match="0 < low < cap"):
@@ -85,23 +90,24 @@ def test_area_under_frontier_hand_computed():
 
 
 def test_summary_with_seeds_normalises_and_flags_not_reached():
-    # grid points A, B, D of the example with seeds: A's KL (0.4, 0.6) -> mean 0.5, reward (0.5, 1.5) -> 1.0;
-    # B and D without spread. Normalisation low = 0 (pretrained), high = 10 -> score = reward / 10.
+    # grid points A, B, D of the example with seeds 0 and 1: A's KL (0.4, 0.6) -> mean 0.5, reward (0.5, 1.5)
+    # -> 1.0; B and D without spread. Normalisation low = 0 (pretrained), high = 10 -> score = reward / 10.
     kl = [np.array([0.4, 0.6]), np.array([2.0, 2.0]), np.array([20.0, 20.0])]
     rw = [np.array([0.5, 1.5]), np.array([3.0, 3.0]), np.array([5.0, 5.0])]
-    s = fs.frontier_summary(kl, rw, r_pre=0.0, norm_low=0.0, norm_high=10.0, reps=400, seed=0)
-    assert s["reward_at_kl1"] == pytest.approx(2.0) and s["score_at_kl1"] == pytest.approx(0.2)
-    assert s["reward_at_kl10"] == pytest.approx(4.39794, abs=1e-5)
+    s = fs.frontier_summary(kl, rw, r_pre=0.0, norm_low=0.0, norm_high=10.0, seed_runs=[[0, 1]] * 3)
+    assert s["reward_at_kl1"] == pytest.approx(5 / 3) and s["score_at_kl1"] == pytest.approx(1 / 6)
+    assert s["reward_at_kl10"] == pytest.approx(35 / 9)
     assert s["not_reached_kl100"] and math.isnan(s["reward_at_kl100"]) and math.isnan(s["score_at_kl100_ci_low"])
     assert not s["not_reached_kl1"] and s["kl_max"] == 20.0 and s["n_frontier"] == 3
-    # the CI at KL 1 comes from resampling A's seeds (B fixed): it brackets the point and has width
-    assert s["reward_at_kl1_ci_low"] < 2.0 < s["reward_at_kl1_ci_high"]
+    # KL 1 = 2/3 A + 1/3 B per seed: (1/3 + 1, 1 + 1) = (1.333333, 2); t(1, 0.975) = 12.706205,
+    # sd 0.471405, half width 12.706205 * 0.471405 / sqrt 2 = 4.235402
+    assert (s["reward_at_kl1_ci_low"], s["reward_at_kl1_ci_high"]) == pytest.approx((5 / 3 - 4.235402, 5 / 3 + 4.235402), abs=1e-5)
     assert s["score_at_kl1_ci_low"] == pytest.approx(s["reward_at_kl1_ci_low"] / 10)
-    xs, ys = fs.frontier([0.5, 2.0, 20.0], [1.0, 3.0, 5.0], 0.0)
+    xs, ys, _ = fs.envelope([0.5, 2.0, 20.0], [1.0, 3.0, 5.0], 0.0)
     assert s["auf"] == pytest.approx(fs.area_under_frontier(xs, ys / 10.0))
-    assert s["auf_ci_low"] <= s["auf"] <= s["auf_ci_high"]
+    assert s["auf_ci_low"] < s["auf"] < s["auf_ci_high"]
     # no spread at all -> the CI collapses onto the point
-    s0 = fs.frontier_summary([np.array([1.0, 1.0])], [np.array([2.0, 2.0])], 0.0, 0.0, 10.0, targets=[1.0], reps=50)
+    s0 = fs.frontier_summary([np.array([1.0, 1.0])], [np.array([2.0, 2.0])], 0.0, 0.0, 10.0, targets=[1.0])
     assert s0["reward_at_kl1_ci_low"] == s0["reward_at_kl1"] == s0["reward_at_kl1_ci_high"] == 2.0
 
 
@@ -118,6 +124,18 @@ class LrAgent(Agent):
 
 class NoKnobAgent(Agent):
     default_config = {"width": 3}
+
+
+class DeclaredKnobAgent(Agent):
+    """Declares its own knob: it wins over the beta and lr keys."""
+
+    default_config = {"beta": 1.0, "lr": 0.5, "keep": 0.2}
+    frontier_knob = ("keep", (0.5, 0.05, 0.2))
+
+
+class BadKnobAgent(Agent):
+    default_config = {"lr": 0.5}
+    frontier_knob = ("keep", (0.1,))
 
 
 def test_grid_rule_same_beta_grid_and_lr_times_factors():
@@ -162,6 +180,7 @@ BASE = ["--tasks", "levy", "--budget", "100", "--seeds", "0-1", "--no-progress"]
     (["--methods", "pretrained", "--set", "updates_per_round=20"], "unknown setting(s) 'updates_per_round'"),
     (["--methods", "sqdf", "--set-for", "ddpo", "lr=1"], "--set-for names method(s) ddpo"),
     (["--methods", "sqdf", "--kl-targets", "1,x"], "--kl-targets must be"),
+    (["--methods", "sqdf", "--confidence", "1.5"], "--confidence must be in (0, 1)"),
 ])
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys, extra, message):
     out = tmp_path / "runs"
@@ -206,14 +225,15 @@ def test_report_only_writes_csv_png_and_leaderboard(fake_frontier, tmp_path, cap
     runs = fake_frontier / "runs"
     csv, board, md = tmp_path / "frontier.csv", tmp_path / "fl.csv", tmp_path / "fl.md"
     argv = ["--report-only", "--out", str(runs), "--csv", str(csv), "--plots", str(tmp_path), "--leaderboard",
-            str(board), "--md", str(md), "--reps", "200"]
+            str(board), "--md", str(md)]
     assert fr.main(argv) == 0
     pts = pd.read_csv(csv)
     assert len(pts) == 2 * (1 + 4 + 4 + 4)  # tasks x grid points
     assert set(pts["knob"].dropna()) == {"beta", "lr"} and (pts["n_seeds"] == 3).all()
     for col in ("eval_reward_mean", "eval_reward_ci_low", "eval_reward_ci_high", "path_kl_mean", "path_kl_ci_high",
                 "normalised_score_mean", "invalid_frac_mean", "prior_logpdf_ci_low", "vendi_mean",
-                "wall_time_s_mean", "on_frontier"):
+                "wall_time_s_mean", "on_frontier", "eval_reward_median", "eval_reward_iqm",
+                "normalised_score_median", "normalised_score_iqm", "failed_frac"):
         assert col in pts, col
     # the CSV's mean is the mean over the seeds' final.json
     row = pts[(pts["task"] == "ackley") & (pts["method"] == "sqdf") & (pts["value"] == 0.1)].iloc[0]
@@ -221,17 +241,24 @@ def test_report_only_writes_csv_png_and_leaderboard(fake_frontier, tmp_path, cap
             for s in range(3)]
     assert row["eval_reward_mean"] == pytest.approx(np.mean(vals), rel=1e-5)
     assert row["eval_reward_ci_low"] <= row["eval_reward_mean"] <= row["eval_reward_ci_high"]
+    # the 95% Student-t interval of the three seeds: mean +- t(2, 0.975) sd / sqrt 3, t = 4.302653
+    half = 4.302653 * np.std(vals, ddof=1) / math.sqrt(3)
+    assert (row["eval_reward_ci_low"], row["eval_reward_ci_high"]) == pytest.approx(
+        (np.mean(vals) - half, np.mean(vals) + half), rel=1e-5)
+    assert row["eval_reward_median"] == pytest.approx(np.median(vals), rel=1e-5)
     for task in ("ackley", "levy-manifold"):
         png = tmp_path / f"frontier_{task}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     lead = pd.read_csv(board)
     assert len(lead) == 2 * 4 and {"score_at_kl1", "reward_at_kl10_ci_low", "not_reached_kl100", "auf",
-                                   "auf_ci_high", "best_score_manifold"} <= set(lead.columns)
+                                   "auf_ci_high", "best_score_manifold", "failed_runs",
+                                   "failed_frac_frontier"} <= set(lead.columns)
     # the leaderboard's AUF is the hand-checked function applied to the CSV's point means
     r = lead[(lead["task"] == "ackley") & (lead["method"] == "alignprop")].iloc[0]
     g = pts[(pts["task"] == "ackley") & (pts["method"] == "alignprop")]
-    xs, ys = fs.frontier(g["path_kl_mean"], g["normalised_score_mean"], 0.0)
+    xs, ys, _ = fs.envelope(g["path_kl_mean"], g["normalised_score_mean"], 0.0)
     assert r["auf"] == pytest.approx(fs.area_under_frontier(xs, ys), abs=1e-4)
+    assert r["failed_runs"] == pts.loc[(pts["task"] == "ackley") & (pts["method"] == "alignprop"), "n_failed"].sum()
     # best score only on -manifold tasks
     assert lead.loc[lead["task"] == "ackley", "best_score_manifold"].isna().all()
     assert lead.loc[lead["task"] == "levy-manifold", "best_score_manifold"].notna().all()
@@ -247,7 +274,7 @@ def test_sample_figure_takes_each_methods_point_nearest_the_matched_kl(tmp_path)
 
     write_fake_frontier(tmp_path / "runs", GRID, tasks=("aesthetic",), seeds=range(2), with_png=True)
     runs, _ = fr.load_frontier_runs(tmp_path / "runs")
-    pts = fr.point_table(runs, reps=50)
+    pts = fr.point_table(runs)
     picks = fr.samples_at_kl_picks(pts, runs, "aesthetic", 200)
     assert picks[0][0].startswith("pretrained") and picks[0][2] == "right" and picks[0][1] == picks[1][1]
     got = {label.split(" ")[0]: png for label, png, _ in picks[1:]}
@@ -267,7 +294,7 @@ def test_sample_figure_takes_each_methods_point_nearest_the_matched_kl(tmp_path)
 def test_report_only_filters_and_checks_the_knob_in_config(fake_frontier, tmp_path, capsys):
     runs = fake_frontier / "runs"
     assert fr.main(["--report-only", "--out", str(runs), "--methods", "sqdf,pretrained", "--tasks", "ackley",
-                    "--csv", str(tmp_path / "f.csv"), "--plots", "", "--leaderboard", "", "--reps", "50"]) == 0
+                    "--csv", str(tmp_path / "f.csv"), "--plots", "", "--leaderboard", ""]) == 0
     pts = pd.read_csv(tmp_path / "f.csv")
     assert set(pts["method"]) == {"sqdf", "pretrained"} and set(pts["task"]) == {"ackley"}
     assert not list(tmp_path.glob("*.png"))
@@ -277,6 +304,26 @@ def test_report_only_filters_and_checks_the_knob_in_config(fake_frontier, tmp_pa
     assert fr.main(["--report-only", "--out", str(bad), "--csv", str(tmp_path / "x.csv"), "--plots", ""]) == 2
     assert "its folder says beta=1 but config.json has agent.beta=0.1" in capsys.readouterr().err
     assert fr.main(["--report-only", "--out", str(tmp_path / "none"), "--csv", str(tmp_path / "x.csv")]) == 2
+
+
+def test_declared_knob_wins_and_peer_fine_tuners_sweep_their_own_knob():
+    """raft sweeps keep_fraction, diffusion-nft nft_beta (their declared frontier_knob), not lr; the other
+    methods' plans are unchanged; --knob / --grid still override the declaration."""
+    plug = f"{__name__}:DeclaredKnobAgent"
+    plans = fr.plan_grid(["raft", "diffusion-nft", "sqdf", "alignprop", "best-of-n", plug])
+    assert (plans["raft"].knob, plans["raft"].values) == ("keep_fraction", [0.03, 0.1, 0.25, 0.5])
+    assert (plans["diffusion-nft"].knob, plans["diffusion-nft"].values) == ("nft_beta", [0.1, 1.0, 10.0, 100.0])
+    assert (plans[plug].knob, plans[plug].values, plans[plug].source) == ("keep", [0.05, 0.2, 0.5], "rule")
+    assert (plans["sqdf"].knob, plans["sqdf"].values) == ("beta", list(fr.BETA_GRID))
+    assert (plans["alignprop"].knob, plans["alignprop"].values) == ("lr", [1e-05, 0.0001, 0.001, 0.01])
+    assert (plans["best-of-n"].knob, plans["best-of-n"].values) == ("oversample", list(fr.COUNT_GRID))
+    over = fr.plan_grid(["raft", "diffusion-nft"], grid_args=["raft=0.2,0.4"], knob_args=["diffusion-nft=lr"])
+    assert (over["raft"].knob, over["raft"].values, over["raft"].source) == ("keep_fraction", [0.2, 0.4], "--grid")
+    assert over["diffusion-nft"].knob == "lr" and over["diffusion-nft"].source == "--knob"
+    assert over["diffusion-nft"].values == pytest.approx([3e-6, 3e-5, 3e-4, 3e-3], rel=1e-9)
+    assert fr.plan_grid(["alignprop"], knob_args=["alignprop=lr"])["alignprop"].values == plans["alignprop"].values
+    with pytest.raises(fr.SweepError, match="frontier_knob .* must name one of its settings"):
+        fr.plan_grid([f"{__name__}:BadKnobAgent"])
 
 
 def test_best_of_n_sweeps_its_oversample_grid():
@@ -309,7 +356,7 @@ def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier
                          "path_kl": [2.0, 3.0, np.nan, np.nan], "eval_reward": [-8.0, -9.0, -20.0, -30.0],
                          "normalised_score": [0.3, 0.2, -0.8, -1.7], "norm_low": -11.0, "norm_high": 0.0,
                          "norm_high_source": "optimum"})
-    board = fs.frontier_leaderboard(runs, reps=50).set_index("method")
+    board = fs.frontier_leaderboard(runs).set_index("method")
     assert board.loc["sqdf", "kl_measured"] and np.isfinite(board.loc["sqdf", "auf"])
     assert not board.loc["random", "kl_measured"] and np.isnan(board.loc["random", "auf"])
     assert board.loc["random", "best_score_manifold"] == -1.25
@@ -390,3 +437,78 @@ def test_near_kl_picks_each_methods_grid_point_nearest_on_a_log_scale(tmp_path, 
     points.drop(columns="path_kl_mean").to_csv(csv, index=False)
     with pytest.raises(SystemExit, match="lacks path_kl_mean"):
         fr_md.main([str(csv), "--near-kl", "3"])
+
+
+# ---- one row per run: the runs CSV rebuilds every table and plot ------------------------------------
+def _tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = fr.canonical_runs(runs)
+    return fr.point_table(runs), fs.frontier_leaderboard(runs)
+
+
+def _same_frames(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for col in a.columns:  # column by column, exactly (NaN = NaN)
+        pd.testing.assert_series_equal(a[col], b[col], check_exact=True, obj=col)
+
+
+def test_runs_csv_rebuilds_the_tables_and_plots_without_the_run_folders(fake_frontier, tmp_path, capsys):
+    runs_dir, runs_csv = fake_frontier / "runs", tmp_path / "frontier_runs.csv"
+    a, b = tmp_path / "folders", tmp_path / "csv"
+
+    def report(source, where):
+        return [*source, "--csv", str(where / "frontier.csv"), "--plots", str(where), "--leaderboard",
+                str(where / "board.csv"), "--md", str(where / "board.md")]
+
+    assert fr.main(report(["--report-only", "--out", str(runs_dir), "--runs-csv", str(runs_csv)], a)) == 0
+    assert fr.main(report(["--from-runs", str(runs_csv)], b)) == 0
+    folder_runs, _ = fr.load_frontier_runs(runs_dir)
+    csv_runs = fr.load_runs_csv(runs_csv)
+    for x, y in zip(_tables(folder_runs), _tables(csv_runs)):
+        _same_frames(x, y)
+    for name in ("frontier.csv", "board.csv", "board.md"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    for task in ("ackley", "levy-manifold"):
+        png = b / f"frontier_{task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    # the runs CSV: one row per run, with what the tables, the plots and the failure rule read
+    rec = pd.read_csv(runs_csv)
+    assert len(rec) == 2 * 13 * 3 and not rec.duplicated(["task", "method", "value", "budget", "seed"]).any()
+    for col in (*fr.RUNS_CSV_COLUMNS, "invalid_frac", "n_eval", "vendi",
+                "round0_eval_reward", "round0_path_kl", "best_round_eval_reward", "protocol", "task_protocol",
+                "commit", "cpu_model", "wall_time_s"):
+        assert col in rec, col
+    assert not rec["run_dir"].str.startswith("/").any()  # relative to --out: the CSV is committed, the runs not
+    assert "sqdf__beta=0.1/ackley__sqdf__b200__s0" in set(rec["run_dir"])
+    assert list(rec.columns[:6]) == ["task", "method", "knob", "value", "seed", "budget"]
+    # the per-seed frontier verdicts read the same file
+    from benchmarks import frontier_readme as fr_md
+
+    capsys.readouterr()
+    fr_md.main([str(runs_csv), "--run-verdicts", "sqdf", "--frontier", "auf"])
+    assert "| alignprop |" in capsys.readouterr().out
+
+
+def test_runs_csv_filters_renormalise_and_sample_figures_need_the_folders(tmp_path, capsys):
+    """Filtered by method, the score's top (best eval reward seen: the image task has no optimum) is
+    re-computed over the runs kept, as from the folders; the sample figure is drawn from the folders only."""
+    grid = {"pretrained": None, "sqdf": ("beta", [0.1, 1.0]), "alignprop": ("lr", [1e-4, 1e-3])}
+    write_fake_frontier(tmp_path / "runs", grid, tasks=("aesthetic",), seeds=range(2), with_png=True)
+    runs_csv = tmp_path / "runs.csv"
+    assert fr.main(["--report-only", "--out", str(tmp_path / "runs"), "--runs-csv", str(runs_csv), "--csv",
+                    str(tmp_path / "a.csv"), "--plots", str(tmp_path / "a"), "--leaderboard", ""]) == 0
+    assert (tmp_path / "a" / "frontier_aesthetic_samples.png").exists()
+    assert fr.main(["--from-runs", str(runs_csv), "--csv", str(tmp_path / "b.csv"), "--plots", str(tmp_path / "b"),
+                    "--leaderboard", ""]) == 0
+    assert (tmp_path / "b" / "frontier_aesthetic.png").exists()
+    assert not (tmp_path / "b" / "frontier_aesthetic_samples.png").exists()
+    assert "sample figures (frontier_<task>_samples.png) need the run folders" in capsys.readouterr().err
+    keep = ["pretrained", "alignprop"]
+    folder_runs, _ = fr.load_frontier_runs(tmp_path / "runs", methods=keep)
+    csv_runs = fr.load_runs_csv(runs_csv, methods=keep)
+    assert csv_runs["norm_high"].iloc[0] < pd.read_csv(runs_csv)["norm_high"].iloc[0]  # sqdf's best is gone
+    for x, y in zip(_tables(folder_runs), _tables(csv_runs)):
+        _same_frames(x, y)
+    pd.read_csv(runs_csv).drop(columns="norm_low").to_csv(tmp_path / "bad.csv", index=False)
+    assert fr.main(["--from-runs", str(tmp_path / "bad.csv"), "--csv", str(tmp_path / "x.csv"), "--plots", ""]) == 2
+    assert "lacks norm_low; write it with python -m benchmarks.frontier --runs-csv" in capsys.readouterr().err
+    assert fr.main(["--from-runs", str(tmp_path / "none.csv"), "--csv", str(tmp_path / "x.csv")]) == 2
