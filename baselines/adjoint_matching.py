@@ -1,5 +1,4 @@
-"""Adjoint Matching (Domingo-Enrich, Drozdzal, Karrer, Chen 2024) on the online harness
-(spec: baselines.md §4, §6).
+"""Adjoint Matching (Domingo-Enrich, Drozdzal, Karrer, Chen 2024) on the online harness.
 
 Target: the tilt p*(x) ∝ p_pre(x)·exp(λ r̂⁺(x)), λ = 1/``alpha`` (``alpha`` = KL weight per nat of path
 KL, reward in standardised units). This is the optimum only for a *memoryless* schedule; for DDPM/DDIM that is
@@ -10,23 +9,34 @@ KL, reward in standardised units). This is the optimum only for a *memoryless* s
 3. lean adjoint, backward: ã_k = (∂μ_k^base/∂x_k)^T ã_{k+1}, one vector-Jacobian product through the frozen
    pretrained mean per step (``torch.autograd.grad`` with ``grad_outputs=ã_{k+1}``, not a Jacobian row sum);
    its forward passes give μ_k^base(x_k), which step 4 reuses;
-4. loss L = mean_b (N/|S|) Σ_{k∈S} ‖(μ_k^θ(x_k) - μ_k^base(x_k))/s_k + s_k ã_k‖² (sum over elements), with
+4. loss L = mean_b (N/|S|) Σ_{k∈S} ‖(μ_k^θ(x_k) - μ_k^base(x_k))/s_k + s_k ã‖² (sum over elements), with
    x and ã detached, so θ gets gradient only through ε_θ at the selected steps S. Its minimiser is
-   μ^θ = μ^base - s_k² ã_k. ``adjoint_index="k"`` (default) pairs the control at x_k with ã_k as in QAM and
-   the unofficial SD trainer; ``"k+1"`` pairs it with ã_{k+1}, the discrete-exact choice for the Gaussian
-   chain (they differ by O(1/N)).
-5. S = all N steps (``am_steps=None``, QAM) or ``am_steps`` distinct steps drawn uniformly per update
-   (the factor N/|S| keeps the loss an unbiased estimate of the full sum; the paper's rule is unverified).
+   μ^θ = μ^base - s_k² ã.
+5. S = all N steps (``am_steps=None``) or ``am_steps`` distinct steps drawn uniformly per update
+   (the factor N/|S| keeps the loss an unbiased estimate of the full sum).
 
-KL scale: the loss divided by 2λ is β·Σ_k KL_k minus a term linear in the reward gradient, so ``alpha`` = 1/λ
-already is the common ``beta`` (reward units per nat of exact path KL; sqdf_bbo/agents/kl_scale.py): a
-nat of path KL costs ``alpha`` reward units, exactly as for SQDF at alpha_SQDF = beta·D/2 and SEIKO at
-kl_weight = beta·D. (At their defaults SQDF (alpha 1, beta = 2/D) and SEIKO (kl_weight 1, beta = 1/D) are
-regularised D/2 and D times more weakly than Adjoint Matching at alpha 1; compare methods at one beta.)
+Which adjoint step k's control is paired with (``adjoint_index``):
+- ``"k+1"`` (default): ã = ã_{k+1} = ∇_{x_{k+1}}[-λ r(x_N)], the adjoint at the state that step k's
+  mean μ_k produces. This is the discrete-exact choice: ∂L/∂μ_k^θ = (2/s_k²)(Δμ_k + s_k² ã_{k+1}) is 2λ times
+  the gradient of β·KL_k - r(x_N) with β = ``alpha`` (KL_k = ‖Δμ_k‖²/(2s_k²), the exact Gaussian step KL),
+  so ``alpha`` is the common ``beta`` at every step (tests/test_kl_scale.py checks the identity).
+- ``"k"``: ã = ã_k (the adjoint at the step's input, as in the flow-matching reference code and an
+  unofficial SD trainer). ã_k = J_k^T ã_{k+1}, J_k = ∂μ_k^base/∂x_k, differs from ã_{k+1} by O(1/N) in the
+  continuous limit, but on coarse grids the difference is large (at N = 10 on the synthetic tier
+  |ã_k| is 0.47-0.87 of |ã_{k+1}| at intermediate steps), so the reward pull is damped and the effective
+  KL weight is up to ≈ 2 ``alpha``: ``"k"`` is NOT on the common beta scale. It is kept for comparison
+  with that code; a per-step rescaling of beta could not repair it exactly, since J_k is a matrix.
 
-Defaults: no official image code or hyperparameters were found (spec §7); alpha = 1 (λ = 1), AdamW lr
-1e-3 (AlignProp/SEIKO's lr), wd 1e-4, grad clip 1.0, all steps. Scaled for the synthetic tier: 32 trajectories per step and 20 steps per round, identical to
-every other baseline (``baselines._common.BaselineSettings``).
+KL scale: with ``"k+1"`` the loss divided by 2λ is β·Σ_k KL_k minus a term linear in the reward gradient,
+so ``alpha`` = 1/λ is the common ``beta`` (reward units per nat of exact path KL;
+sqdf_bbo/agents/kl_scale.py): a nat of path KL costs ``alpha`` reward units, exactly as for SQDF at
+alpha_SQDF = beta·D/2 and SEIKO at kl_weight = beta·D. (At their defaults SQDF (alpha 1, beta = 2/D) and
+SEIKO (kl_weight 1, beta = 1/D) are regularised D/2 and D times more weakly than Adjoint Matching at
+alpha 1; compare methods at one beta.)
+
+Defaults: no official image code or hyperparameters are public; alpha = 1 (λ = 1), AdamW lr 1e-3
+(AlignProp/SEIKO's lr), wd 1e-4, grad clip 1.0, all steps. Scaled for the synthetic tier: 32 trajectories
+per step and 20 steps per round, identical to every other baseline (``baselines._common.BaselineSettings``).
 """
 from __future__ import annotations
 
@@ -73,7 +83,7 @@ def lean_adjoint(eps_base, schedule: DDIMSchedule, latents: Tensor, terminal: Te
 
 
 def adjoint_matching_loss(eps_policy, eps_base, schedule: DDIMSchedule, latents: Tensor, adjoints: Tensor,
-                          steps: Optional[Tensor] = None, cond: Any = None, index: str = "k",
+                          steps: Optional[Tensor] = None, cond: Any = None, index: str = "k+1",
                           base_eps: Optional[Tensor] = None) -> Tensor:
     """mean_b (N/|S|) Σ_{k∈S} ‖(μ^θ_k - μ^base_k)/s_k + s_k ã‖² with ã = ã_k (index 'k') or ã_{k+1} ('k+1').
 
@@ -119,8 +129,8 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         alpha: float = setting(1.0, "KL weight per nat of path KL; reward multiplier lambda = 1/alpha", gt=0)
         beta: Optional[float] = setting(None, "common KL scale: reward units per nat of path KL (= alpha)", ge=0)
         am_steps: Optional[int] = setting(None, "distinct steps per update (None = all N steps)", ge=1)
-        adjoint_index: str = setting("k", "pair the control at x_k with ã_k (QAM) or ã_{k+1} (discrete-exact)",
-                                     choices=("k", "k+1"))
+        adjoint_index: str = setting("k+1", "pair the control at x_k with ã_{k+1} (discrete-exact, on the common "
+                                     "beta scale) or ã_k (reference code; off the beta scale)", choices=("k", "k+1"))
 
     @classmethod
     def resolve_config(cls, task, overrides):
@@ -147,7 +157,7 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         return -self.lam * g.detach(), r.detach()
 
     def improve(self) -> dict[str, Any]:
-        """One Adjoint Matching round (baselines.md §4): refit r̂⁺; per update, roll out the current
+        """One Adjoint Matching round: refit r̂⁺; per update, roll out the current
         policy without grad, solve the lean adjoint backwards from ã_N = -λ∇r̂⁺(x_N) under the pretrained
         model, regress the policy's drift onto it, step."""
         c = self.config

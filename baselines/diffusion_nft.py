@@ -1,5 +1,5 @@
 """DiffusionNFT (Zheng et al. 2025): negative-aware fine-tuning on the forward process, in the ε-prediction
-DDIM form (spec: shared/spec/peers.md §5; official NVlabs/DiffusionNFT ``train_nft_sd3.py``).
+DDIM form (official NVlabs/DiffusionNFT ``train_nft_sd3.py``).
 
 Two implicit policies from the trained ε_θ and the sampling policy's ε_old, guidance strength β_NFT:
 ε⁺ = β ε_θ + (1 - β) ε_old and ε⁻ = (1 + β) ε_old - β ε_θ; the positive one is pulled towards samples the
@@ -15,11 +15,13 @@ proxy likes, the negative one towards the rest. Per optimizer step (``updates_pe
         type 0: 0;  type 1: min(0.001 step, 0.5) (official default);  type 2: 0 before step 75, then
         min(0.0075 (step - 75), 0.999)
 
-κ (``kl_coef``) is the KL-to-pretrained term the maintainers found necessary against collapse (repo issue
-#9; official 1e-4). NFT has no exact map onto the common ``beta`` scale (peers.md §8): its frontier knobs
-are β_NFT (at the official κ) and the learning rate; the harness measures the path KL of the fine-tuned
-sampler as for every fine-tuner. The official run evaluates an EMA(0.9) of θ; here the policy itself is
-evaluated, as for every method. The old policy is a full copy of the policy module (LoRA included).
+κ (``kl_coef``) is the KL-to-pretrained term the upstream maintainers found necessary against collapse
+(official 1e-4). NFT has no exact map onto the common ``beta`` scale: to first order one update's target is
+the old policy tilted by exp(A/(c β_NFT)), so β_NFT acts as a KL weight relative to θ_old, not to the
+pretrained model. Its frontier knob is β_NFT (``frontier_knob``: 0.1, 1, 10, 100 at the default κ, the learning rate at its
+default); the harness measures the path KL of the fine-tuned sampler as for every fine-tuner. The official
+run evaluates an EMA(0.9) of θ; here the policy itself is evaluated, as for every method. The old policy is
+a full copy of the policy module (LoRA included).
 """
 from __future__ import annotations
 
@@ -75,6 +77,9 @@ def old_policy_decay(step: int, kind: int) -> float:
 class DiffusionNFTAgent(OnlineFinetuneAgent):
     """Forward-process fine-tuning with implicit positive/negative policies; see the module docstring."""
 
+    #: the frontier sweeps β_NFT (benchmarks/frontier.py, THE GRID RULE)
+    frontier_knob = ("nft_beta", (0.1, 1.0, 10.0, 100.0))
+
     @dataclass
     class Settings(BaselineSettings):
         nft_beta: float = setting(1.0, "β_NFT: guidance strength of the implicit policies (official 1.0)", gt=0)
@@ -93,7 +98,7 @@ class DiffusionNFTAgent(OnlineFinetuneAgent):
         return self.old(x, t, cond)
 
     def improve(self) -> dict[str, Any]:
-        """One DiffusionNFT round (peers.md §5): refit r̂⁺; per update, sample clean x_0 from the old
+        """One DiffusionNFT round: refit r̂⁺; per update, sample clean x_0 from the old
         policy, weight them by r̂⁺, take the negative-aware denoising loss (plus the KL to the pretrained
         model) at a fraction of the timesteps, step, then move the old policy towards the new one."""
         c = self.config

@@ -1,5 +1,5 @@
 """RAFT: reward-ranked fine-tuning (Dong et al. 2023), the "fine-tune on the proxy's best samples" peer
-(spec: shared/spec/peers.md §4; official OptimalScale/LMFlow, notebook experimental/RAFT-diffusion).
+(official OptimalScale/LMFlow, notebook experimental/RAFT-diffusion).
 
 Per round, after the proxy refit (r̂⁺ in standardised units), a new AdamW and ``iterations`` times:
 
@@ -17,8 +17,9 @@ unconditional tiers; with prompts, ``local`` ranks within the K samples of one p
 KL: with an exact fit, global selection maps π to π restricted to its top-ρ set, log(1/ρ) nats per
 iteration (local: log K - (K-1)/K); the fit is not exact, so the harness measures the path KL of the
 fine-tuned sampler as for every fine-tuner. RAFT's loss has no reward-unit term, so it has no ``beta``:
-its knobs on the frontier are ρ and the learning rate (the spec's optional κ‖ε_θ - ε_ref‖² term is not on
-the common scale and is not implemented).
+its knob on the frontier is ρ (``frontier_knob``: 0.03, 0.1, 0.25, 0.5, i.e. 3.5 to 0.69 nats per exact
+iteration; the learning rate stays at its default). An optional κ‖ε_θ - ε_ref‖² penalty would not be on
+the common scale either and is not implemented.
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ def denoising_loss(eps_fn, x0: Tensor, t: Tensor, noise: Tensor, alphas_cumprod:
 
 class RAFTAgent(OnlineFinetuneAgent):
     """Fine-tunes the policy with the denoising loss on its own proxy-best samples."""
+
+    #: the frontier sweeps the kept fraction ρ (benchmarks/frontier.py, THE GRID RULE)
+    frontier_knob = ("keep_fraction", (0.03, 0.1, 0.25, 0.5))
 
     @dataclass
     class Settings(BaselineSettings):

@@ -1,6 +1,9 @@
 """The committed image-tier frontier (results/frontier_image*.csv) is what benchmarks/reproduce_image_frontier.sh
-plans: the script's dry run lists one run per committed grid point and seed, and the committed CSV has every
-grid point at 3 seeds. (Re-running an image cell costs ~20 CPU-minutes, so CI checks the plan, not a run.)"""
+plans: the script's dry run lists one run per grid point and seed, every committed grid point at 3 seeds, for
+every method whose grid rule is unchanged since the CSV was made. raft and diffusion-nft now sweep their
+declared knob (keep_fraction, nft_beta) instead of lr: for them the dry run must plan the new rule, and their
+committed lr rows are stale until the cells are re-run (the test prints them). (Re-running an image cell costs
+~20 CPU-minutes, so CI checks the plan, not a run.)"""
 from __future__ import annotations
 
 import re
@@ -10,10 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import frontier as fr
+
 ROOT = Path(__file__).resolve().parents[1]
+#: methods whose grid rule changed after the committed CSV was made: their committed points may be stale
+RULE_CHANGED = ("raft", "diffusion-nft")
 
 
-def test_reproduce_script_plans_exactly_the_committed_grid(tmp_path):
+def _label(method: str, knob, value) -> str:
+    return f"{method}__default" if not isinstance(knob, str) or not knob else f"{method}__{knob}={float(value):g}"
+
+
+def test_reproduce_script_plans_the_committed_grid_and_the_new_rule(tmp_path, capsys):
     committed = pd.read_csv(ROOT / "results" / "frontier_image.csv")
     assert set(committed.task) == {"aesthetic-manifold"} and (committed.n_seeds == 3).all()
     assert (committed.budget == 1000).all()
@@ -21,11 +32,24 @@ def test_reproduce_script_plans_exactly_the_committed_grid(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
-    assert f"frontier: {3 * len(committed)} runs" in text
     planned = re.findall(r"runs/([^/\s]+)/aesthetic-manifold__[^/\s]+__b1000__s([0-2])\s*$", text, re.M)
     points = Counter(p for p, _ in planned)
-    assert len(points) == len(committed) and set(points.values()) == {3}
-    per_method = Counter(p.split("__")[0] for p in points)
-    assert per_method == Counter(committed.method)
-    labels = {f"{r.method}__{r.knob}={float(r.value):g}" for r in committed.itertuples() if r.method != "pretrained"}
-    assert labels == {p for p in points if not p.startswith("pretrained")}
+    assert set(points.values()) == {3} and f"frontier: {3 * len(points)} runs" in text
+    assert {p.split("__")[0] for p in points} == set(committed.method)
+
+    labels = {_label(r.method, r.knob, r.value) for r in committed.itertuples()}
+    unchanged = {p for p in points if p.split("__")[0] not in RULE_CHANGED}
+    # every method whose rule did not change: exactly its committed points
+    assert unchanged == {lab for lab in labels if lab.split("__")[0] not in RULE_CHANGED}
+    # raft / diffusion-nft: exactly the new rule's points (their declared knob and values)
+    plans = fr.plan_grid(list(RULE_CHANGED))
+    for m in RULE_CHANGED:
+        expect = {plans[m].folder(v) for v in plans[m].values}
+        assert {p for p in points if p.split("__")[0] == m} == expect, m
+        assert plans[m].knob != "lr" and len(expect) == 4
+
+    stale = sorted(lab for lab in labels if lab not in points)  # empty once the new points replace them
+    assert all(lab.split("__")[0] in RULE_CHANGED for lab in stale)
+    if stale:
+        with capsys.disabled():
+            print(f"\nstale committed rows of results/frontier_image.csv (not in the current plan): {', '.join(stale)}")

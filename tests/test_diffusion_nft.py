@@ -45,11 +45,13 @@ def test_gradient_at_old_policy_is_independent_of_beta(beta):
     torch.testing.assert_close(e_th.grad, expect, rtol=1e-5, atol=1e-6)
 
 
-def test_free_minimiser_without_adaptive_weights():
+@pytest.mark.parametrize("beta", [0.7, *DiffusionNFTAgent.frontier_knob[1]])
+def test_free_minimiser_without_adaptive_weights(beta):
     """Minimising E over (ε, r) of the policy term in a free ε_θ at fixed x_t gives
-    β (ε_θ - ε_old) = 2 (E[r ε] - E[r] ε_old) with ε_old := E[ε] (peers.md §5)."""
+    β (ε_θ - ε_old) = 2 (E[r ε] - E[r] ε_old) with ε_old := E[ε]: the shift away from the old policy is
+    1/β_NFT, so the frontier's grid of β_NFT (the class's frontier_knob) acts like a KL weight."""
     g = torch.Generator().manual_seed(1)
-    n, D, a, beta = 4000, 2, 0.5, 0.7
+    n, D, a = 4000, 2, 0.5
     eps = torch.randn(n, D, generator=g, dtype=torch.float64)
     r = torch.rand(n, generator=g, dtype=torch.float64)
     x0 = torch.zeros(n, D, dtype=torch.float64)
@@ -97,3 +99,16 @@ def test_agent_moves_towards_the_proxy_best():
         traj = DiffusionAgent.sample(agent, 256, torch.Generator().manual_seed(3), eps_fn=agent.reference_eps)
         r_pre = agent.reward_of_designs(agent.reference.decode(traj.final)).mean()
     assert r_nft > r_pre
+
+
+def test_frontier_sweeps_nft_beta_at_the_default_kl_coef():
+    """The grid rule sweeps the declared β_NFT (not lr), every value passes the typed settings, κ stays 1e-4."""
+    from benchmarks import frontier as fr
+
+    info = make_task("levy").info
+    plan = fr.plan_grid(["diffusion-nft"])["diffusion-nft"]
+    assert (plan.knob, plan.values, plan.source) == ("nft_beta", [0.1, 1.0, 10.0, 100.0], "rule")
+    assert plan.folder(100.0) == "diffusion-nft__nft_beta=100"
+    for v in plan.values:
+        cfg = DiffusionNFTAgent.resolve_config(info, {"nft_beta": v})
+        assert cfg["nft_beta"] == v and cfg["kl_coef"] == 1e-4 and cfg["lr"] == 3e-4

@@ -151,4 +151,4 @@ def test_beta_maps_to_the_potential_scale_and_the_frontier_sweeps_it():
     with pytest.raises(ValueError, match="set beta or potential_scale"):
         FKSteeringAgent.resolve_config(info, {"beta": 1.0, "potential_scale": 2.0})
     plans = plan_grid(["fk-steering", "turbo", "raft"])
-    assert plans["fk-steering"].knob == "beta" and plans["turbo"].knob is None and plans["raft"].knob == "lr"
+    assert plans["fk-steering"].knob == "beta" and plans["turbo"].knob is None and plans["raft"].knob == "keep_fraction"

@@ -24,7 +24,7 @@ def test_selection_matches_brute_force():
 
 
 def test_global_selection_mean_is_the_truncated_normal_mean():
-    """Kept samples of N(m, σ²) at fraction ρ have mean m + σ φ(z)/ρ, z = Φ⁻¹(1 - ρ) (peers.md §4)."""
+    """Kept samples of N(m, σ²) at fraction ρ have mean m + σ φ(z)/ρ, z = Φ⁻¹(1 - ρ)."""
     m, sd, rho = 1.5, 2.0, 0.1
     x = m + sd * torch.randn(400_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     kept = x[raft_select(x, rho)]
@@ -62,3 +62,22 @@ def test_agent_fine_tunes_towards_the_proxy_best():
         traj = DiffusionAgent.sample(agent, 256, torch.Generator().manual_seed(3), eps_fn=agent.reference_eps)
         r_pre = agent.reward_of_designs(ref.decode(traj.final)).mean()
     assert r_raft > r_pre
+
+
+def test_frontier_sweeps_the_kept_fraction():
+    """The grid rule sweeps the declared ρ (not lr); at the default 160 samples per iteration every grid value
+    keeps ⌊160 ρ⌋ = 4, 16, 40, 80 samples (global ranking), i.e. 3.5 to 0.69 nats per exact iteration."""
+    from benchmarks import frontier as fr
+
+    info = make_task("levy").info
+    plan = fr.plan_grid(["raft"])["raft"]
+    assert (plan.knob, plan.values, plan.source) == ("keep_fraction", [0.03, 0.1, 0.25, 0.5], "rule")
+    assert plan.folder(0.03) == "raft__keep_fraction=0.03"
+    scores = torch.randn(160, generator=torch.Generator().manual_seed(2))
+    kept = []
+    for rho in plan.values:
+        cfg = RAFTAgent.resolve_config(info, {"keep_fraction": rho})
+        assert cfg["keep_fraction"] == rho and cfg["lr"] == 1e-3 and cfg["samples_per_iteration"] == 160
+        kept.append(len(raft_select(scores, rho)))
+    assert kept == [4, 16, 40, 80]
+    assert [round(math.log(1 / rho), 2) for rho in plan.values] == [3.51, 2.3, 1.39, 0.69]
