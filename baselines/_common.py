@@ -1,7 +1,7 @@
 """Shared pieces of the reward-backprop baselines (AlignProp, DRaFT, SEIKO): a differentiable DDIM chain
 with per-trajectory truncation, and the common synthetic-tier settings.
 
-Index convention (spec §0): generation step k = 0..N-1 maps x_k -> x_{k+1}; x_0 is noise, x_N the sample.
+Index convention (shared by every method): generation step k = 0..N-1 maps x_k -> x_{k+1}; x_0 is noise, x_N the sample.
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def one_update(agent) -> dict[str, float]:
 
 
 def hand_ddim_mean(scheduler, num_steps: int, k: int, x: Tensor, eps: Tensor, eta: float = 1.0):
-    """Independent DDIM η-step from the x̂ form (spec §0): returns (μ_k, s_k) from raw alphas_cumprod."""
+    """Independent DDIM η-step from the x̂ form (the shared index convention): returns (μ_k, s_k) from raw alphas_cumprod."""
     T = scheduler.config.num_train_timesteps
     step = T // num_steps
     tau = (num_steps - 1 - k) * step + scheduler.config.steps_offset

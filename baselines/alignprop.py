@@ -1,4 +1,4 @@
-"""AlignProp (Prabhudesai et al. 2023) on the online harness (spec: baselines.md §2, §6).
+"""AlignProp (Prabhudesai et al. 2023) on the online harness (after the paper and its official code).
 
 Update (one optimizer step): draw ``train_batch`` initial noises and step noises, run the DDIM chain
 (eta = the task's eta, 1 by default) *with* gradient through every model call, each call wrapped in
@@ -15,7 +15,7 @@ k < k* are detached. Strategies, with the official N = 50 numbers scaled by N/50
 
 The official code draws k* per trajectory (TRL and SEIKO redraw per step; we follow the official code).
 Which strategy AlignProp's aesthetic config uses by default was not confirmed from its repository here
-(the spec lists ``gaussian`` first); recorded as unverified.
+(our reading of the paper lists ``gaussian`` first); recorded as unverified.
 
 Defaults: official ``alignprop_config.py`` optimizer (AdamW lr 1e-3, wd 1e-4, grad clip 1.0). Scaled for
 the synthetic tier: 32 trajectories per step (official: 128) and 20 steps per round (official runs: one

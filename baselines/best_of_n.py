@@ -1,5 +1,5 @@
 """Best-of-N with the optimistic proxy: an inference-time peer that never changes the model
-(spec: shared/spec/peers.md §1).
+(no fine-tuning at all).
 
 Pseudo-code, per proposal call of n designs (after round 1's proxy refit):
 
@@ -16,7 +16,7 @@ p_ref is N·F(s)^{N-1} (F = the CDF of s under p_ref), so KL = log N − (N−1)
 probability 0 (Beirami et al. 2024); the selection depends on the final design only, so the path KL
 equals this terminal KL. The harness reports it as ``path_kl`` for this method (``analytic_path_kl``);
 with reward atoms (e.g. clamped designs) it is an upper bound. Pool mode is not best-of-N: its KL lies
-between the group value and log N (peers.md §1), and ``analytic_path_kl`` returns that upper bound log N.
+between the group value and log N, and ``analytic_path_kl`` returns that upper bound log N.
 Knob on the frontier: N (``oversample``).
 """
 from __future__ import annotations

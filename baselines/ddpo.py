@@ -1,5 +1,5 @@
 """DDPO (Black et al. 2023): DDPO-IS (PPO clip, ``ddpo``) and DDPO-SF (REINFORCE, ``ddpo-sf``).
-Spec: baselines.md §1, §6.
+Follows the DDPO paper and the official ddpo-pytorch code.
 
 Policy: the DDIM η = 1 step, π_θ(x_{k+1}|x_k) = N(μ_k^θ(x_k), s_k² I); its log-prob is the **per-element
 mean** (ddpo-pytorch/TRL convention, so the official clip range 1e-4 keeps its meaning). One optimizer
@@ -8,7 +8,7 @@ step of ``improve()`` is one DDPO *epoch*:
 1. sample ``train_batch`` trajectories from θ_old without grad, storing every x_k and ℓ_old(k) (the same
    ``schedule.mean``/``log_prob`` code that training uses, so the first minibatch has ratio 1);
 2. reward r = r̂⁺(x_N) (optimistic proxy, standardised; no oracle calls), advantage A = clip((r - mean)/
-   (std + 1e-8), ±``adv_clip_max``) over the batch for unconditional tasks (the spec's batch version);
+   (std + 1e-8), ±``adv_clip_max``) over the batch for unconditional tasks (the paper's batch version);
    for prompt-conditioned tasks (``aesthetic-sd``) the official per-prompt tracker
    (:class:`PerPromptStatTracker`, FIFO of the last 32 rewards per prompt, batch statistics until a
    prompt has 16); with several processes the rewards (and prompts) are gathered first;
@@ -55,7 +55,7 @@ def normalise_advantages(rewards: Tensor, clip_max: float = 5.0) -> Tensor:
 
 
 class PerPromptStatTracker:
-    """Per-prompt advantage normalisation of ddpo-pytorch (spec baselines.md §1 "Advantage").
+    """Per-prompt advantage normalisation of ddpo-pytorch (the paper's "Advantage" step).
 
     For each prompt keep a FIFO of its last ``buffer_size`` rewards; the current batch's rewards are
     appended first; a prompt whose FIFO holds >= ``min_count`` values is normalised by the FIFO's mean
@@ -214,7 +214,7 @@ class DDPOAgent(OnlineFinetuneAgent):
         return perms[:, : self.train_steps]
 
     def improve(self) -> dict[str, Any]:
-        """One DDPO round (baselines.md §2): refit r̂⁺; per update, sample a batch with the policy's
+        """One DDPO round: refit r̂⁺; per update, sample a batch with the policy's
         per-step log-probabilities, turn r̂⁺ into clipped advantages, then num_inner_epochs passes of
         minibatch policy-gradient steps (clipped PPO ratio, or REINFORCE for DDPO-SF) over shuffled
         timesteps."""

@@ -1,4 +1,4 @@
-"""DRaFT (Clark et al. 2023): DRaFT (full), DRaFT-K, DRaFT-1 and DRaFT-LV (spec: baselines.md §3, §6).
+"""DRaFT (Clark et al. 2023): DRaFT (full), DRaFT-K, DRaFT-1 and DRaFT-LV (after the paper).
 
 - ``DRaFTAgent`` (``draft``): backprop through all N sampler steps, loss -mean_b r̂⁺(x_N), fixed noises.
 - ``DRaFTKAgent`` (``draft-k``): stop-gradient on x_{N-K}: model outputs at steps k < N-K are detached, so

@@ -1,6 +1,6 @@
 """FK steering (Singhal et al. 2025, Feynman-Kac steering): an inference-time peer that runs a population
 of P particles through the frozen pretrained sampler and resamples them by potentials built from the
-optimistic proxy (spec: shared/spec/peers.md §3; official code zacharyhorvitz/Fk-Diffusion-Steering).
+optimistic proxy (official code zacharyhorvitz/Fk-Diffusion-Steering).
 
 Per population (batched over populations), with λ = ``potential_scale`` and S = the resampling steps:
 

@@ -1,5 +1,5 @@
 """qLogNEI (Ament et al. 2023): batch Bayesian optimisation with a SingleTaskGP and the log noisy expected
-improvement, on the vector tier only (spec: shared/spec/peers.md §7; BoTorch ``closed_loop_botorch_only``).
+improvement, on the vector tier only (BoTorch ``closed_loop_botorch_only``).
 Like TuRBO it ignores the diffusion prior and has no path KL.
 
     round 0: a scrambled Sobol design in the unit cube u = (x - lo) / (hi - lo)

@@ -1,4 +1,4 @@
-"""SEIKO (Uehara, Zhao et al. 2024) on the online harness (spec: baselines.md §5, §6).
+"""SEIKO (Uehara, Zhao et al. 2024) on the online harness (after the paper and its official code).
 
 The outer loop (fresh queries per round, refit of the optimistic proxy: ``proxy=bootstrap`` = max over
 heads or ``proxy=ucb`` = feature-covariance bonus, both in ``sqdf_bbo.proxy``) is the shared
@@ -121,7 +121,7 @@ class SEIKOAgent(OnlineFinetuneAgent):
         return -r.mean() + float(self.config["kl_weight"]) * kl, r, kl
 
     def improve(self) -> dict[str, Any]:
-        """One SEIKO round (baselines.md §5): refit r̂⁺; freeze this round's KL reference; per update,
+        """One SEIKO round: refit r̂⁺; freeze this round's KL reference; per update,
         run the chain with gradient, loss = -r̂⁺(x_N) + kl_weight · Σ_k KL_k, step."""
         B = int(self.config["train_batch"])
         if self.begin_round():

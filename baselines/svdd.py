@@ -1,5 +1,5 @@
 """SVDD: soft value-based decoding (Li et al. 2024), an inference-time peer that never changes the model
-(spec: shared/spec/peers.md §2; official code masa-ue/SVDD-image, variant "PM").
+(official code masa-ue/SVDD-image, variant "PM").
 
 The soft-optimal step from z_k samples p_ref(z'|z_k)·exp(v_{k+1}(z')/α); SVDD approximates it by importance
 resampling from M pretrained proposals. Per design (batched), for k = 0..N-1:

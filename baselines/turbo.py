@@ -1,6 +1,6 @@
 """TuRBO-1 (Eriksson et al. 2019): trust-region Bayesian optimisation with a local GP and Thompson sampling,
 on the vector tier only. It ignores the diffusion prior (on the ``-manifold`` tasks that is the question)
-and has no path KL (reported as NaN). Spec: shared/spec/peers.md §6 (BoTorch tutorial ``turbo_1``).
+and has no path KL (reported as NaN). Follows the BoTorch tutorial ``turbo_1``.
 
 Designs live in the task's box, mapped to the unit cube u = (x - lo) / (hi - lo). One TuRBO iteration per
 harness round, with q = the round's query count (no feedback inside a round):
@@ -61,7 +61,7 @@ class TurboState:
 
 
 def update_turbo_state(state: TurboState, y_next_best: float) -> TurboState:
-    """The published update for one batch whose best value is ``y_next_best`` (peers.md §6)."""
+    """The published update for one batch whose best value is ``y_next_best`` (the TuRBO paper's rule)."""
     s = state
     if y_next_best > s.best_value + 1e-3 * abs(s.best_value):
         s = replace(s, success_counter=s.success_counter + 1, failure_counter=0)

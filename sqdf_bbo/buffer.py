@@ -1,4 +1,4 @@
-"""Trajectory replay buffer for SQDF (spec sqdf.md §5).
+"""Trajectory replay buffer for SQDF (the SQDF paper's replay buffer).
 
 Each entry is one trajectory: the N states z_0..z_{N-1} (the state *before* each step; the final z_N
 is not stored), its condition (any picklable object, or None), a scalar reward (the optimistic proxy

@@ -1,4 +1,4 @@
-"""Consistency distillation for any :class:`~sqdf_bbo.backbones.base.Backbone` (spec sqdf.md §4).
+"""Consistency distillation for any :class:`~sqdf_bbo.backbones.base.Backbone` (SQDF's x̂₀ look-ahead).
 
 The consistency model (CM) is a copy of the teacher's network read through LCM-style boundary
 coefficients (σ_data = 0.5, timestep scaling 10, u = 10·t):
@@ -13,12 +13,12 @@ frozen teacher gives x_{n+1}; the target is the EMA student f⁻(x_{n+1}, τ_{n+
 the last step (the boundary: the teacher's final DDIM output is the clean sample). Loss: mean squared
 error between f(x_n, τ_n) and the (detached) target; student initialised from the teacher; AdamW; the EMA
 target follows the student with decay ``ema`` (0.95 as LCM). Because the CM is distilled on the agent's
-own grid, τ_{k+1} is always a CM timestep (no LCM timestep-mapping quirk, spec §10.4).
+own grid, τ_{k+1} is always a CM timestep (no LCM timestep-mapping quirk of the official code).
 
 CLI (sqdf_bbo/pretrain/distill.py): ``python -m sqdf_bbo.pretrain consistency --backbone mlp --prior ackley [--steps 3000 --seed 0]``
 writes ``sqdf_bbo/backbones/weights/cm_mlp_<prior>.safetensors`` + JSON (command, seed, loss, held-out
 errors, sha256 of the CM and of the teacher weights). :func:`find_consistency_model` returns the CM for
-a task, or None (the SQDF agent then falls back to Tweedie, spec §10.12).
+a task, or None (the SQDF agent then falls back to Tweedie, the paper's "w/o CM" ablation).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One KL scale for every KL-regularised method (spec: peers.md §8; DESIGN.md "Comparing methods fairly").
+"""One KL scale for every KL-regularised method (docs: "Comparing methods fairly").
 
 ``beta`` = standardised reward units per nat of the exact path KL Σ_k ‖μ_θ,k − μ_ref,k‖²/(2 s_k²), so a
 method run at ``beta`` targets p_ref(x)·exp(r̂⁺(x)/beta) / Z (up to each method's approximations). Each

@@ -1,4 +1,4 @@
-"""The SEIKO-style online loop every fine-tuning method shares (spec: baselines.md §5-6, sqdf.md §6).
+"""The SEIKO-style online loop every fine-tuning method shares (the SEIKO and SQDF papers' online protocol).
 
 Per round the harness queries fresh designs and calls the method's ``improve()``, which each method
 writes out top to bottom with the helpers of :class:`OnlineFinetuneAgent`::

@@ -1,4 +1,4 @@
-"""SQDF: Soft Q-based Diffusion Fine-tuning (spec: shared/spec/sqdf.md §1-§6).
+"""SQDF: Soft Q-based Diffusion Fine-tuning (Kang et al., ICLR 2026).
 
 One optimizer step of :meth:`SQDFAgent.improve`:
 1. *fill* (buffer mode): roll out ``on_policy_batch`` fresh trajectories with the current policy (no grad,
@@ -17,11 +17,11 @@ One optimizer step of :meth:`SQDFAgent.improve`:
 4. backward (gradients reach only the policy's trainable parameters), clip, AdamW step.
 
 KL reference: the *pretrained* model (``kl_reference="pretrained"``, SQDF) or the previous round's policy
-(``"previous"``, SEIKO-style, spec §10.9). Where no consistency model exists for the task, ``cm`` falls
-back to ``tweedie`` (the "w/o CM" variant, spec §10.12); the round stats record ``q_estimator_used``
+(``"previous"``, SEIKO-style). Where no consistency model exists for the task, ``cm`` falls
+back to ``tweedie`` (the "w/o CM" variant of the paper's ablations); the round stats record ``q_estimator_used``
 and the reason.
 
-Defaults follow the official BBO run (spec §6-§7), as the union of its 2 GPUs: α = 1, γ = 0.9, 40 updates
+Defaults follow the official implementation's BBO run, as the union of its 2 GPUs: α = 1, γ = 0.9, 40 updates
 per round, 32 new trajectories and 64 replayed pairs per update (2 GPUs × 16 and × 32), buffer
 ``reward+gamma_PER`` of 1024 trajectories reset every round. Our one-process version takes the 64 pairs
 as one mini-batch rather than 64 accumulated micro-batches of 1 (same mean gradient). ``fill_every`` = F
@@ -306,7 +306,7 @@ class SQDFAgent(OnlineFinetuneAgent):
                 {"n_new": float(n_new), "buffer_len": float(len(self.buffer))})
 
     def improve(self) -> dict[str, Any]:
-        """One SQDF round (sqdf.md Algorithm 1): refit r̂⁺; per update, top the buffer up with fresh
+        """One SQDF round (the paper's Algorithm 1): refit r̂⁺; per update, top the buffer up with fresh
         on-policy trajectories, draw (z_k, k) pairs, take a soft-Q step."""
         t0 = time.time()
         if self.begin_round():

@@ -8,13 +8,13 @@ folder of the SD1.5 repository in ``~/.cache/huggingface/hub``.
 Shapes (SD1.5): latents z (B, 4, 64, 64), images (B, 3, 512, 512) in [0, 1], prompts: list of B strings.
 
 - ``forward(z_t, t, cond)`` returns the classifier-free-guided noise prediction
-  eps = eps(z, t, "") + w (eps(z, t, c) - eps(z, t, "")) with w = ``guidance_scale`` (spec sqdf.md §3.1);
+  eps = eps(z, t, "") + w (eps(z, t, c) - eps(z, t, "")) with w = ``guidance_scale`` (classifier-free guidance);
   text embeddings are cached per prompt; ``cond=None`` means the empty prompt (no guidance needed).
 - ``decode(z)`` = clamp(VAE.decode(z / scaling_factor) / 2 + 1/2, 0, 1), differentiable.
 - LoRA (peft) on the UNet's ``to_q/to_k/to_v/to_out.0`` (rank r, lora_alpha = r, Gaussian A, zero B).
 - :meth:`make_policy_and_reference` returns the policy and the frozen reference **sharing one UNet**: the
   reference view runs the same UNet with every adapter disabled (no deep copy at SD scale).
-- The LCM-LoRA consistency model (spec sqdf.md §4) either fused into a frozen copy of the UNet
+- The LCM-LoRA consistency model (SQDF's x̂₀ look-ahead) either fused into a frozen copy of the UNet
   (``cm_mode="fused"``, the official choice) or kept as a second adapter ``"lcm"`` on the shared UNet and
   switched on only for the CM call (``cm_mode="toggle"``, saves one UNet of memory).
 """
@@ -161,7 +161,7 @@ class StableDiffusionBackbone(Backbone):
 
         ``lcm_lora_path``: folder/file/cached repo id with the LCM-LoRA weights
         (``pytorch_lora_weights.safetensors``); without it ``cm_mode`` is forced to None (no CM: agents fall
-        back to Tweedie with the reference, spec sqdf.md §4). ``weights_dtype`` applies to the frozen
+        back to Tweedie with the reference, the paper's "w/o CM" ablation). ``weights_dtype`` applies to the frozen
         networks; LoRA weights stay float32. Other keyword arguments go to the constructor.
         """
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -452,7 +452,7 @@ class StableDiffusionBackbone(Backbone):
             z = self.vae.encode((x * 2 - 1).to(self.dtype)).latent_dist.mean
         return z.float() * self.scaling_factor
 
-    # ---- consistency model (spec sqdf.md §4) ------------------------------------------------------
+    # ---- consistency model (SQDF's x̂₀ look-ahead) ------------------------------------------------------
     @property
     def has_consistency_model(self) -> bool:
         return self.cm_mode is not None

@@ -1,6 +1,6 @@
 """Tiny pixel-space diffusion backbone for the embedded image tier (pretraining: sqdf_bbo/pretrain/image.py).
 
-``PixelUNet`` wraps a ``diffusers.UNet2DModel`` (config C of embedded-defaults §3: blocks (32, 64, 64),
+``PixelUNet`` wraps a ``diffusers.UNet2DModel`` (config C of the embedded tier's design: blocks (32, 64, 64),
 one layer per block, no attention, GroupNorm 8; ~1.06 M parameters) as an epsilon-prediction
 :class:`~sqdf_bbo.backbones.base.Backbone`:
 

@@ -4,7 +4,7 @@ Sources (all read from the installed packages, never downloaded): 8 RGB photos f
 ``skimage.data``, ``china.jpg`` / ``flower.jpg`` from scikit-learn, ``grace_hopper.jpg`` from
 matplotlib. Licences: see :data:`SOURCES` and the README section "Image data".
 
-Recipe (embedded-defaults §1): pick a source image uniformly (equal weight per image, whatever its
+Recipe (this project's embedded image tier): pick a source image uniformly (equal weight per image, whatever its
 size), then a scale uniformly from (1, 1/2, 1/4) (box-downsampled), then a uniform crop position;
 a crop whose pixel std is below 8/255 is dropped with probability 0.9; crops are h-flipped with
 probability 1/2.

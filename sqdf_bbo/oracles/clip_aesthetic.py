@@ -1,4 +1,4 @@
-"""CLIP ViT-L/14 + LAION aesthetic head: the official BBO oracle (spec sqdf.md §6), loaded from local files.
+"""CLIP ViT-L/14 + LAION aesthetic head: the official BBO oracle of the SQDF paper, loaded from local files.
 
     images (B, 3, H, W) in [0, 1]
       -> clamp to [0, 1] -> resize to 224x224 (bilinear, align_corners=False, antialias off)

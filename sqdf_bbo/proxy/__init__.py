@@ -1,4 +1,4 @@
-"""Optimistic proxy reward models on a task's feature map (spec sqdf.md §6, baselines.md §5).
+"""Optimistic proxy reward models on a task's feature map (as in the official SQDF and SEIKO code).
 
     proxy, stats = fit_proxy(features, values, config, previous=None, generator=None)
     r_plus = proxy(feats)        # (B, F) -> (B,) optimistic value in the ORIGINAL value units

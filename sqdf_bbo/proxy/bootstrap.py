@@ -1,5 +1,5 @@
 """Bootstrap resampling for the ensemble proxy: head h trains on its own with-replacement resample
-(same size as the training split) of the training indices (spec sqdf.md §6)."""
+(same size as the training split) of the training indices (as in the official SQDF code)."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
 H heads are evaluated in one batched call (weights of shape (H, in, out)), so a 4-head bootstrap
 costs about one MLP on CPU. Architectures per head (``arch``):
 - ``mlp`` (default): F -> hidden -> hidden -> feat_dim -> 1 with SiLU after every hidden layer;
-- ``laion``: the oracle head's architecture, as the official SQDF/SEIKO proxies (spec sqdf.md §6):
+- ``laion``: the oracle head's architecture, as the official SQDF/SEIKO proxies:
   F -> 1024 -> 128 -> 64 -> 16 -> 1, dropout 0.2, 0.2, 0.1 after the first three layers, no activations.
 ``phi`` (the feat_dim-d input of the last linear layer) is the last-layer feature the UCB bonus uses
 (the prediction is linear in phi).

@@ -1,4 +1,4 @@
-"""UCB optimism bonus from the last-layer feature covariance (spec sqdf.md §6, baselines.md §5).
+"""UCB optimism bonus from the last-layer feature covariance (as in the official SQDF and SEIKO code).
 
 bonus(phi) = min(alpha * sqrt(phi^T (Sigma + lambda I)^{-1} phi), clip), with Sigma the sample
 covariance of phi over the whole dataset (centred, divided by n - 1, as ``torch.cov``). The bonus is in

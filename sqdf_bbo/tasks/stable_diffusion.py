@@ -1,6 +1,6 @@
 """Full-scale tier: task ``aesthetic-sd`` (Stable Diffusion 1.5 + CLIP ViT-L/14 + LAION aesthetic head).
 
-The official online-BBO protocol (spec sqdf.md §6-7): designs are 512x512 RGB images in [0, 1] decoded
+The official online-BBO protocol of the SQDF paper: designs are 512x512 RGB images in [0, 1] decoded
 from SD1.5 latents; the oracle is the LAION aesthetic head on the L2-normalised CLIP ViT-L/14 image
 embedding, observed with N(0, 0.1^2) noise (``noise_std = 0.1``, added by the environment). Prompts are
 common animal names (``assets/sd_animals_train.txt``, 45 names; held-out ``assets/sd_animals_eval.txt``,
@@ -135,7 +135,7 @@ class AestheticSDTask(Task):
             latent_shape=latent_shape,
             defaults={
                 "num_steps": n_steps, "n_eval": int(cfg["n_eval"]), "batch_size": int(cfg["batch_size"]),
-                # spec §7 (BBO), scaled to one process: 40 updates/round, lr 1e-3, wd 0.1, clip 5, LoRA rank 4,
+                # the official BBO run, scaled to one process: 40 updates/round, lr 1e-3, wd 0.1, clip 5, LoRA rank 4,
                 # alpha 1, gamma 0.9, CFG in the backbone; sampling in batches of 8 (memory)
                 "agent": {"num_steps": n_steps, "eta": 1.0, "sample_batch": 8, "lora_rank": 4,
                           "updates_per_round": 40, "lr": 1e-3, "weight_decay": 0.1, "max_grad_norm": 5.0,
