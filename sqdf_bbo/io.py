@@ -38,13 +38,3 @@ def _default(o: Any):
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
-
-
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())

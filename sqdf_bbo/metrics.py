@@ -7,7 +7,7 @@ the order the queries were made. Values are the task's (maximised) oracle values
 * diversity: :func:`vendi_score` (RBF or cosine kernel), :func:`valid_vendi_score` (over valid designs
   only), :func:`mean_pairwise_distance`
 * distribution distance: :func:`frechet_distance` / :func:`gaussian_frechet` (FID formula on any features)
-* summaries: :func:`mean_sem`, :func:`eval_reward`, :func:`diversity`, :func:`path_kl_summary`
+* summaries: :func:`mean_sem`, :func:`diversity`
 """
 from __future__ import annotations
 
@@ -27,9 +27,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_fid",
     "mean_sem",
-    "eval_reward",
     "diversity",
-    "path_kl_summary",
 ]
 
 
@@ -217,13 +215,6 @@ def mean_sem(x: Any) -> dict:
     return {"mean": float(v.mean()), "sem": sem, "n": int(v.size)}
 
 
-def eval_reward(task: Any, designs: Any) -> dict:
-    """Noise-free oracle reward on harness-drawn designs (never charged, never shown to the agent):
-    mean / sem / max / min of ``task.evaluate_true(designs)``."""
-    v = _values(task.evaluate_true(designs))
-    return {**mean_sem(v), "max": float(v.max()), "min": float(v.min())}
-
-
 def diversity(task: Any, designs: Any) -> dict:
     """Vendi score and mean pairwise distance in ``task.diversity_features`` space. The kernel is RBF with
     ``task.vendi_bandwidth`` when it is set, else cosine; the one used is reported.
@@ -246,11 +237,3 @@ def diversity(task: Any, designs: Any) -> dict:
         out["vendi_valid"] = valid_vendi_score(f, valid, kernel=kernel, bandwidth=h)
         out["n_valid"] = int(valid.sum())
     return out
-
-
-def path_kl_summary(eps_policy, eps_ref, schedule, traj) -> dict:
-    """Exact path KL(P_policy || P_ref) (nats) along policy trajectories: mean and sem over the batch.
-    See :func:`sqdf_bbo.diffusion.path_kl` for the per-trajectory sum of per-step Gaussian KLs."""
-    from sqdf_bbo.diffusion import path_kl
-
-    return mean_sem(path_kl(eps_policy, eps_ref, schedule, traj))

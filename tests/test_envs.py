@@ -86,10 +86,7 @@ def test_gymnasium_make_via_registry_and_late_tasks(late_task):
 
 
 def test_registered_builtin_tasks_pass_check_env():
-    try:
-        from sqdf_bbo.tasks.synthetic import FUNCTIONS
-    except ImportError:
-        pytest.skip("synthetic tasks not written yet")
+    from sqdf_bbo.tasks.synthetic import FUNCTIONS
     names = [n for f in FUNCTIONS for n in (f, f"{f}-manifold")]
     assert names and all(env_id(n) in gymnasium.registry for n in names)
     for name in names:

@@ -82,5 +82,13 @@ def test_every_registered_method_has_its_own_colour():
     from benchmarks.plot import METHOD_COLOURS
     from sqdf_bbo.agents import available_methods
 
-    assert set(available_methods()) <= set(METHOD_COLOURS)
+    assert set(available_methods()) == set(METHOD_COLOURS)  # a method dropped from the registry fails here
     assert len(set(METHOD_COLOURS.values())) == len(METHOD_COLOURS)
+
+
+def test_a_broken_builtin_method_fails_loudly(monkeypatch):
+    from sqdf_bbo.agents import METHODS, available_methods
+
+    monkeypatch.setitem(METHODS, "ghost", "baselines.ghost:GhostAgent")
+    with pytest.raises(ImportError, match="built-in method 'ghost'"):
+        available_methods()

@@ -12,11 +12,13 @@ unconditional tiers) and are passed through unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from diffusers import DDIMScheduler
 from torch import nn
+
+if TYPE_CHECKING:  # diffusers is imported when a scheduler is built, not with this module (start-up cost)
+    from diffusers import DDIMScheduler
 
 
 def default_scheduler(beta_schedule: str = "squaredcos_cap_v2", **kw) -> DDIMScheduler:
@@ -24,6 +26,8 @@ def default_scheduler(beta_schedule: str = "squaredcos_cap_v2", **kw) -> DDIMSch
     cfg = dict(num_train_timesteps=1000, beta_schedule=beta_schedule, clip_sample=False,
                set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
     cfg.update(kw)
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(**cfg)
 
 

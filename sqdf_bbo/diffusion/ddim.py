@@ -1,7 +1,7 @@
 """The denoising MDP of a DDIM sampler with stochasticity eta.
 
 Generation order k = 0..N: x_0 ~ N(0, I) is pure noise, step k maps x_k -> x_{k+1} at DDIM timestep
-tau_k (descending), and x_N is the clean sample (spec: baselines.md §0). Every schedule number
+tau_k (descending), and x_N is the clean sample (the convention every baseline uses). Every schedule number
 (alphas_cumprod, timesteps, final alpha) is read from a diffusers ``DDIMScheduler``; nothing is copied.
 
 Per step, with a_k = alphabar[tau_k] and a_k^- = alphabar[tau_k - T/N] (or the scheduler's
@@ -16,11 +16,13 @@ All per-sample reductions sum over every non-batch dimension unless ``reduction=
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.utils.checkpoint
-from diffusers import DDIMScheduler
+
+if TYPE_CHECKING:  # diffusers is imported when a schedule is built, not with this module (start-up cost)
+    from diffusers import DDIMScheduler
 
 Tensor = torch.Tensor
 
@@ -56,6 +58,8 @@ class DDIMSchedule:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
+        from diffusers import DDIMScheduler
+
         sched = DDIMScheduler.from_config(scheduler.config)
         sched.set_timesteps(num_steps)
         ts = sched.timesteps.long().clone()
@@ -76,10 +80,6 @@ class DDIMSchedule:
         coef_x = torch.sqrt(a_prev / a)
         coef_eps = torch.sqrt((1 - a_prev - std**2).clamp(min=0)) - torch.sqrt(a_prev * (1 - a) / a)
         return cls(sched, num_steps, float(eta), ts, a, a_prev, std, coef_x, coef_eps)
-
-    def with_eta(self, eta: float) -> "DDIMSchedule":
-        """The same grid with another eta (e.g. eta=0 for deterministic evaluation)."""
-        return DDIMSchedule.from_scheduler(self.scheduler, self.num_steps, eta)
 
     # ---- per-step maps -------------------------------------------------------------------------
     def _k(self, k: int | Tensor, like: Tensor, table: Tensor) -> Tensor:
