@@ -5,7 +5,7 @@ import importlib
 
 from sqdf_bbo.agents.base import Agent, DiffusionAgent
 
-#: method name -> "module:Class" (imported lazily so a missing optional module breaks nothing else)
+#: method name -> "module:Class" (imported on first use, so running one method never imports the others)
 METHODS: dict[str, str] = {
     "pretrained": "sqdf_bbo.agents.pretrained:PretrainedAgent",
     "random": "sqdf_bbo.agents.random_search:RandomSearchAgent",
@@ -22,6 +22,9 @@ METHODS: dict[str, str] = {
     "best-of-n": "baselines.best_of_n:BestOfNAgent",
     "svdd": "baselines.svdd:SVDDAgent",
     "fk-steering": "baselines.fk_steering:FKSteeringAgent",
+    "find": "baselines.find:FINDAgent",
+    "dts": "baselines.dts:DTSAgent",
+    "dts-star": "baselines.dts:DTSStarAgent",
     "raft": "baselines.raft:RAFTAgent",
     "diffusion-nft": "baselines.diffusion_nft:DiffusionNFTAgent",
     "turbo": "baselines.turbo:TuRBOAgent",
@@ -39,15 +42,14 @@ def _import(spec: str):
 
 
 def available_methods() -> list[str]:
-    """Built-in methods whose module can be imported in this checkout."""
-    out = []
+    """All built-in method names. Each one is imported, so a missing or broken method raises here
+    instead of silently dropping out of the list."""
     for name, spec in METHODS.items():
         try:
             _import(spec)
-        except (ImportError, ValueError):
-            continue
-        out.append(name)
-    return out
+        except (ImportError, ValueError) as e:
+            raise ImportError(f"built-in method {name!r} ({spec}) cannot be imported: {e}") from e
+    return list(METHODS)
 
 
 def resolve_method(method: str) -> type[Agent]:
@@ -64,7 +66,7 @@ def resolve_method(method: str) -> type[Agent]:
             raise ValueError(f"method {method!r} is not available in this checkout ({e})") from None
     else:
         raise ValueError(
-            f"unknown method {method!r}; allowed: {', '.join(available_methods())} "
+            f"unknown method {method!r}; allowed: {', '.join(METHODS)} "
             "or a 'package.module:ClassName' agent"
         )
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
