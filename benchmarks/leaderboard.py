@@ -2,6 +2,7 @@
 
     python -m benchmarks.leaderboard runs/ [more_runs/ ...] --out results/leaderboard.csv \
         [--md results/leaderboard.md] [--aggregate results/aggregate.csv] [--compare results/leaderboard.csv]
+    python -m benchmarks.leaderboard --add runs/compare_MyAgent [--records results/frontier_runs.csv]
 
 Reads every ``<root>/*/final.json`` (finished runs of ``sqdf_bbo/run.py``) with its ``config.json`` and
 ``rounds.jsonl``. Per row: number of seeds; final eval reward IQM (25% trimmed mean) and mean, each with a
@@ -20,6 +21,11 @@ The aggregate table (``--aggregate``, and a second table in the Markdown) gives 
 rliable's ``aggregate_iqm``/``aggregate_mean``/``aggregate_optimality_gap`` of the normalised score over
 all tasks that method ran, with stratified-bootstrap CIs (runs resampled within tasks).
 
+``--add DIR`` builds no table: it merges a comparison folder's ``runs.csv`` (``python -m benchmarks.compare
+--out DIR``) into the committed per-run records it was compared against (or ``--records CSV``), after the
+same protocol check (this checkout's task protocols = the records' = the folder's; refused otherwise), so
+the tables can be rebuilt from the records with the new method in them.
+
 ``--update`` re-makes part of an existing table: the rows of every (task, budget) these runs cover are
 replaced (rows of methods not re-run there are dropped, since normalisation is per task and budget), the
 others kept as they were (each row's ``git_commits`` says which code made it); aggregate rows likewise.
@@ -37,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import stats
+from sqdf_bbo.protocol import protocol_of, task_protocol_of
 
 KEY = ["task", "method", "budget"]
 #: keys of final.json / rounds.jsonl that are not task-specific metrics
@@ -129,7 +136,10 @@ def load_runs(roots: Iterable[str | Path], on_duplicate: str = "error") -> tuple
         row.update({"budget": int(fin["budget"]), "seed": int(fin["seed"]), "run_dir": str(d),
                     "config_hash": config_hash(cfg), "git_commit": (cfg.get("git_commit") or "")[:7],
                     "tier": info.get("tier"), "optimal_value": info.get("optimal_value"),
-                    "round0_eval_reward": rr[0].get("eval_reward"), "round0_path_kl": rr[0].get("path_kl")})
+                    "round0_eval_reward": rr[0].get("eval_reward"), "round0_path_kl": rr[0].get("path_kl"),
+                    # sqdf_bbo/protocol.py ("legacy" for runs recorded before protocol ids); the machine
+                    "protocol": protocol_of(cfg), "task_protocol": task_protocol_of(cfg),
+                    "cpu_model": str(cfg.get("cpu_model") or "")})
         finals.append(row)
         for r in rr:
             rounds.append({"task": fin["task"], "method": fin["method"], "budget": int(fin["budget"]),
@@ -442,7 +452,12 @@ def _read_for_update(path: Optional[str], key: Sequence[str]) -> Optional[pd.Dat
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="folders holding run folders (<task>__<method>__b<budget>__s<seed>)")
+    p.add_argument("runs", nargs="*", help="folders holding run folders (<task>__<method>__b<budget>__s<seed>)")
+    p.add_argument("--add", metavar="DIR", default=None,
+                   help="merge a compare folder's runs.csv (python -m benchmarks.compare --out DIR) into the committed "
+                        "per-run records after the protocol check, instead of building a table")
+    p.add_argument("--records", metavar="CSV", default=None,
+                   help="with --add: the per-run records to merge into (default: the ones the comparison used)")
     p.add_argument("--out", default="results/leaderboard.csv", help="CSV to write")
     p.add_argument("--md", default=None, help="also write the Markdown rendering here")
     p.add_argument("--note", action="append", default=[], help="a paragraph above the Markdown table (repeatable)")
@@ -464,11 +479,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps must be >= 1, got {args.reps}")
+    if args.add is not None:
+        if args.runs:
+            p.error("--add DIR takes no run folders")
+        from benchmarks.compare import add_to_records
+
+        return add_to_records(args.add, args.records)
+    if not args.runs:
+        p.error("give the folders holding run folders (or --add DIR)")
     try:
         _, unfinished = find_run_dirs(args.runs)
         finals, rounds = load_runs(args.runs, args.on_duplicate)
         if not args.allow_mixed:
             check_uniform_settings(finals)
+        from benchmarks.run_records import require_one_protocol
+
+        require_one_protocol(finals, args.out)  # a row pools one protocol; a task's methods share its oracle
         board = build_leaderboard(finals, rounds, args.reps, args.seed)
         agg = build_aggregate(finals, rounds, args.reps, args.seed)
         if args.min_seeds > 1:
