@@ -224,17 +224,28 @@ def _load_module(module: nn.Module, path: str, tensors: dict) -> None:
 # ---- files ------------------------------------------------------------------------------------------
 def save(folder: Path, stem: str, tree: dict) -> None:
     """Write ``tree`` as ``<stem>.json`` + ``<stem>-<n>.safetensors`` in ``folder`` (module docstring)."""
-    from safetensors.torch import save as st_save
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     desc = {name: encode(v, name, tensors) for name, v in tree.items()}
+    save_encoded(folder, stem, desc, tensors)
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """``tensors`` as one safetensors blob (tensors sharing storage are copied apart first)."""
+    from safetensors.torch import save as st_save
+
     unshared, seen = {}, set()
     for key, t in tensors.items():  # safetensors refuses tensors that share storage
         unshared[key] = t.clone() if t.data_ptr() in seen else t
         seen.add(t.data_ptr())
-    data = st_save(unshared) if unshared else st_save({"_empty": torch.zeros(0)})
+    return st_save(unshared) if unshared else st_save({"_empty": torch.zeros(0)})
+
+
+def save_encoded(folder: Path, stem: str, desc: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """:func:`save` of a tree already encoded (``desc`` from :func:`encode`, its ``tensors``), e.g. by an
+    agent process that sends its state to the harness (sqdf_bbo/agent_process.py)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = tensor_bytes(tensors)
     json_path = folder / f"{stem}.json"
     n = 1 + max([int(p.stem.rsplit("-", 1)[1]) for p in folder.glob(f"{stem}-*.safetensors")
                  if p.stem.rsplit("-", 1)[1].isdigit()] or [0])

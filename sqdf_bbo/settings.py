@@ -133,6 +133,8 @@ def _rule_text(meta: dict) -> str:
 
 def check_value(name: str, value: Any, tp: Any, meta: dict) -> Any:
     """Coerce and range-check one setting; ValueError (one line) names key, value and what is allowed."""
+    if value is None and "none" in (meta.get("choices") or ()):  # the CLI parses 'none' as None
+        value = "none"
     try:
         v = _coerce(value, tp)
     except TypeError:

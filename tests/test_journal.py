@@ -69,6 +69,10 @@ def test_kill_mid_round_resume_rebuys_nothing_and_matches(tmp_path, crash):
 
 
 def test_mismatching_journal_is_refused_and_torn_line_ignored(tmp_path):
+    """An edited entry breaks the hash chain; a consistently re-chained entry for other designs (as if the
+    code changed what the agent proposes) is refused by the designs check."""
+    from sqdf_bbo.journal import entry_hash
+
     (tmp_path / "jtasks.py").write_text(PLUGIN)
     assert run(tmp_path, "cut", "cut.log", crash=12).returncode == 17
     journal = tmp_path / "cut" / "jtasks.make_task__random__b60__s0" / "journal.jsonl"
@@ -77,7 +81,12 @@ def test_mismatching_journal_is_refused_and_torn_line_ignored(tmp_path):
     entry["designs_sha256"] = "0" * 64
     journal.write_text("\n".join(lines[:-1] + [json.dumps(entry)]) + "\n" + '{"round": 9, "bat')  # + a torn line
     p = run(tmp_path, "cut", "cut.log", "--resume")
-    assert p.returncode == 2 and "proposes other designs than the query journal records" in p.stderr
+    assert p.returncode == 2 and f"was edited at line {len(lines)}" in p.stderr, p.stderr
+    entry["hash"] = entry_hash(entry)
+    journal.write_text("\n".join(lines[:-1] + [json.dumps(entry)]) + "\n" + '{"round": 9, "bat')
+    journal.with_name("journal.head").write_text(json.dumps({"entries": len(lines), "hash": entry["hash"]}))
+    p = run(tmp_path, "cut", "cut.log", "--resume")
+    assert p.returncode == 2 and "proposes other designs than the query journal records" in p.stderr, p.stderr
 
 
 def test_a_torn_last_line_is_dropped_so_later_appends_stay_readable(tmp_path):

@@ -23,7 +23,7 @@ def test_unknown_task_and_bad_override_list_what_is_allowed():
         make_task("nope")
     with pytest.raises(ValueError, match="unknown override.*'dim'.*allowed: noise_std, num_steps"):
         make_task("ackley", dim=3)
-    with pytest.raises(ValueError, match="noise_std must be >= 0"):
+    with pytest.raises(ValueError, match="noise_std must be a finite number >= 0"):
         make_task("levy", noise_std=-1.0)
 
 

@@ -6,6 +6,10 @@ backbone factory, the proxy feature map and defaults: no agent can reach the ora
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -38,6 +42,44 @@ class TaskInfo:
     sample_conditions: Optional[Callable[[int, torch.Generator], Any]] = None
     defaults: dict = field(default_factory=dict)
     latent_shape: Optional[tuple[int, ...]] = None
+
+    def agent_copy(self) -> "TaskInfo":
+        """The copy an agent receives: its bounds, defaults, feature module and the tensors its factories
+        hold (partial arguments, closure cells) are copies, so an agent that writes into them in place
+        changes nothing the harness uses. Bound methods (e.g. a large view's) are shared as they are."""
+        return dataclasses.replace(self, **{f.name: _isolated(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def _isolated(obj: Any, memo: Optional[dict] = None) -> Any:
+    """obj with every tensor, module and container reachable through it copied, looking inside
+    functools.partial arguments and closure cells (which copy.deepcopy treats as atoms)."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, functools.partial):
+        out = functools.partial(_isolated(obj.func, memo), *(_isolated(a, memo) for a in obj.args),
+                                **{k: _isolated(v, memo) for k, v in obj.keywords.items()})
+    elif isinstance(obj, types.FunctionType) and obj.__closure__:
+        cells = []
+        for c in obj.__closure__:
+            try:
+                cells.append(types.CellType(_isolated(c.cell_contents, memo)))
+            except ValueError:  # an empty cell
+                cells.append(types.CellType())
+        out = types.FunctionType(obj.__code__, obj.__globals__, obj.__name__, obj.__defaults__, tuple(cells))
+        out.__kwdefaults__ = copy.copy(obj.__kwdefaults__)
+        out.__dict__.update(obj.__dict__)
+        out.__qualname__, out.__module__ = obj.__qualname__, obj.__module__
+    elif isinstance(obj, dict):
+        out = type(obj)((k, _isolated(v, memo)) for k, v in obj.items()) if type(obj) is dict else copy.deepcopy(obj)
+    elif isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        out = type(obj)(_isolated(v, memo) for v in obj)
+    elif isinstance(obj, (torch.Tensor, torch.nn.Module, np.ndarray)):
+        out = copy.deepcopy(obj)
+    else:  # numbers, strings, plain functions, bound methods, classes: shared
+        out = obj
+    memo[id(obj)] = out
+    return out
 
 
 class Task:

@@ -137,9 +137,7 @@ class SyntheticTask(Task):
         stats = _prior_stats(base)
         self.worst_value = stats["worst_value"]
         self.logpdf_threshold = stats["logpdf_p01"]
-        self.noise_std = float(0.1 * stats["value_std"] if noise_std is None else noise_std)
-        if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        self.noise_std = float(0.1 * stats["value_std"] if noise_std is None else _noise_std(noise_std))
         self.optimal_value = float(self.fn.optimal_value)
         self.differentiable = True
         self.vendi_bandwidth = stats["median_pairwise_u"]
@@ -246,14 +244,26 @@ def _prior_stats(base: str) -> dict[str, float]:
     }
 
 
+def _noise_std(value) -> float:
+    """A finite float >= 0 (numbers or numeric strings); one-line ValueError naming the value otherwise."""
+    try:
+        v = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {value!r}")
+    return v
+
+
 def _factory(base: str, manifold: bool):
     allowed = {"noise_std": None, "num_steps": 50}
 
     def make(**overrides) -> SyntheticTask:
         name = f"{base}-manifold" if manifold else base
         check_overrides(name, overrides, allowed)
-        if "num_steps" in overrides and int(overrides["num_steps"]) < 1:
-            raise ValueError(f"num_steps must be >= 1, got {overrides['num_steps']}")
+        steps = overrides.get("num_steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {steps!r}")
         return SyntheticTask(base, manifold=manifold, **overrides)
 
     return make
