@@ -2,7 +2,7 @@
 
     python -m benchmarks.perf_methods [--task levy] [--methods sqdf,seiko,...] [--budget 1000] [--threads 1]
         [--flops] [--out results/perf_methods.csv] [--set KEY=VALUE ...]
-    python -m benchmarks.perf_methods --table results/perf_methods.csv   # the README's markdown table
+    python -m benchmarks.perf_methods --table results/perf_methods.csv   # the markdown table of docs/performance.md
 
 After an untimed warm-up run (budget 32: the one-time imports), each method runs once, in this process, through the real runner (``sqdf_bbo.run.run_experiment``) at the
 leaderboard's settings (128 eval draws; fine-tuners: 20 updates per round, 30 proxy epochs), with timers

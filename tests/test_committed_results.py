@@ -14,7 +14,7 @@ from benchmarks import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results" / "leaderboard.csv"
-# the settings of the committed synthetic sweep (README "Leaderboard" section)
+# the settings of the committed synthetic sweep (docs/results.md, "Fixed-setting leaderboard")
 SETTINGS = ["--set", "run.n_eval=128", "--set-for", "draft-1", "proxy_epochs=30",
             "--set-for", "draft-1", "updates_per_round=20"]
 ROWS = [("levy", "pretrained"), ("levy", "draft-1")]

@@ -365,7 +365,7 @@ def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier
 
 def test_verdicts_compare_confidence_intervals_by_hand():
     """Where one method's frontier lies against another's: above / below when the 95 % CIs separate, on when
-    they overlap, only X when one frontier does not reach that KL (the README's 'what the frontier says')."""
+    they overlap, only X when one frontier does not reach that KL (docs/results.md, 'What the frontier says')."""
     from benchmarks import frontier_readme as fr_md
 
     def row(method, auf, at1, at10, kl_measured=True):

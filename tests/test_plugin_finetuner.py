@@ -1,5 +1,6 @@
-"""The README's plug-in fine-tuner ("# myfinetuner.py"): an OnlineFinetuneAgent subclass that writes its own
-improve() with the round helpers runs from the CLI, learns, and resumes exactly from a mid-round checkpoint."""
+"""The plug-in fine-tuner of docs/extending.md ("# myfinetuner.py"; the README links to it): an
+OnlineFinetuneAgent subclass that writes its own improve() with the round helpers runs from the CLI, learns,
+and resumes exactly from a mid-round checkpoint."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_finetuner() -> str:
-    m = re.search(r"```python\n(# myfinetuner\.py.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert m, "README has no '# myfinetuner.py' example"
+    m = re.search(r"```python\n(# myfinetuner\.py.*?)```", (ROOT / "docs" / "extending.md").read_text(encoding="utf-8"),
+                  re.S)
+    assert m, "docs/extending.md has no '# myfinetuner.py' example"
     return m.group(1)
 
 

@@ -1,6 +1,6 @@
-"""Plug-in tasks: the README's "Your own task" code block, run as a user would, from the CLI
-(``--task mytasks:make_task``), through an installed entry point (``--task branin``), in a sweep and
-through ``gymnasium.make``; and the one-line errors of a misbehaving task."""
+"""Plug-in tasks: the "Your own task" code block of docs/extending.md (the README links to it), run as a
+user would, from the CLI (``--task mytasks:make_task``), through an installed entry point (``--task branin``),
+in a sweep and through ``gymnasium.make``; and the one-line errors of a misbehaving task."""
 from __future__ import annotations
 
 import json
@@ -17,15 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
     m = re.search(r"```python\n(# mytasks\.py\n.*?)```", text, re.S)
-    assert m, "README has no '# mytasks.py' example"
+    assert m, "docs/extending.md has no '# mytasks.py' example"
     return m.group(1)
 
 
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory) -> Path:
-    """A folder on PYTHONPATH holding the README's module and an installed-looking distribution whose
+    """A folder on PYTHONPATH holding the docs' module and an installed-looking distribution whose
     entry point registers it as task 'branin'; also a module with a broken factory."""
     d = tmp_path_factory.mktemp("plugin")
     (d / "mytasks.py").write_text(readme_example())

@@ -78,7 +78,7 @@ class PixelUNet(Backbone):
         schedule's first timestep, sqrt(a0) (m + L z1) + sqrt(1 - a0) z2 (m, L L^T: mean and covariance of
         the training images). DDIM's first timestep is not pure noise (a0 = 0.0056 at tau0 = 951 with 20
         steps), and starting from N(0, I) there gave over-saturated samples: phi-FD 173 vs 82 (256 samples,
-        README "Image tier"). Without ``data_moments``: N(0, I)."""
+        docs/tasks/image.md). Without ``data_moments``: N(0, I)."""
         if self.data_moments is None:
             return super().initial_noise(n, generator, schedule)
         mean, chol = self.data_moments

@@ -2,7 +2,7 @@
 
 Sources (all read from the installed packages, never downloaded): 8 RGB photos from
 ``skimage.data``, ``china.jpg`` / ``flower.jpg`` from scikit-learn, ``grace_hopper.jpg`` from
-matplotlib. Licences: see :data:`SOURCES` and the README section "Image data".
+matplotlib. Licences: see :data:`SOURCES` and docs/tasks/image.md ("Image data").
 
 Recipe (this project's embedded image tier): pick a source image uniformly (equal weight per image, whatever its
 size), then a scale uniformly from (1, 1/2, 1/4) (box-downsampled), then a uniform crop position;
@@ -15,7 +15,7 @@ belongs to a split only if every full-resolution pixel under it lies in that spl
 1/f a pixel covers f x f full-resolution pixels), so no held-out pixel is ever seen in training, at any
 scale. Interleaving matters: the earlier split (the right-most 20 % of columns) made the two sides
 different distributions (phi Fréchet distance of 512 train patches to the held-out reference 76, vs
-11 for 512 other held-out patches); with tiles it is 31 vs 11 (README "Image tier").
+11 for 512 other held-out patches); with tiles it is 31 vs 11 (docs/tasks/image.md).
 """
 from __future__ import annotations
 

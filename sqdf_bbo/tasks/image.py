@@ -29,7 +29,7 @@ so retraining the UNet does not move it):
            block mean colours, per-channel log RMS of the detail left); flags flat or saturated colour
            fields that no photo has.
 The cosine Vendi in phi is won by noise (128 uniform-noise images 12.5, 128 held-out patches 7.7), hence
-``vendi_valid``, the same Vendi over the valid designs only (README "Design decisions", Diversity).
+``vendi_valid``, the same Vendi over the valid designs only (docs/design.md, Diversity).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ Tensor = torch.Tensor
 #: overridable settings (``make_task("aesthetic", num_steps=30)``) and their defaults
 DEFAULTS = {
     "unet": "unet16",  # committed weights in sqdf_bbo/backbones/weights/
-    "num_steps": 20,  # DDIM steps (eta 1); see README "image tier" for the time budget behind 20
+    "num_steps": 20,  # DDIM steps (eta 1); see docs/tasks/image.md for the time budget behind 20
     "n_eval": 256,
     "batch_size": 64,
     "noise_std": None,  # None: the task's own default (below)

@@ -75,8 +75,8 @@ def _resolve_paths(kw: dict) -> dict:
             + ". sd_path: a diffusers SD1.5 folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or the "
             "repo id if it is in your Hugging Face cache; clip_path: a transformers CLIP ViT-L/14 folder or cached "
             "repo id; head_path: the LAION aesthetic head state dict (.pth or .safetensors); optional "
-            "lcm_lora_path: the LCM-LoRA SD1.5 folder (else the CM falls back to Tweedie). See the README section "
-            "'Full-scale tier: Stable Diffusion with local weights'."
+            "lcm_lora_path: the LCM-LoRA SD1.5 folder (else the CM falls back to Tweedie). See the manual's page "
+            "docs/tasks/stable-diffusion.md (Stable Diffusion with local weights)."
         )
     return out
 
@@ -89,7 +89,7 @@ class AestheticSDTask(Task):
 
     def harness_reference(self):
         """None: a second copy of SD's frozen weights is too large; the harness evaluates against the agent's
-        LoRA-disabled view of its own UNet (README "Known gaps")."""
+        LoRA-disabled view of its own UNet (docs/development.md, Known gaps)."""
         return None
 
     def __init__(self, **kw):
