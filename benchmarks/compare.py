@@ -162,7 +162,7 @@ def cell_rows(records: pd.DataFrame, task: str, method: str, value, budget: int)
 def checkout_protocol(task: str, method: str, budget: int, sets: list[str]) -> tuple[str, str]:
     """(protocol, task_protocol) a run of ``method`` on ``task`` with ``sets`` would record here: the config
     record of ``sqdf_bbo.run.Run.config_record`` built without running anything."""
-    from sqdf_bbo import protocol, run as run_module
+    from sqdf_bbo import protocol
     from sqdf_bbo.agents import resolve_method
     from sqdf_bbo.run import CLIError, parse_sets, resolve_run_settings, round_sizes
     from sqdf_bbo.tasks import make_task
@@ -177,9 +177,6 @@ def checkout_protocol(task: str, method: str, budget: int, sets: list[str]) -> t
                   "agent": cls.resolve_config(t.info, agent_over), "task_overrides": task_over}
     except (CLIError, ValueError, TypeError) as e:
         raise CompareError(f"task {task!r} / method {method!r}: {e}") from None
-    # as Run.config_record: the settings of where the agent runs (isolation) are not protocol inputs
-    skip = getattr(run_module, "ISOLATION_SETTINGS", ())
-    record["run"] = {k: v for k, v in record["run"].items() if k not in skip}
     cfg = protocol.run_protocol(record, t, cls)
     return cfg["protocol"], protocol.task_protocol_of(cfg)
 

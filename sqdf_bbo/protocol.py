@@ -52,7 +52,7 @@ from typing import Any, Callable, Optional
 PROTOCOL_VERSION = 1
 #: run settings that cannot change a result
 NON_RESULT_RUN_SETTINGS = ("tracker", "checkpoint_every", "checkpoint_every_s", "oracle_retries",
-                           "oracle_retry_wait_s")
+                           "oracle_retry_wait_s", "isolate", "agent_timeout_s")  # where the agent runs: same result
 #: settings added after ids were recorded, left out at the value that computes what runs before them did:
 #: {"agent" | "task" | "run": {key: value}}
 NEUTRAL_AT: dict[str, dict[str, Any]] = {"agent": {}, "task": {}, "run": {}}
