@@ -3,9 +3,11 @@
     python -m benchmarks.perf_lora [--task levy] [--rows 32] [--rank 4] [--calls 200] [--out results/perf_lora.csv]
 
 Milliseconds per call (median of ``--calls`` after 5 warm-up calls) at ``--rows`` rows (the fine-tuners'
-``train_batch``), one thread, of: the plain pretrained network (the frozen reference), the policy with peft
-LoRA adapters of ``--rank`` (how every fine-tuner trains it, ``lora_rank=4``, through the lean forward of
-``sqdf_bbo/backbones/lora.py``), the same policy through peft's own forward (``lora_peft``), the LoRA
+``train_batch``), one thread, of: the plain pretrained network (the frozen reference), the policy with LoRA
+adapters of ``--rank`` (how every fine-tuner trains it, ``lora_rank=4``: the hand-written ``LoraLinear`` of
+``sqdf_bbo/backbones/lora.py``), the same policy as peft ``lora.Linear`` layers holding the same weights, through
+peft's own forward (``lora_peft``; rows committed before the hand-written layer timed peft layers with a lean
+forward as ``lora``), the LoRA
 policy with its adapters merged (what no-grad sampling uses), and a what-if used nowhere else: the LoRA
 policy computing W + s·B·A inside every call (``lora_merged_per_call``: the same function, other
 rounding); each without grad and with a backward pass (to the LoRA weights for the LoRA policies, to the
@@ -31,17 +33,17 @@ def merged_per_call_copy(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     import torch.nn.functional as F
-    from peft.tuners import lora as peft_lora
 
-    class MergedPerCallLinear(peft_lora.Linear):
-        def forward(self, x, *args, **kwargs):
-            name = self.active_adapters[0]
-            w = self.base_layer.weight + (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
-            return F.linear(x, w, self.base_layer.bias)
+    from sqdf_bbo.backbones.lora import ADAPTER, LoraLinear
+
+    class MergedPerCallLinear(LoraLinear):
+        def forward(self, x):
+            A, B = self.lora_A[ADAPTER].weight, self.lora_B[ADAPTER].weight
+            return F.linear(x, self.base_layer.weight + (B @ A) * self.scaling[ADAPTER], self.base_layer.bias)
 
     twin = copy.deepcopy(model)
     for module in twin.modules():
-        if isinstance(module, peft_lora.Linear):
+        if type(module) is LoraLinear:
             module.__class__ = MergedPerCallLinear
     return twin
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.perf_main import git_commit_short
     from benchmarks.perf_methods import write_csv
     from sqdf_bbo.agents import resolve_method
-    from sqdf_bbo.backbones.lora import peft_forward_copy
+    from sqdf_bbo.backbones.lora import peft_copy
     from sqdf_bbo.tasks import make_task
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf_lora", description=__doc__.split("\n")[0])
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(a.task)
     cls = resolve_method("draft-1")  # any OnlineFinetuneAgent: it wraps the policy as every fine-tuner does
     agent = cls(task.info, cls.resolve_config(task.info, {"lora_rank": a.rank}), seed=0)
-    modules = {"plain": agent.reference, "lora": agent.policy, "lora_peft": peft_forward_copy(agent.policy),
+    modules = {"plain": agent.reference, "lora": agent.policy, "lora_peft": peft_copy(agent.policy),
                "lora_merged": agent.sampling_policy(), "lora_merged_per_call": merged_per_call_copy(agent.policy)}
     print(f"merged per call vs lean forward, random adapters: max abs. difference "
           f"{what_if_difference(agent.policy, agent.reference.latent_shape):.1e}", file=sys.stderr)

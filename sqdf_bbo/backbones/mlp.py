@@ -75,6 +75,16 @@ class MLPDenoiser(Backbone):
     def lora_targets(self) -> list[str]:
         return ["inp", "lin1", "lin2", "out", "time_embed.linear_1", "time_embed.linear_2"]
 
+    def add_lora(self, rank: int) -> None:
+        """Wrap ``lora_targets()`` with the hand-written LoRA of sqdf_bbo/backbones/lora.py (alpha = rank,
+        Gaussian A, zero B: the output is unchanged; peft's layout, arithmetic and init draws, without peft);
+        afterwards only the LoRA weights require grad."""
+        from sqdf_bbo.backbones.lora import add_lora
+
+        add_lora(self, self.lora_targets(), r=rank, lora_alpha=rank, init_lora_weights="gaussian")
+        for name, p in self.named_parameters():
+            p.requires_grad_("lora_" in name)
+
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
