@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-create the committed reward–KL frontier (results/frontier.csv, results/frontier_<task>.png,
 # results/frontier_leaderboard.{csv,md}, and one row per run in results/frontier_runs.csv): every method on
-# ackley-manifold, levy-manifold, rastrigin-manifold and levy, budget 1000, seeds 0-2, each method over its
+# ackley-manifold, levy-manifold, rastrigin-manifold and levy, budget 1000, seeds 0-4, each method over its
 # knob grid (the rule in benchmarks/frontier.py: beta = 0.01, 0.1, 1, 10 for the KL-regularised methods and
 # fk-steering; a knob the agent class declares in its `frontier_knob` attribute -- raft's keep_fraction
 # 0.03, 0.1, 0.25, 0.5 and diffusion-nft's nft_beta 0.1, 1, 10, 100; lr = default x 0.01, 0.1, 1, 10 for the
@@ -20,8 +20,8 @@ OUT=${1:-runs/frontier}
 WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TASKS=ackley-manifold,levy-manifold,rastrigin-manifold,levy
-TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft)
-PEERS=(best-of-n svdd fk-steering)  # inference-time: refit the same proxy, train nothing
+TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find)
+PEERS=(best-of-n svdd fk-steering dts dts-star)  # inference-time: refit the same proxy, train nothing
 PRIOR_FREE=(random turbo qlognei)  # ignore the diffusion prior: no path KL, one point each
 METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}"),$(IFS=,; echo "${PRIOR_FREE[*]}")
 
@@ -46,7 +46,7 @@ done
 PER_METHOD+=(--set-for qlognei q_chunk=32 --set-for qlognei num_restarts=4 --set-for qlognei raw_samples=256
              --set-for qlognei maxiter=50 --set-for qlognei mc_samples=128)
 
-python -m benchmarks.frontier --tasks "$TASKS" --methods "$METHODS" --budget 1000 --seeds 0-2 \
+python -m benchmarks.frontier --tasks "$TASKS" --methods "$METHODS" --budget 1000 --seeds 0-4 \
     --out "$OUT" --workers "$WORKERS" --threads 1 --resume --no-progress \
     --set run.n_eval=128 "${PER_METHOD[@]}" \
     --csv results/frontier.csv --plots results/ --leaderboard results/frontier_leaderboard.csv \

@@ -143,8 +143,6 @@ TIMING_KEYS = ("wall_time_s", "peak_mem_mb", "round_wall_s")
 #: metrics, how often checkpoints are saved, how an oracle failure is retried)
 RESUME_MUTABLE = ("tracker", "checkpoint_every", "checkpoint_every_s", "oracle_retries", "oracle_retry_wait_s",
                   "isolate", "agent_timeout_s")
-#: run settings of where the agent runs, not what it computes: not protocol inputs (sqdf_bbo/protocol.py)
-ISOLATION_SETTINGS = ("isolate", "agent_timeout_s")
 #: an isolated plug-in's per-call limit when run.agent_timeout_s is not set (seconds)
 PLUGIN_TIMEOUT_S = 3600.0
 
@@ -705,9 +703,8 @@ class Run:
             "command": "python -m sqdf_bbo.run " + " ".join(sys.argv[1:]),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        # where the agent runs is not part of what the run computes
-        inputs = {**rec, "run": {k: v for k, v in self.run_cfg.items() if k not in ISOLATION_SETTINGS}}
-        return {**rec, **protocol.run_protocol(inputs, self.task, self.agent_cls), **protocol.machine_record()}
+        # where the agent runs (isolation) is one of protocol.NON_RESULT_RUN_SETTINGS: not part of the id
+        return {**rec, **protocol.run_protocol(rec, self.task, self.agent_cls), **protocol.machine_record()}
 
     def write_logs(self, st: RunState) -> None:
         import pandas as pd
@@ -843,12 +840,8 @@ class Run:
             self.close()
 
     def _execute(self, progress: bool) -> dict:
-        from tqdm import tqdm
-
         env, agent, st = self.start()
-        bar = tqdm(total=self.args.budget, initial=len(st.queries), unit="query",
-                   disable=not (progress and self.rank == 0), desc=f"{self.args.task}/{self.args.method}",
-                   dynamic_ncols=True)
+        bar = self._progress(st, agent, enabled=progress and self.rank == 0)
         for r in range(st.next_round, len(self.sizes)):
             self.run_round(r, env, agent, st, bar)
             if os.environ.get("SQDF_BBO_CRASH_AFTER_ROUND") == str(r + 1):  # test hook: simulate a kill
@@ -856,6 +849,34 @@ class Run:
                 os._exit(17)
         bar.close()
         return self.finish(st)
+
+    def _progress(self, st: RunState, agent, enabled: bool):
+        """The progress bar in predicted seconds of work (sqdf_bbo/progress.py), its costs learned from the
+        rounds recorded so far (a resumed run's too) and the units of a resumed round already done."""
+        from sqdf_bbo.progress import CostModel, RoundState, RunProgress
+
+        def count(key: str) -> Optional[int]:  # an int setting of the agent's (None: it has none)
+            v = self.agent_config.get(key)
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        # the optimizer steps per round (None: counted in the first round) and the proxy refit's mini-batch
+        model = CostModel(self.sizes, count("updates_per_round"), self.run_cfg["n_eval"], count("proxy_batch"))
+        for rec in st.rounds:
+            if rec["round"] == 0:
+                model.learn_pretrained(rec)
+            else:
+                model.learn_record(rec)
+        state, spent = None, sum(rec.get("round_wall_s", 0.0) for rec in st.rounds if rec["round"] > 0)
+        if st.in_round is not None:  # resumed after the round's query phase
+            spent += sum(st.in_round.get("phase_wall_s", {}).values())
+            n = self.sizes[st.next_round]
+            model.learn_record({"round": st.next_round + 1, "round_size": n, **st.in_round},
+                               phases=("propose", "query"))
+            progress = getattr(agent, "round_progress", None)
+            state = RoundState(propose=n, query=n,
+                               steps=int(progress.get("done", 0)) if isinstance(progress, dict) else 0)
+        return RunProgress(model, st.next_round, state, spent_s=spent, desc=f"{self.args.task}/{self.args.method}",
+                           disable=not enabled)
 
     def start(self) -> tuple[Any, Any, RunState]:
         """(env, agent, state): restored from the last checkpoint on --resume, else fresh (seeds set,
@@ -988,6 +1009,7 @@ class Run:
             bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: sampling")
             gen = torch.Generator().manual_seed(args.seed * 100_003 + r + 1)
             designs = self._check_designs(self.propose(agent, n, gen, st, r + 1), n)
+            bar.advance("propose", n)
             t_query = time.time()
             observed = self._query(env, designs, st, r, bar) if main else None  # process 0 alone spends budget
             if self.dp is not None:
@@ -996,18 +1018,20 @@ class Run:
                 agent.observe(designs.clone(), torch.from_numpy(np.array(observed)))
             st.in_round = {"round": r + 1, "phase_wall_s": {"propose": t_query - t0 - self._checkpoint_wall_s,
                                                             "query": time.time() - t_query}}
+            bar.query_phase_done({"round_size": n, **st.in_round})
             if main:
                 st.env = env.get_state()
             self.save_checkpoint(st, agent)  # a kill from here on re-buys nothing and redoes no sampling
         phases = dict(st.in_round.get("phase_wall_s", {}))  # this process's share when resumed mid-round
         best = max(q["true"] for q in st.queries) if main else float("nan")
         bar.set_postfix_str(f"round {r + 1}/{len(self.sizes)}: fine-tuning, best {best:.4g}")
-        agent.update_hook = self._mid_round_checkpointer(st, agent)
+        agent.update_hook = bar.step_hook(self._mid_round_checkpointer(st, agent))  # counts each step
         t_improve, ckpt_before = time.time(), self._checkpoint_wall_s
         with agent_call(args.method, "improve"):
             train_stats = dict(agent.improve() or {})
         phases["improve"] = time.time() - t_improve - (self._checkpoint_wall_s - ckpt_before)
         agent.update_hook = None
+        bar.train_done()
         st.in_round = None
         st.next_round = r + 1
         st.wall_s += time.time() - t0
@@ -1035,6 +1059,7 @@ class Run:
             self.write_logs(st)
             self.track(st)
         self.save_checkpoint(st, agent)
+        bar.end_round(st.rounds[-1] if main else None)  # learns the round's train and evaluation costs
 
     def finish(self, st: RunState) -> dict:
         """final.json (process 0; the others wait for it and read it)."""
@@ -1087,7 +1112,7 @@ class Run:
                     os._exit(17)
             observed.append(obs)
             true.append(tru)
-            bar.update(len(obs))
+            bar.advance("query", len(obs))
         observed, true = np.concatenate(observed), np.concatenate(true)
         extras = {k: torch.as_tensor(v).double().numpy() for k, v in task.extra_values(designs).items()}
         # the naturalness gate of each queried design (harness side; the gate is not the oracle, so no query is
