@@ -153,7 +153,7 @@ HASH_NEUTRAL_DEFAULTS = {"proxy_arch": "mlp"}
 #: run settings that do not change what a run computes (oracle retries, the optional tracker, checkpoints)
 #: or change only its float rounding, as the thread count does (the UNet's memory layout)
 HASH_NEUTRAL_RUN = ("oracle_retries", "oracle_retry_wait_s", "tracker", "checkpoint_every", "checkpoint_every_s",
-                    "channels_last")
+                    "channels_last", "isolate", "agent_timeout_s")  # where the agent runs: same result
 #: run settings added later whose default is what runs before them computed
 HASH_NEUTRAL_RUN_DEFAULTS = {"precision": "fp32"}
 #: agent settings that are derived from others (beta is recorded beside the native knob it sets)

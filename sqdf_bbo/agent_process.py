@@ -104,6 +104,8 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if not any(h and h in v for h in hidden)}
         env["PWD"] = self.cwd
         env.pop("OLDPWD", None)
+        # the harness's intra-op thread count: another count changes float32 rounding of the same computation
+        env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sqdf_bbo.agent_process", str(child_sock.fileno())],

@@ -157,6 +157,17 @@ def test_a_thread_left_running_does_not_keep_the_run_alive(tmp_path, monkeypatch
 
 # ---- an honest agent: the same numbers isolated and in-process; a killed harness resumes exactly ---------
 def test_an_honest_plugin_gives_the_same_numbers_isolated_and_in_process(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the child must compute with the harness's thread count, not its default
+    try:
+        _honest_plugin_isolated_and_in_process(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _honest_plugin_isolated_and_in_process(tmp_path):
     argv = [*LEVY, "--method", "hostile_agents:PlainSQDF", *SQDF]
     assert main(argv + ["--out", str(tmp_path / "iso")]) == 0
     assert main(argv + ["--out", str(tmp_path / "inproc"), "--set", "run.isolate=false"]) == 0

@@ -111,7 +111,11 @@ def test_two_process_kill_and_resume_is_exact(tmp_path):
 def test_plugin_without_data_parallel_is_refused(tmp_path, capfd):
     argv = ["--task", "ackley", "--method", "test_run_data_parallel:_NoDP", "--budget", "8",
             "--no-progress", "--set", "run.rounds=1", "--set", "run.batch_size=8", "--out", str(tmp_path)]
+    # a plug-in runs isolated by default, and an isolated agent lives in one child process: refused first
     assert _launch(argv, expect_rc=2) is None
+    assert "run.isolate=true runs the agent in one child process" in capfd.readouterr().err
+    # in process (run.isolate=false) the agent itself must declare data-parallel support
+    assert _launch(argv + ["--set", "run.isolate=false"], expect_rc=2) is None
     assert "does not support several processes" in capfd.readouterr().err
 
 

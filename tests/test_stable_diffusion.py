@@ -380,7 +380,8 @@ def _method_list():
     from sqdf_bbo.agents import available_methods, resolve_method
     from sqdf_bbo.agents.online import OnlineFinetuneAgent
 
-    return [m for m in available_methods() if issubclass(resolve_method(m), OnlineFinetuneAgent)]
+    # FIND trains a distribution of the initial noise, not a LoRA adapter (tests/test_find.py checks it)
+    return [m for m in available_methods() if issubclass(resolve_method(m), OnlineFinetuneAgent) and m != "find"]
 
 
 @pytest.mark.parametrize("method", ["best-of-n", "svdd"])
