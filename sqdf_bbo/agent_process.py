@@ -517,11 +517,15 @@ class _nullcontext:
         return False
 
 
+#: longest text statistic an isolated agent may report (characters; longer ones are cut)
+STAT_TEXT_MAX = 2000
+
+
 def _json_number(v: Any) -> Any:
     try:
         return float(v)
     except (TypeError, ValueError):
-        return str(v)[:200]
+        return str(v)[:STAT_TEXT_MAX]
 
 
 def _die_with_parent() -> None:
