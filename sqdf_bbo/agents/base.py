@@ -15,6 +15,7 @@ run is built. A plug-in agent may give a plain ``default_config`` dict instead (
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -56,7 +57,11 @@ class Agent:
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         self.task = task
         self.seed = int(seed)
-        self.config = self.resolve_config(task, config or {})
+        self.config = self.resolve_config(task, config or {})  # plain dict: provenance, checkpoints, protocol
+        typed = self.typed_settings()
+        #: the resolved settings, resolved once: an instance of ``Settings`` (attribute access, typed), or a
+        #: namespace of the plain ``default_config`` keys for an untyped plug-in agent
+        self.cfg = typed(**self.config) if typed is not None else types.SimpleNamespace(**self.config)
 
     @classmethod
     def resolve_config(cls, task: TaskInfo, overrides: dict) -> dict:
@@ -95,7 +100,7 @@ class Agent:
 
     # ---- checkpoints (sqdf_bbo/checkpoint.py: safetensors + JSON, no pickle) --------------------------
     #: attributes __init__ rebuilds from (task, config, seed): never saved; a subclass adds its own
-    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "seed", "dp", "update_hook")
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "cfg", "seed", "dp", "update_hook")
     #: set by the runner during improve(): an agent that can resume mid-improve calls it with the number of
     #: optimizer steps done after each one (the runner may checkpoint then); None outside improve()
     update_hook: ClassVar[Optional[Any]] = None
@@ -258,6 +263,7 @@ class DiffusionAgent(Agent):
                 raise ValueError(f"{key}={v} must be divisible by the number of processes {P} "
                                  "(each process takes an equal share)")
             self.config[key] = v // P
+            setattr(self.cfg, key, v // P)
         self.generator = dp.local_generator(self.seed)
         self.dp_world_size, self.dp_rank = P, dp.rank
         self.setup_data_parallel(dp)
