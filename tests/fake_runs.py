@@ -134,7 +134,7 @@ FAKE_KNOBS = {"beta": lambda v: 1.0 / v, "lr": lambda v: v / 1e-3}
 def write_fake_frontier(out: Path, grid: dict, tasks: Sequence[str] = ("ackley", "levy-manifold"),
                         seeds: Sequence[int] = range(3), budget: int = 200, rounds: int = 3,
                         with_png: bool = False) -> list[Path]:
-    """Fake runs laid out as ``benchmarks.frontier`` writes them: ``<out>/<method>__<knob>=<value>/<run>``
+    """Fake runs laid out as ``benchmarks.run.frontier`` writes them: ``<out>/<method>__<knob>=<value>/<run>``
     (``<method>__default`` for a knob of None), config.json recording the knob. ``grid``: method ->
     (knob, values) or None. Returns the run folders."""
     dirs = []

@@ -1,0 +1,128 @@
+"""Fixed cost of a synthetic run: the seconds a run spends outside its own timed rounds (target: <= 2 s).
+
+    python -m benchmarks.perf.perf_startup                    # levy / sqdf / budget 64 / one round, 3 repeats
+    python -m benchmarks.perf.perf_startup --method random --repeats 5 --append
+
+Each repeat runs the main command in a fresh interpreter,
+
+    python -m sqdf_bbo.run --task levy --method sqdf --budget 64 --set run.rounds=1 --no-progress --out TMP
+
+through a small wrapper that calls ``sqdf_bbo.run.main`` with the same arguments and also times three parts
+of the start-up from inside: ``import sqdf_bbo.run``, the package versions recorded in config.json
+(``_versions``) and the PNG renders (``Run._render``). ``fixed_s`` is the child's wall time (measured
+outside, interpreter start included) minus the run's own ``wall_time_s`` (final.json: the timed rounds).
+The printed row is the median over repeats of each timing, with the command, the CPU model and the
+1-minute load average before and after: on a shared machine (load above the number of cores) every
+number overstates the cost. ``--append`` adds the row to ``results/perf_startup.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COLUMNS = ["task", "method", "budget", "rounds", "threads", "repeats", "wall_s", "run_wall_s", "fixed_s",
+           "import_run_s", "versions_s", "render_s", "target_fixed_s", "meets_target", "load_before",
+           "load_after", "command", "machine", "git_commit"]
+TARGET_FIXED_S = 2.0
+
+#: the child: sqdf_bbo.run.main(argv) (what ``python -m sqdf_bbo.run`` calls), with three parts timed
+_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+import sqdf_bbo.run as R
+parts = {"import_run_s": time.perf_counter() - t0, "versions_s": 0.0, "render_s": 0.0}
+
+def timed(fn, key):
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            parts[key] += time.perf_counter() - t
+    return wrapper
+
+R._versions = timed(R._versions, "versions_s")
+R.Run._render = timed(R.Run._render, "render_s")
+sys.argv = ["sqdf_bbo.run", *sys.argv[2:]]
+rc = R.main(sys.argv[1:])
+with open(PARTS_PATH, "w") as f:
+    json.dump(parts, f)
+sys.exit(rc)
+"""
+
+
+def cli_args(task: str, method: str, budget: int, rounds: int, out: str, extra: list[str]) -> list[str]:
+    return ["--task", task, "--method", method, "--budget", str(budget), "--set", f"run.rounds={rounds}",
+            "--no-progress", "--out", out, *extra]
+
+
+def run_once(task: str, method: str, budget: int, rounds: int, threads: int, extra: list[str]) -> dict:
+    """One child run; returns its timings in seconds."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory(prefix="perf_startup_") as tmp:
+        parts_path = Path(tmp) / "parts.json"
+        code = _CHILD.replace("PARTS_PATH", repr(str(parts_path)))
+        cmd = [sys.executable, "-c", code, "--", *cli_args(task, method, budget, rounds, tmp, extra)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        final = json.loads(next(Path(tmp).glob("*/final.json")).read_text())
+        parts = json.loads(parts_path.read_text())
+    return {"wall_s": wall, "run_wall_s": float(final["wall_time_s"]),
+            "fixed_s": wall - float(final["wall_time_s"]), **parts}
+
+
+def measure(task: str = "levy", method: str = "sqdf", budget: int = 64, rounds: int = 1, threads: int = 1,
+            repeats: int = 3, extra: list[str] | None = None) -> dict:
+    """The CSV row: medians over ``repeats`` child runs, plus the conditions they ran under."""
+    extra = list(extra or [])
+    load_before = os.getloadavg()[0]
+    runs = [run_once(task, method, budget, rounds, threads, extra) for _ in range(repeats)]
+    load_after = os.getloadavg()[0]
+    from benchmarks.perf.perf_core import machine  # imports torch: after the timed children
+    from benchmarks.perf.perf_main import git_commit_short
+
+    med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+    command = "python -m sqdf_bbo.run " + " ".join(cli_args(task, method, budget, rounds, "TMP", extra))
+    return {"task": task, "method": method, "budget": budget, "rounds": rounds, "threads": threads,
+            "repeats": repeats, **med, "target_fixed_s": TARGET_FIXED_S,
+            "meets_target": med["fixed_s"] <= TARGET_FIXED_S, "load_before": round(load_before, 2),
+            "load_after": round(load_after, 2), "command": command, "machine": machine(),
+            "git_commit": git_commit_short()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="levy")
+    p.add_argument("--method", default="sqdf")
+    p.add_argument("--budget", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of the child")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra --set passed to the run (repeatable)")
+    p.add_argument("--append", action="store_true", help="append the row to --out")
+    p.add_argument("--out", type=Path, default=Path("results/perf_startup.csv"))
+    a = p.parse_args(argv)
+    extra = [x for s in a.sets for x in ("--set", s)]
+    row = measure(a.task, a.method, a.budget, a.rounds, a.threads, a.repeats, extra)
+    print(json.dumps(row), flush=True)
+    if a.append:
+        from benchmarks.perf.perf_main import append_row
+
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        append_row(a.out, row, COLUMNS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Tables, figures and docs pages from finished runs or per-run records; starts no run (see
+benchmarks/__init__.py)."""

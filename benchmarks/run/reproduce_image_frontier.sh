@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The image-tier reward–KL frontier (issue 12, item 6): every method that fine-tunes or steers the embedded
+# 16x16 UNet on `aesthetic-manifold` (the oracle gives images that leave the natural-patch manifold the worst
+# value a natural patch gets), budget 1000 in 4 rounds, seeds 0-2, each method over the grid rule of
+# benchmarks/run/frontier.py (beta = 0.01, 0.1, 1, 10 for the KL-regularised methods and fk-steering; the knob an
+# agent class declares in `frontier_knob` -- raft's keep_fraction 0.03, 0.1, 0.25, 0.5, diffusion-nft's
+# nft_beta 0.1, 1, 10, 100; lr = default x 0.01, 0.1, 1, 10 for the other methods without a KL term) except
+# the candidate counts of best-of-n and svdd, capped at 2, 4, 16 for both: 64 candidates per proposal would
+# cost about an hour per run on one core (64 x 20 UNet steps per query). The BO peers ignore the image prior
+# and are not run. Resumable: re-running skips finished runs and continues interrupted ones, so it can be
+# spread over several sessions (about 9-10 h on 2 cores in all, ~6.5 min per run and worker). One row per run
+# goes to results/frontier_image_runs.csv, from which `python -m benchmarks.run.frontier --from-runs` rebuilds
+# the tables and the frontier plot (the samples figure needs the run folders).
+#
+#   bash benchmarks/run/reproduce_image_frontier.sh [OUT=runs/frontier_image] [WORKERS=2]
+#
+# Extra arguments after the first two go to the frontier tool (e.g. --dry-run to list and check every run).
+# Settings common to every method (as the committed `aesthetic` leaderboard): 128 eval draws, the task's 20
+# DDIM steps, and for the fine-tuners 10 updates per round and 30 proxy epochs; the peers refit the same
+# proxy with 30 epochs.
+set -euo pipefail
+OUT=${1:-runs/frontier_image}
+WORKERS=${2:-2}
+shift $(( $# > 2 ? 2 : $# ))
+TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft)
+PEERS=(best-of-n svdd fk-steering)
+METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}")
+PER_METHOD=()
+for m in "${TRAINED[@]}"; do
+    PER_METHOD+=(--set-for "$m" updates_per_round=10 --set-for "$m" proxy_epochs=30)
+done
+for m in "${PEERS[@]}"; do
+    PER_METHOD+=(--set-for "$m" proxy_epochs=30)
+done
+
+python -m benchmarks.run.frontier --tasks aesthetic-manifold --methods "$METHODS" --budget 1000 --seeds 0-2 \
+    --out "$OUT" --workers "$WORKERS" --threads 1 --resume --no-progress \
+    --set run.n_eval=128 "${PER_METHOD[@]}" --grid best-of-n=2,4,16 --grid svdd=2,4,16 \
+    --csv results/frontier_image.csv --plots results/ --leaderboard results/frontier_image_leaderboard.csv \
+    --md results/frontier_image_leaderboard.md --runs-csv results/frontier_image_runs.csv "$@"
