@@ -230,7 +230,7 @@ def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
 def test_run_settings_are_typed_and_checked_before_anything(tmp_path, capsys, item, pattern):
     import re
 
-    from benchmarks.sweep import SweepError, validate
+    from benchmarks.run.sweep import SweepError, validate
 
     assert main(["--task", "levy", "--method", "random", "--budget", "8", "--out", str(tmp_path / "o"),
                  "--set", item]) == 2

@@ -1,6 +1,6 @@
 """The committed frontier reproduces from a clean clone: re-run one of its cells (levy x sqdf at beta = 1,
-seeds 0-2, budget 1000, the exact settings of benchmarks/reproduce_frontier.sh) through
-benchmarks.frontier and check its mean eval reward and path KL against the committed 95% CIs of
+seeds 0-2, budget 1000, the exact settings of benchmarks/run/reproduce_frontier.sh) through
+benchmarks.run.frontier and check its mean eval reward and path KL against the committed 95% CIs of
 results/frontier.csv. On the CPU model that made the committed cell a re-run is bit for bit the same, so
 its mean lies in the committed CI; on another CPU model (this project's machines differ: Intel Xeon, AMD
 EPYC) the kernels round differently and the seeds follow other trajectories, so the re-run is a fresh
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import frontier
-from benchmarks.precision_check import paired_t_interval
+from benchmarks.perf.precision_check import paired_t_interval
+from benchmarks.run import frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results" / "frontier.csv"

@@ -1,4 +1,4 @@
-"""The committed image-tier frontier (results/frontier_image*.csv) is what benchmarks/reproduce_image_frontier.sh
+"""The committed image-tier frontier (results/frontier_image*.csv) is what benchmarks/run/reproduce_image_frontier.sh
 plans: the script's dry run lists one run per grid point and seed, every committed grid point at 3 seeds, for
 every method whose grid rule is unchanged since the CSV was made. raft and diffusion-nft now sweep their
 declared knob (keep_fraction, nft_beta) instead of lr: for them the dry run must plan the new rule, and their
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import frontier as fr
+from benchmarks.run import frontier as fr
 
 ROOT = Path(__file__).resolve().parents[1]
 #: methods whose grid rule changed after the committed CSV was made: their committed points may be stale
@@ -28,7 +28,7 @@ def test_reproduce_script_plans_the_committed_grid_and_the_new_rule(tmp_path, ca
     committed = pd.read_csv(ROOT / "results" / "frontier_image.csv")
     assert set(committed.task) == {"aesthetic-manifold"} and (committed.n_seeds == 3).all()
     assert (committed.budget == 1000).all()
-    out = subprocess.run(["bash", "benchmarks/reproduce_image_frontier.sh", str(tmp_path / "runs"), "1", "--dry-run"],
+    out = subprocess.run(["bash", "benchmarks/run/reproduce_image_frontier.sh", str(tmp_path / "runs"), "1", "--dry-run"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import leaderboard as lb
-from benchmarks import sweep
+from benchmarks.report import leaderboard as lb
+from benchmarks.run import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results" / "leaderboard.csv"

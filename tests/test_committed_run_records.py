@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import leaderboard as lb
+from benchmarks.report import leaderboard as lb
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "results" / "run_records" / "aesthetic_b1000"

@@ -1,7 +1,7 @@
-"""benchmarks/compare.py: a new method against committed per-run records, without re-running them.
+"""benchmarks/run/compare.py: a new method against committed per-run records, without re-running them.
 
-The committed records are a tiny fixture made here by the real pipeline (``benchmarks.frontier`` into grid
-folders, then ``benchmarks.run_records``) under a tiny suite: levy, budget 16, 2 rounds, 16 eval draws,
+The committed records are a tiny fixture made here by the real pipeline (``benchmarks.run.frontier`` into grid
+folders, then ``benchmarks.report.run_records``) under a tiny suite: levy, budget 16, 2 rounds, 16 eval draws,
 seeds 0-2; methods the pretrained model (4 DDIM steps; the canary) and a fake weak plug-in
 (``compare_agents:Weak``, beta = 1, 10). Made in the test, not committed, because its protocol ids hash
 the embedded weights of this checkout.
@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks import compare, frontier, leaderboard, run_records as rr
+from benchmarks.report import leaderboard, run_records as rr
+from benchmarks.run import compare, frontier
 
 TINY = compare.Suite("tiny", "", "tests/test_compare.py", ("run.n_eval=16", "run.rounds=2"), {"num_steps": 4})
 SEEDS = [0, 1, 2]

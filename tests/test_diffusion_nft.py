@@ -103,7 +103,7 @@ def test_agent_moves_towards_the_proxy_best():
 
 def test_frontier_sweeps_nft_beta_at_the_default_kl_coef():
     """The grid rule sweeps the declared β_NFT (not lr), every value passes the typed settings, κ stays 1e-4."""
-    from benchmarks import frontier as fr
+    from benchmarks.run import frontier as fr
 
     info = make_task("levy").info
     plan = fr.plan_grid(["diffusion-nft"])["diffusion-nft"]

@@ -37,10 +37,10 @@ def test_no_file_cites_documents_outside_the_repository():
 
 
 def test_generated_docs_pages_are_up_to_date():
-    from benchmarks import docs_assets
+    from benchmarks.report import docs_assets
 
     stale = docs_assets.stale()
-    assert not stale, f"stale generated docs files {stale}: run `python -m benchmarks.docs_assets`"
+    assert not stale, f"stale generated docs files {stale}: run `python -m benchmarks.report.docs_assets`"
 
 
 def test_every_built_in_method_has_a_docs_page_and_a_settings_section():

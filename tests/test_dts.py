@@ -147,7 +147,7 @@ def test_dts_star_returns_each_trees_best_leaf():
 
 
 def test_agent_steers_levy_towards_higher_proxy_reward_and_settings():
-    from benchmarks.frontier import plan_grid
+    from benchmarks.run.frontier import plan_grid
     from sqdf_bbo.run import settings_help
 
     info = make_task("levy").info

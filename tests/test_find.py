@@ -178,7 +178,7 @@ def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
 
 
 def test_settings_are_typed_and_beta_is_the_frontier_knob():
-    from benchmarks.frontier import plan_grid
+    from benchmarks.run.frontier import plan_grid
     from sqdf_bbo.run import settings_help
 
     info = make_task("levy").info

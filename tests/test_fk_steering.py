@@ -142,7 +142,7 @@ def test_cli_bad_setting_is_one_line_before_any_query(tmp_path, capsys):
 
 
 def test_beta_maps_to_the_potential_scale_and_the_frontier_sweeps_it():
-    from benchmarks.frontier import plan_grid
+    from benchmarks.run.frontier import plan_grid
 
     info = make_task("levy").info
     c = FKSteeringAgent.resolve_config(info, {"beta": 0.1})

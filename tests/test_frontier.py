@@ -1,4 +1,4 @@
-"""Tests of benchmarks/frontier_stats.py (hand-computed frontiers) and benchmarks/frontier.py (grid rule,
+"""Tests of benchmarks/report/frontier_stats.py (hand-computed frontiers) and benchmarks/run/frontier.py (grid rule,
 argument checks, dry run, and --report-only over fake run folders). Nothing here trains a model."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import frontier as fr
-from benchmarks import frontier_stats as fs
-from benchmarks._fake_runs import write_fake_frontier
+from benchmarks.report import frontier_stats as fs
+from benchmarks.run import frontier as fr
+from fake_runs import write_fake_frontier
 from sqdf_bbo.agents import Agent, resolve_method
 
 # ---- the frontier math against hand-computed examples --------------------------------------------
@@ -328,7 +328,7 @@ def test_declared_knob_wins_and_peer_fine_tuners_sweep_their_own_knob():
 
 def test_best_of_n_sweeps_its_oversample_grid():
     from baselines.best_of_n import BestOfNAgent
-    from benchmarks import frontier as fr
+    from benchmarks.run import frontier as fr
 
     assert fr.default_knob("best-of-n", BestOfNAgent) == "oversample"
     assert fr.rule_values("best-of-n", BestOfNAgent, "oversample") == [2, 4, 16, 64]
@@ -340,8 +340,8 @@ def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier
     import numpy as np
     import pandas as pd
 
-    from benchmarks import frontier_stats as fs
-    from benchmarks.leaderboard import normalisation_bounds
+    from benchmarks.report import frontier_stats as fs
+    from benchmarks.report.leaderboard import normalisation_bounds
 
     finals = pd.DataFrame({"task": ["t-manifold"] * 4, "budget": [100] * 4, "seed": [0, 1, 0, 1],
                            "method": ["sqdf", "sqdf", "random", "random"],
@@ -366,7 +366,7 @@ def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier
 def test_verdicts_compare_confidence_intervals_by_hand():
     """Where one method's frontier lies against another's: above / below when the 95 % CIs separate, on when
     they overlap, only X when one frontier does not reach that KL (docs/results.md, 'What the frontier says')."""
-    from benchmarks import frontier_readme as fr_md
+    from benchmarks.report import frontier_readme as fr_md
 
     def row(method, auf, at1, at10, kl_measured=True):
         r = {"task": "t", "method": method, "kl_measured": kl_measured}
@@ -411,7 +411,7 @@ def test_verdicts_compare_confidence_intervals_by_hand():
 def test_near_kl_picks_each_methods_grid_point_nearest_on_a_log_scale(tmp_path, capsys):
     """Naturalness at matched KL: per method the grid point whose path KL is nearest the target in log
     distance (3 nats: 2 beats 5, since |log 2/3| = 0.41 < |log 5/3| = 0.51), 'none within' beyond the factor."""
-    from benchmarks import frontier_readme as fr_md
+    from benchmarks.report import frontier_readme as fr_md
 
     def pt(method, knob, value, kl, reward, fd):
         return {"task": "t", "method": method, "knob": knob, "value": value, "n_seeds": 3, "path_kl_mean": kl,
@@ -481,7 +481,7 @@ def test_runs_csv_rebuilds_the_tables_and_plots_without_the_run_folders(fake_fro
     assert "sqdf__beta=0.1/ackley__sqdf__b200__s0" in set(rec["run_dir"])
     assert list(rec.columns[:6]) == ["task", "method", "knob", "value", "seed", "budget"]
     # the per-seed frontier verdicts read the same file
-    from benchmarks import frontier_readme as fr_md
+    from benchmarks.report import frontier_readme as fr_md
 
     capsys.readouterr()
     fr_md.main([str(runs_csv), "--run-verdicts", "sqdf", "--frontier", "auf"])
@@ -510,5 +510,5 @@ def test_runs_csv_filters_renormalise_and_sample_figures_need_the_folders(tmp_pa
         _same_frames(x, y)
     pd.read_csv(runs_csv).drop(columns="norm_low").to_csv(tmp_path / "bad.csv", index=False)
     assert fr.main(["--from-runs", str(tmp_path / "bad.csv"), "--csv", str(tmp_path / "x.csv"), "--plots", ""]) == 2
-    assert "lacks norm_low; write it with python -m benchmarks.frontier --runs-csv" in capsys.readouterr().err
+    assert "lacks norm_low; write it with python -m benchmarks.run.frontier --runs-csv" in capsys.readouterr().err
     assert fr.main(["--from-runs", str(tmp_path / "none.csv"), "--csv", str(tmp_path / "x.csv")]) == 2

@@ -1,5 +1,5 @@
 """The achievable frontier (upper concave envelope in linear KL), its per-seed t-intervals, failed runs and the
-point table's robust columns, against hand-computed values (benchmarks/frontier_stats.py, frontier.py)."""
+point table's robust columns, against hand-computed values (benchmarks/report/frontier_stats.py, frontier.py)."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy.stats import t as t_dist
 
-from benchmarks import frontier as fr
-from benchmarks import frontier_stats as fs
-from benchmarks import stats
+from benchmarks.report import frontier_stats as fs
+from benchmarks.report import stats
+from benchmarks.run import frontier as fr
 
 # Grid points (mean KL in nats, mean reward), pretrained r_pre = 0:
 #   P0 (1, 2), P1 (2, 2.2), P2 (4, 5), P3 (8, 5.5), P4 (5, 4.5), P5 (4, 3)
@@ -220,7 +220,7 @@ def test_per_seed_frontier_is_the_mean_combination_applied_per_seed():
 
 
 def test_frontier_verdicts_pair_seeds_and_call_a_clear_gap(tmp_path, capsys):
-    from benchmarks import frontier_readme as fr_md
+    from benchmarks.report import frontier_readme as fr_md
 
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.3, 6)  # shared by seed: the pairing removes it

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/stats.py (against scipy) and benchmarks/leaderboard.py (on fake run folders)."""
+"""Tests of benchmarks/report/stats.py (against scipy) and benchmarks/report/leaderboard.py (on fake run folders)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import scipy.stats as st
 
-from benchmarks import leaderboard as lb
-from benchmarks import stats
-from benchmarks._fake_runs import write_fake_run, write_fake_sweep
+from benchmarks.report import leaderboard as lb
+from benchmarks.report import stats
+from fake_runs import write_fake_run, write_fake_sweep
 
 FIXED = [np.array([3.1, -0.4, 2.2, 5.0, 1.7]),
          np.array([0.3, 0.9, -1.2, 4.4, 2.8, 2.0, 7.5, -3.3, 1.1, 0.0]),

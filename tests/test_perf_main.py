@@ -1,7 +1,7 @@
-"""benchmarks/perf_main.py: one real child run split into phases, and a CSV from before a column was added."""
+"""benchmarks/perf/perf_main.py: one real child run split into phases, and a CSV from before a column was added."""
 import csv
 
-from benchmarks import perf_main
+from benchmarks.perf import perf_main
 
 
 def test_a_run_is_split_into_phases_that_fit_its_wall_time(tmp_path):

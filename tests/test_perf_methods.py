@@ -1,11 +1,11 @@
-"""benchmarks/perf_methods.py: exclusive phase accounting (fake clock) and FLOP attribution (a known GEMM)."""
+"""benchmarks/perf/perf_methods.py: exclusive phase accounting (fake clock) and FLOP attribution (a known GEMM)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import perf_methods as pm
+from benchmarks.perf import perf_methods as pm
 
 
 def test_phase_time_is_exclusive(monkeypatch):
@@ -86,7 +86,7 @@ def test_matmul_flops_agree_with_flop_counter_mode_and_survive_autograd_grad():
 def test_perf_lora_times_the_five_ways_of_holding_the_policy(tmp_path):
     import csv
 
-    from benchmarks import perf_lora
+    from benchmarks.perf import perf_lora
 
     out = tmp_path / "lora.csv"
     assert perf_lora.main(["--rows", "2", "--calls", "1", "--out", str(out)]) == 0
@@ -99,7 +99,7 @@ def test_perf_lora_times_the_five_ways_of_holding_the_policy(tmp_path):
 
 def test_the_merged_per_call_what_if_is_the_lora_function_up_to_rounding():
     """perf_lora's what-if x (W + s B A)^T: same outputs and LoRA gradients as the lean forward (float64)."""
-    from benchmarks.perf_lora import merged_per_call_copy
+    from benchmarks.perf.perf_lora import merged_per_call_copy
     from sqdf_bbo.agents import resolve_method
     from sqdf_bbo.tasks import make_task
 

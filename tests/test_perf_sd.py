@@ -1,4 +1,4 @@
-"""benchmarks/perf_sd.py runs end to end on tiny configs (CPU), and its full-size configs are SD1.5 / CLIP ViT-L/14
+"""benchmarks/perf/perf_sd.py runs end to end on tiny configs (CPU), and its full-size configs are SD1.5 / CLIP ViT-L/14
 (parameter counts of the published models, built on the meta device: no memory, no download)."""
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_perf_sd_tiny_cpu(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.perf_sd import main
+    from benchmarks.perf.perf_sd import main
 
     out = tmp_path / "perf.csv"
     rows = main(["--tiny", "--device", "cpu", "--steps", "2", "--queries", "2", "--sample-batch", "2",

@@ -48,7 +48,7 @@ def test_a_synthetic_run_without_lora_never_imports_diffusers_or_peft(tmp_path):
 
 
 def test_perf_startup_row_and_append(tmp_path, capsys):
-    from benchmarks import perf_startup
+    from benchmarks.perf import perf_startup
 
     out = tmp_path / "perf_startup.csv"
     argv = ["--method", "random", "--budget", "16", "--repeats", "1", "--out", str(out)]

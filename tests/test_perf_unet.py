@@ -1,11 +1,11 @@
-"""benchmarks/perf_unet.py: its variants compute the same UNet (layouts exactly, bf16 within bf16 rounding),
+"""benchmarks/perf/perf_unet.py: its variants compute the same UNet (layouts exactly, bf16 within bf16 rounding),
 and bad arguments are refused with one line."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmarks import perf_unet
+from benchmarks.perf import perf_unet
 
 
 def test_variants_compute_the_same_unet():

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/plot.py: every figure renders from a tiny fake sweep as a valid, non-blank PNG."""
+"""Tests of benchmarks/report/plot.py: every figure renders from a tiny fake sweep as a valid, non-blank PNG."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import plot
-from benchmarks._fake_runs import write_fake_run, write_fake_sweep
+from benchmarks.report import plot
+from fake_runs import write_fake_run, write_fake_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -47,7 +47,7 @@ def test_all_figures_render(fake_runs, tmp_path):
 
 
 def test_curve_stats_round0_at_zero_queries_and_ci(fake_runs):
-    from benchmarks.leaderboard import load_runs
+    from benchmarks.report.leaderboard import load_runs
 
     _, rounds = load_runs([fake_runs])
     cs = plot.curve_stats(rounds, "eval_reward", reps=200)
@@ -79,7 +79,7 @@ def test_cli_error_on_empty_folder_and_min_seeds(fake_runs, tmp_path, capsys):
 
 
 def test_every_registered_method_has_its_own_colour():
-    from benchmarks.plot import METHOD_COLOURS
+    from benchmarks.report.plot import METHOD_COLOURS
     from sqdf_bbo.agents import available_methods
 
     assert set(available_methods()) == set(METHOD_COLOURS)  # a method dropped from the registry fails here

@@ -58,7 +58,7 @@ def test_readme_task_runs_from_the_cli(plugin_path, tmp_path):
 def test_entry_point_task_in_cli_sweep_and_gymnasium(plugin_path, tmp_path):
     p = run(["-c", "from sqdf_bbo.tasks import list_tasks; print('branin' in list_tasks())"], plugin_path, tmp_path)
     assert p.stdout.strip() == "True", p.stderr
-    p = run(["-m", "benchmarks.sweep", "--tasks", "branin,mytasks:make_task", "--methods", "random", "--seeds", "0-1",
+    p = run(["-m", "benchmarks.run.sweep", "--tasks", "branin,mytasks:make_task", "--methods", "random", "--seeds", "0-1",
              "--budget", "32", "--out", str(tmp_path / "sweep"), "--workers", "1", "--no-progress"], plugin_path, tmp_path)
     assert p.returncode == 0, p.stderr + p.stdout
     assert len(list((tmp_path / "sweep").glob("*/final.json"))) == 4

@@ -1,12 +1,12 @@
-"""benchmarks/precision_check.py: which runs are left (resumable), the arguments each run gets, and the
+"""benchmarks/perf/precision_check.py: which runs are left (resumable), the arguments each run gets, and the
 paired fp32-vs-bf16 comparison against a hand computation (no real main command runs here)."""
 import math
 
 import pytest
 
-from benchmarks import perf_main
-from benchmarks import precision_check as pc
-from benchmarks.perf_core import machine
+from benchmarks.perf import perf_main
+from benchmarks.perf import precision_check as pc
+from benchmarks.perf.perf_core import machine
 
 
 def fake_run(calls, cpu=None):

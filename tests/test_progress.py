@@ -245,7 +245,7 @@ def test_eta_log_lines(tmp_path, monkeypatch):
 
 
 def test_perf_eta_scores_the_lines_from_round_2_on_with_enough_time_left():
-    from benchmarks.perf_eta import analyse
+    from benchmarks.perf.perf_eta import analyse
 
     def line(t, r, eta, phase="train"):
         return {"t": t, "round": r, "phase": phase, "eta_s": eta}

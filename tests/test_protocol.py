@@ -156,7 +156,7 @@ def test_a_setting_added_later_is_neutral_at_its_old_behaviour(tmp_path, monkeyp
 
 
 def test_a_run_records_its_protocol_machine_and_task_protocol(tmp_path):
-    from benchmarks import leaderboard as lb
+    from benchmarks.report import leaderboard as lb
 
     run_experiment("levy", "random", budget=24, seed=0, out=str(tmp_path), run_settings={"n_eval": 8, "rounds": 2})
     run_dir = tmp_path / "levy__random__b24__s0"

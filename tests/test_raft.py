@@ -67,7 +67,7 @@ def test_agent_fine_tunes_towards_the_proxy_best():
 def test_frontier_sweeps_the_kept_fraction():
     """The grid rule sweeps the declared ρ (not lr); at the default 160 samples per iteration every grid value
     keeps ⌊160 ρ⌋ = 4, 16, 40, 80 samples (global ranking), i.e. 3.5 to 0.69 nats per exact iteration."""
-    from benchmarks import frontier as fr
+    from benchmarks.run import frontier as fr
 
     info = make_task("levy").info
     plan = fr.plan_grid(["raft"])["raft"]

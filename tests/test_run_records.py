@@ -1,4 +1,4 @@
-"""Per-run records (benchmarks/run_records.py): one row per run from leaderboard and frontier layouts, the
+"""Per-run records (benchmarks/report/run_records.py): one row per run from leaderboard and frontier layouts, the
 committed results/leaderboard_runs.csv, the leaderboard rebuilt from it, and the refusal to pool protocols."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import leaderboard as lb
-from benchmarks import run_records as rr
-from benchmarks._fake_runs import write_fake_frontier, write_fake_run, write_fake_sweep
+from benchmarks.report import leaderboard as lb
+from benchmarks.report import run_records as rr
+from fake_runs import write_fake_frontier, write_fake_run, write_fake_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "results" / "run_records" / "aesthetic_b1000"

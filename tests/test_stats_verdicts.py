@@ -1,6 +1,6 @@
 """Tests of the per-point interval rule, the paired tests, Holm's correction and the verdict tables of
-benchmarks/stats.py, the stratified bootstrap against a reference written here, and the run-record verdicts
-of benchmarks/frontier_readme.py. Simulations use fixed RNG seeds, so every number asserted is deterministic.
+benchmarks/report/stats.py, the stratified bootstrap against a reference written here, and the run-record verdicts
+of benchmarks/report/frontier_readme.py. Simulations use fixed RNG seeds, so every number asserted is deterministic.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import scipy.stats as st
 
-from benchmarks import frontier_readme as fr_md
-from benchmarks import stats
+from benchmarks.report import frontier_readme as fr_md
+from benchmarks.report import stats
 
 
 # ---- mean_interval: the rule and its coverage ---------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/sweep.py: argument checks, and a tiny *real* grid that reproduces itself.
+"""Tests of benchmarks/run/sweep.py: argument checks, and a tiny *real* grid that reproduces itself.
 
 The grid (2 tasks x pretrained x 2 seeds, budget 100, 2 rounds, 10 denoising steps, 32 eval draws) runs
 once through the local process pool and once, from a clean folder, through submitit's ``debug``
@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import leaderboard as lb
-from benchmarks import plot, sweep
+from benchmarks.report import leaderboard as lb
+from benchmarks.report import plot
+from benchmarks.run import sweep
 from sqdf_bbo.agents import Agent
 
 TASKS = "ackley,levy"

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.frontier --until-decided REFERENCE``: add seeds to the methods whose paired AUF verdict
+"""``python -m benchmarks.run.frontier --until-decided REFERENCE``: add seeds to the methods whose paired AUF verdict
 against the reference is still undecided, until decided or capped. The sequential rule's false-positive rate
 is simulated on numbers alone; the loop is driven by a fake runner that writes fake run folders (no model is
 trained). In the fake runs seiko is given sqdf's parameters (equal means: it must run to the cap) and
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import _fake_runs as fake
-from benchmarks import frontier as fr
+import fake_runs as fake
+from benchmarks.run import frontier as fr
 
 TASKS = ["ackley", "levy-manifold"]
 GRID_ARGS = ["sqdf=0.1,1", "seiko=0.1,1", "alignprop=0.0001,0.001"]
