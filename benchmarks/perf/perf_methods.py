@@ -51,6 +51,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from benchmarks.common import markdown
+
 PHASES = ("query_sampling", "proxy_fit", "train_rollouts", "train_steps", "evaluation", "path_kl", "checkpoints",
           "other")
 LEADERBOARD_SETTINGS = {"run": {"n_eval": 128}, "trained": {"updates_per_round": 20, "proxy_epochs": 30}}
@@ -201,9 +203,9 @@ def markdown_table(rows: list[dict]) -> str:
     by = {}
     for r in rows:
         by.setdefault(r["method"], {})[r["phase"]] = r
-    head = ("| method | s / 1k queries | training steps | training rollouts | query sampling | evaluation "
-            "+ path KL | proxy fit | GFLOP | GFLOP/s | of matmul peak | ≤ 15 s |\n|---|" + "---:|" * 10)
-    lines = [head]
+    header = ["method", "s / 1k queries", "training steps", "training rollouts", "query sampling",
+              "evaluation + path KL", "proxy fit", "GFLOP", "GFLOP/s", "of matmul peak", "≤ 15 s"]
+    cells = []
     f = lambda x: "" if x in (None, "") else f"{float(x):.1f}"  # noqa: E731
     for method, ph in by.items():
         tot = ph["total"]
@@ -211,12 +213,12 @@ def markdown_table(rows: list[dict]) -> str:
         ratio = tot.get("peak_ratio")
         spread = (f" ({f(tot['s_per_1k_min'])}–{f(tot['s_per_1k_max'])})"
                   if int(float(tot.get("repeats") or 1)) > 1 and tot.get("s_per_1k_min") not in (None, "") else "")
-        lines.append(f"| {method} | {f(tot['s_per_1k_queries'])}{spread} | {s('train_steps'):.1f} | "
-                     f"{s('train_rollouts'):.1f} | {s('query_sampling'):.1f} | {s('evaluation') + s('path_kl'):.1f} | "
-                     f"{s('proxy_fit'):.1f} | {f(tot.get('gflop'))} | {f(tot.get('gflops_per_s'))} | "
-                     + ("" if ratio in (None, "") else f"{100 * float(ratio):.0f} %") + " | "
-                     + ("yes" if float(tot["s_per_1k_queries"]) <= TARGET_S_PER_1K else "no") + " |")
-    return "\n".join(lines)
+        cells.append([method, f"{f(tot['s_per_1k_queries'])}{spread}", f"{s('train_steps'):.1f}",
+                      f"{s('train_rollouts'):.1f}", f"{s('query_sampling'):.1f}",
+                      f"{s('evaluation') + s('path_kl'):.1f}", f"{s('proxy_fit'):.1f}", f(tot.get("gflop")),
+                      f(tot.get("gflops_per_s")), "" if ratio in (None, "") else f"{100 * float(ratio):.0f} %",
+                      "yes" if float(tot["s_per_1k_queries"]) <= TARGET_S_PER_1K else "no"])
+    return markdown.markdown_table(header, cells, align="l" + "r" * (len(header) - 1))
 
 
 def write_csv(out: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:

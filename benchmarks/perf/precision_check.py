@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from benchmarks.common.markdown import markdown_table
 from benchmarks.perf import perf_main
 
 PRECISIONS = ("fp32", "bf16")
@@ -96,8 +97,8 @@ def report(rows: Sequence[dict], commit: Optional[str] = None, machine: Optional
     lines = [f"fp32 vs bf16 autocast, `python -m sqdf_bbo.run --task {by['fp32', seeds[0]]['task']} --budget "
              f"{by['fp32', seeds[0]]['budget']}`, seeds {' '.join(map(str, seeds))}, {commit_text}, {machine} "
              f"(load average before each run: {', '.join(by[p, s]['load_before'] for s in seeds for p in PRECISIONS)})",
-             "", "| metric | fp32 mean ± sd | bf16 mean ± sd | bf16 − fp32 [95 % t-interval] | verdict |",
-             "|---|---|---|---|---|"]
+             ""]
+    cells = []
     for key, name in METRICS.items():
         a = np.array([float(by["fp32", s][key]) for s in seeds])
         b = np.array([float(by["bf16", s][key]) for s in seeds])
@@ -105,8 +106,10 @@ def report(rows: Sequence[dict], commit: Optional[str] = None, machine: Optional
         verdict = ("–" if not np.isfinite(lo) else "within seed noise" if lo <= 0 <= hi
                    else "bf16 higher" if lo > 0 else "bf16 lower")
         sd = (lambda x: f" ± {x.std(ddof=1):.4g}" if len(x) > 1 else "")
-        lines.append(f"| {name} | {a.mean():.4g}{sd(a)} | {b.mean():.4g}{sd(b)} | {m:+.4g} [{lo:+.4g}, {hi:+.4g}] "
-                     f"| {verdict} |")
+        cells.append([name, f"{a.mean():.4g}{sd(a)}", f"{b.mean():.4g}{sd(b)}",
+                      f"{m:+.4g} [{lo:+.4g}, {hi:+.4g}]", verdict])
+    lines.append(markdown_table(["metric", "fp32 mean ± sd", "bf16 mean ± sd", "bf16 − fp32 [95 % t-interval]",
+                                 "verdict"], cells))
     return "\n".join(lines) + "\n"
 
 

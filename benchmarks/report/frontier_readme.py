@@ -37,6 +37,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
+from benchmarks.common.markdown import markdown_table
 from benchmarks.report import stats
 
 
@@ -47,22 +48,25 @@ def cell(row, key: str) -> str:
     return f"{v:.3f} [{row[key + '_ci_low']:.3f}, {row[key + '_ci_high']:.3f}]"
 
 
+TABLE_HEADER = ("method", "knob", "AUF (KL 0.1–100)", "score @ KL 1", "score @ KL 10", "score @ KL 100", "max KL",
+                "best score")
+
+
 def table(df: pd.DataFrame) -> str:
     lines = []
     for task, g in df.groupby("task", sort=True):
         g = g.sort_values("auf", ascending=False)
-        lines += [f"**{task}** (pretrained eval reward {g['pretrained_reward'].iloc[0]:.2f})", "",
-                  "| method | knob | AUF (KL 0.1–100) | score @ KL 1 | score @ KL 10 | score @ KL 100 | max KL | best score |",
-                  "|---|---|---|---|---|---|---|---|"]
+        rows = []
         for _, r in g.iterrows():
             best = cell(r, "best_score_manifold") if not math.isnan(r["best_score_manifold"]) else "–"
             knob = r['knob'] if isinstance(r['knob'], str) and r['knob'] else '–'
             if "kl_measured" in r and r["kl_measured"] is False:  # random search, BO, FK steering: no path KL
-                lines.append(f"| {r['method']} | {knob} | no path KL | – | – | – | – | {best} |")
+                rows.append([r["method"], knob, "no path KL", "–", "–", "–", "–", best])
                 continue
-            lines.append(f"| {r['method']} | {knob} | {cell(r, 'auf')} | {cell(r, 'score_at_kl1')} | "
-                         f"{cell(r, 'score_at_kl10')} | {cell(r, 'score_at_kl100')} | {r['kl_max']:.3g} | {best} |")
-        lines.append("")
+            rows.append([r["method"], knob, cell(r, "auf"), cell(r, "score_at_kl1"), cell(r, "score_at_kl10"),
+                         cell(r, "score_at_kl100"), f"{r['kl_max']:.3g}", best])
+        lines += [f"**{task}** (pretrained eval reward {g['pretrained_reward'].iloc[0]:.2f})", "",
+                  markdown_table(TABLE_HEADER, rows), ""]
     return "\n".join(lines)
 
 
@@ -95,13 +99,10 @@ def verdicts(df: pd.DataFrame, reference: str) -> str:
         if reference not in set(g["method"]):
             continue
         ref = g[g["method"] == reference].iloc[0]
+        rows = [[r["method"], *(verdict(ref, r, k, reference, r["method"]) for k, _ in VERDICT_KEYS)]
+                for _, r in g[g["method"] != reference].sort_values("auf", ascending=False).iterrows()]
         lines += [f"**{task}**: {reference}'s frontier against each method's (95 % CIs; 'on' = they overlap)", "",
-                  "| method | " + " | ".join(name for _, name in VERDICT_KEYS) + " |",
-                  "|---|" + "---|" * len(VERDICT_KEYS)]
-        for _, r in g[g["method"] != reference].sort_values("auf", ascending=False).iterrows():
-            lines.append(f"| {r['method']} | " + " | ".join(verdict(ref, r, k, reference, r["method"])
-                                                           for k, _ in VERDICT_KEYS) + " |")
-        lines.append("")
+                  markdown_table(["method", *(name for _, name in VERDICT_KEYS)], rows), ""]
     if not lines:
         raise SystemExit(f"error: no task in the table has a frontier for method {reference!r}")
     return "\n".join(lines)
@@ -210,11 +211,10 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
         test_name = "paired t-test" if test == "t" else "exact sign-flip test"
         lines += [f"**{title}**: {reference} against each method on {what}, per seed, paired over common seeds "
                   f"({test_name}, Holm across the table, alpha = {alpha:g})", "",
-                  "| method | verdict | effect [95 % CI] | p | p (Holm) | seeds |", "|---|---|---|---|---|---|"]
-        for v in rows:
-            lines.append(f"| {v.other} | {v.verdict} | {_num(v.effect, True)} [{_num(v.low, True)}, "
-                         f"{_num(v.high, True)}] | {_p(v.p_value)} | {_p(v.p_holm)} | {v.n_seeds} |")
-        lines.append("")
+                  markdown_table(["method", "verdict", "effect [95 % CI]", "p", "p (Holm)", "seeds"],
+                                 [[v.other, v.verdict, f"{_num(v.effect, True)} [{_num(v.low, True)}, "
+                                   f"{_num(v.high, True)}]", _p(v.p_value), _p(v.p_holm), v.n_seeds] for v in rows]),
+                  ""]
         lines += [f"- {verdict_sentence(reference, v, what, alpha)}" for v in rows]
         if empty:
             lines.append(f"- No per-seed value (left out): {', '.join(empty)}.")
@@ -238,9 +238,7 @@ def near_kl(points: pd.DataFrame, kl: float, within: float = 3.0) -> str:
     cols = [(c, h) for c, h in NEAR_KL_COLUMNS if f"{c}_mean" in points.columns]
     lines = []
     for task, g in points.groupby("task", sort=True):
-        lines += [f"**{task}**: each method's grid point nearest {kl:g} nats of path KL (within ×{within:g}; "
-                  "means over seeds)", "", "| method | knob | seeds | " + " | ".join(h for _, h in cols) + " |",
-                  "|---|---|---|" + "---:|" * len(cols)]
+        rows = []
         for method in sorted(g["method"].unique(), key=lambda name: (name != "pretrained", name)):
             m = g[(g["method"] == method) & g["path_kl_mean"].notna()]
             if method == "pretrained":  # its one point, at KL 0
@@ -253,14 +251,14 @@ def near_kl(points: pd.DataFrame, kl: float, within: float = 3.0) -> str:
                     continue
                 dist = (m["path_kl_mean"].map(math.log) - math.log(kl)).abs()
                 if dist.min() > math.log(within):
-                    lines.append(f"| {method} | – | – | " + " | ".join("none within" if c == "path_kl" else "–"
-                                                                     for c, _ in cols) + " |")
+                    rows.append([method, "–", "–", *("none within" if c == "path_kl" else "–" for c, _ in cols)])
                     continue
                 r = m.loc[dist.idxmin()]
             knob = f"{r['knob']} = {r['value']:g}" if isinstance(r["knob"], str) and r["knob"] else "–"
-            lines.append(f"| {method} | {knob} | {int(r['n_seeds'])} | "
-                         + " | ".join(f"{r[c + '_mean']:.3g}" for c, _ in cols) + " |")
-        lines.append("")
+            rows.append([method, knob, int(r["n_seeds"]), *(f"{r[c + '_mean']:.3g}" for c, _ in cols)])
+        lines += [f"**{task}**: each method's grid point nearest {kl:g} nats of path KL (within ×{within:g}; "
+                  "means over seeds)", "", markdown_table(["method", "knob", "seeds", *(h for _, h in cols)], rows,
+                                                          align="lll" + "r" * len(cols)), ""]
     return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from benchmarks.common.markdown import markdown_table
 from benchmarks.report import stats
 
 KL_TARGETS = (1.0, 10.0, 100.0)
@@ -423,8 +424,6 @@ def frontier_markdown(board: pd.DataFrame, targets: Sequence[float] = KL_TARGETS
                      "–" if no_kl else _fmt(r["kl_max"]),
                      *("–" if no_kl or r[f"not_reached_kl{t}"] else _fmt(r[f"reward_at_kl{t}"], 4) for t in tags),
                      _fmt(r["pretrained_reward"], 4)])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     pct = f"{100 * confidence:g}%"
     text = [*(f"{n}\n" for n in notes),
             "Reward at matched path KL and area under the reward–KL frontier (AUF). Score = normalised eval "
@@ -444,7 +443,7 @@ def frontier_markdown(board: pd.DataFrame, targets: Sequence[float] = KL_TARGETS
             "best score's CI is over that point's seeds. Failed runs (counted, not removed from the means): "
             f"fewer than {MIN_VALID_FRAC:g} of the eval designs valid on -manifold tasks, or eval reward more "
             f"than {COLLAPSE_SDS:g} pretrained seed SDs below the pretrained reward; 'frontier ≤ x' = the "
-            "largest failed fraction among the frontier's grid points.", "", *lines]
+            "largest failed fraction among the frontier's grid points.", "", markdown_table(header, rows)]
     return "\n".join(text) + "\n"
 
 

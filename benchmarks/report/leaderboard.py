@@ -42,6 +42,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmarks.common.markdown import markdown_table
 from benchmarks.report import stats
 from sqdf_bbo.protocol import protocol_of, task_protocol_of
 
@@ -332,12 +333,6 @@ def _naturalness_cell(row: pd.Series) -> str:
     return ", ".join(parts) or "–"
 
 
-def _md_table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def to_markdown(board: pd.DataFrame, aggregate: Optional[pd.DataFrame] = None, notes: Sequence[str] = ()) -> str:
     """Markdown rendering of the leaderboard (and the aggregate table when given), ``notes`` on top."""
     header = ["task", "method", "budget", "seeds", "eval reward IQM [95% CI]", "eval reward mean [95% CI]",
@@ -356,7 +351,7 @@ def to_markdown(board: pd.DataFrame, aggregate: Optional[pd.DataFrame] = None, n
     text = [*(f"{n}\n" for n in notes), "Final eval reward over seeds: IQM = 25% trimmed mean, CIs = 95% percentile stratified bootstrap "
             "(rliable). Normalised score: 0 = pretrained model, 1 = task optimum (or best eval reward seen when "
             "the optimum is unknown). best-so-far, top-10 AUC, KL, Vendi, naturalness, wall: means over seeds; "
-            "peak mem: max over seeds.", "", _md_table(header, rows)]
+            "peak mem: max over seeds.", "", markdown_table(header, rows)]
     if aggregate is not None and len(aggregate):
         arows = [[r["method"], _fmt(r["budget"]), _fmt(r["n_tasks"]), _fmt(r["n_runs"]),
                   _fmt_ci(r["aggregate_iqm"], r["aggregate_iqm_ci_low"], r["aggregate_iqm_ci_high"]),
@@ -366,7 +361,7 @@ def to_markdown(board: pd.DataFrame, aggregate: Optional[pd.DataFrame] = None, n
                  for _, r in aggregate.iterrows()]
         text += ["", "Aggregate normalised score over tasks (rliable: aggregate IQM / mean / optimality gap, "
                  "95% stratified-bootstrap CIs over runs within tasks):", "",
-                 _md_table(["method", "budget", "tasks", "runs", "aggregate IQM", "aggregate mean",
+                 markdown_table(["method", "budget", "tasks", "runs", "aggregate IQM", "aggregate mean",
                             "optimality gap", "task set"], arows)]
     return "\n".join(text) + "\n"
 

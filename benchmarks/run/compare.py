@@ -62,10 +62,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from benchmarks.run import frontier, sweep
-
-from benchmarks.report import leaderboard as lb, run_records as rr, stats
+from benchmarks.common.markdown import markdown_table
 from benchmarks.report import frontier_stats as fs
+from benchmarks.report import leaderboard as lb, run_records as rr, stats
+from benchmarks.run import frontier, sweep
 from benchmarks.run.sweep import RunSpec, SweepError
 
 #: the matched KLs of the verdicts (score @ KL k), nats; the AUF is the third metric
@@ -407,10 +407,8 @@ def _md(df: pd.DataFrame, digits: int = 3) -> str:
     def cell(v):
         if isinstance(v, (float, np.floating)):
             return "–" if not math.isfinite(v) else f"{v:.{digits}g}"
-        return str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+        return str(v)
+    return markdown_table(df.columns, ([cell(v) for v in row] for row in df.itertuples(index=False))) + "\n"
 
 
 def write_report(out: Path, runs: pd.DataFrame, verdicts: pd.DataFrame, notes: list[str], meta: dict,
