@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.perf import perf_main
 from benchmarks.perf import precision_check as pc
-from benchmarks.perf.perf_core import machine
+from benchmarks.common.provenance import machine
 
 
 def fake_run(calls, cpu=None):

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.perf.perf_main import git_commit_short
+from benchmarks.common.provenance import git_commit_short, load_average, provenance
 
 
 def _run_folder(out: Path) -> Path | None:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, SQDF_BBO_ORACLE_LOG=str(oracle_log))
     killed_dir = out / "killed"
     alive, rows, t_start = 0.0, [], time.time()
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average(all_three=True)
     commit_at_start = git_commit_short()  # the code the kills run (resumes re-import it)
     first = True
     for i, moment in enumerate(moments + [None]):
@@ -228,12 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("wall_time_s", "peak_mem_mb", "run_dir"):
                     d.pop(k, None)
             summary["final_equal"] = fa == fb and (ref / "queries.csv").read_bytes() == (run_dir / "queries.csv").read_bytes()
-    summary["git_commit"] = commit_at_start
-    try:
-        summary["load_average_before"] = load_before
-        summary["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        pass
+    prov = provenance(load_before)  # the machine and the load average now; the commit is the kills' own
+    summary.update(git_commit=commit_at_start, load_average_before=prov["load_before"],
+                   load_average=prov["load_after"], machine=prov["machine"])
     print(json.dumps(summary, indent=2))
     if a.csv:
         import pandas as pd
@@ -244,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _agent_fault_report(a, out: Path) -> int:
-    """Run :func:`agent_faults`, print and write its rows (with the load average and the commit)."""
+    """Run :func:`agent_faults`, print and write its rows (with the load average, the commit and the machine)."""
     out.mkdir(parents=True, exist_ok=True)
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average(all_three=True)
     rows = agent_faults(a, out)
-    extra = {"task": a.task, "budget": a.budget, "git_commit": git_commit_short(), "load_average_before": load_before,
-             "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    prov = provenance(load_before)
+    extra = {"task": a.task, "budget": a.budget, "git_commit": prov["git_commit"],
+             "load_average_before": prov["load_before"], "load_average": prov["load_after"], "machine": prov["machine"]}
     csv = a.csv if a.csv != "results/fault_injection.csv" else "results/fault_injection_agents.csv"
     if csv:
         import pandas as pd

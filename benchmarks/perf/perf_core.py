@@ -24,9 +24,7 @@ Columns: task, what, seconds_per_1k_queries, n_repeats, torch_threads, machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from benchmarks.common.provenance import machine
+from benchmarks.perf.results_csv import write_csv
 from sqdf_bbo.diffusion import DDIMSchedule, path_kl, sample_trajectory
 from sqdf_bbo.envs import BudgetedOracleEnv
 from sqdf_bbo.tasks import make_task
@@ -48,18 +48,6 @@ def synthetic_tasks() -> list[str]:
     from sqdf_bbo.tasks.synthetic import FUNCTIONS
 
     return [n for f in FUNCTIONS for n in (f, f"{f}-manifold")]
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} logical CPUs, {platform.system()})"
 
 
 def median_seconds(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
@@ -170,12 +158,8 @@ def main(argv=None) -> int:
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}s" for k, v in res.items()) + f" ({time.time() - t0:.0f}s)",
               file=sys.stderr)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(tmp, rows, COLUMNS)
     os.replace(tmp, out)
     print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
     if skipped:

@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common.provenance import load_average, provenance
+from benchmarks.perf.results_csv import emit_row
+
 COLUMNS = ["task", "method", "budget", "wall_s", "samples_r2", "max_rel_err_r2", "median_rel_err_r2",
            "max_abs_err_s_r2", "eta_at_round_starts", "max_rel_err_r1", "min_remaining_s",
            "load_before", "load_after", "command", "machine", "git_commit"]
@@ -67,7 +70,7 @@ def measure(task: str = "aesthetic", method: str = "sqdf", budget: int = 5000, e
             min_remaining_s: float = 10.0, keep_log: Path | None = None) -> dict:
     """Run the command once with the ETA log on; the CSV row."""
     extra = list(extra or [])
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="perf_eta_") as tmp:
         log = Path(tmp) / "eta.jsonl"
         env = dict(os.environ, HF_HUB_OFFLINE="1", SQDF_BBO_ETA_LOG=str(log))
@@ -81,15 +84,10 @@ def measure(task: str = "aesthetic", method: str = "sqdf", budget: int = 5000, e
         lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         if keep_log is not None:
             keep_log.write_text(log.read_text())
-    load_after = os.getloadavg()[0]
-    from benchmarks.perf.perf_core import machine
-    from benchmarks.perf.perf_main import git_commit_short
-
     return {"task": task, "method": method, "budget": budget, "wall_s": round(wall, 1),
-            **analyse(lines, min_remaining_s), "load_before": round(load_before, 2),
-            "load_after": round(load_after, 2),
-            "command": "python -m sqdf_bbo.run " + " ".join(cli_args(task, method, budget, "TMP", extra)),
-            "machine": machine(), "git_commit": git_commit_short()}
+            **analyse(lines, min_remaining_s),
+            **provenance(load_before, "python -m sqdf_bbo.run " + " ".join(cli_args(task, method, budget, "TMP",
+                                                                                      extra)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     row = measure(a.task, a.method, a.budget, [x for s in a.sets for x in ("--set", s)], a.min_remaining_s,
                   a.keep_log)
-    print(json.dumps(row), flush=True)
-    if a.append:
-        from benchmarks.perf.perf_main import append_row
-
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        append_row(a.out, row, COLUMNS)
+    emit_row(row, COLUMNS, a.out if a.append else None)
     return 0
 
 

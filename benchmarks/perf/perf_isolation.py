@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.perf.perf_core import machine
+from benchmarks.common.provenance import load_average, provenance
+from benchmarks.perf.results_csv import emit_row
 
 #: levy x SQDF with the committed frontier's settings (benchmarks/run/reproduce_frontier.sh)
 FRONTIER = ["--task", "levy", "--method", "sqdf", "--budget", "1000", "--seed", "0", "--no-progress",
@@ -31,10 +32,6 @@ FRONTIER = ["--task", "levy", "--method", "sqdf", "--budget", "1000", "--seed", 
 COLUMNS = ["command", "repeats", "in_process_s", "isolated_s", "overhead_pct", "target_pct", "meets_target",
            "same_results", "machine", "load_before", "load_after", "git_commit"]
 TARGET_PCT = 10.0
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 #: the main job (README quick start), on both cores
@@ -55,7 +52,7 @@ def timed_run(argv: list[str], isolate: bool, out: Path, threads: int = 1) -> tu
 
 
 def measure(argv: list[str], repeats: int, threads: int = 1) -> dict:
-    load_before = _load()
+    load_before = load_average(all_three=True)
     times: dict[bool, list[float]] = {False: [], True: []}
     finals: dict[bool, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,13 +62,10 @@ def measure(argv: list[str], repeats: int, threads: int = 1) -> dict:
                 times[isolate].append(wall)
                 print(f"repeat {r + 1}: isolate={isolate}: {wall:.1f} s", file=sys.stderr, flush=True)
     a, b = statistics.median(times[False]), statistics.median(times[True])
-    from benchmarks.perf.perf_main import git_commit_short
-
     over = 100.0 * (b - a) / a
-    return {"command": "python -m sqdf_bbo.run " + " ".join(argv), "repeats": repeats, "in_process_s": round(a, 2),
-            "isolated_s": round(b, 2), "overhead_pct": round(over, 1), "target_pct": TARGET_PCT,
-            "meets_target": over <= TARGET_PCT, "same_results": finals[False] == finals[True],
-            "machine": machine(), "load_before": load_before, "load_after": _load(), "git_commit": git_commit_short()}
+    return {"repeats": repeats, "in_process_s": round(a, 2), "isolated_s": round(b, 2), "overhead_pct": round(over, 1),
+            "target_pct": TARGET_PCT, "meets_target": over <= TARGET_PCT, "same_results": finals[False] == finals[True],
+            **provenance(load_before, "python -m sqdf_bbo.run " + " ".join(argv))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,19 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = list(MAIN if a.main else FRONTIER)
     if not a.main:
         cmd[cmd.index("--budget") + 1] = str(a.budget)
-    row = measure(cmd, a.repeats, threads=2 if a.main else 1)
-    print(json.dumps(row, indent=2))
-    if a.append:
-        import csv
-
-        path = Path(a.csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+    emit_row(measure(cmd, a.repeats, threads=2 if a.main else 1), COLUMNS, Path(a.csv) if a.append else None,
+             indent=2)
     return 0
 
 

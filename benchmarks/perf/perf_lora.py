@@ -17,7 +17,6 @@ input for the frozen ones). Give it the machine alone. (Rows committed before th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -64,9 +63,9 @@ def what_if_difference(policy: torch.nn.Module, latent_shape) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.perf.perf_core import machine, median_seconds
-    from benchmarks.perf.perf_main import git_commit_short
-    from benchmarks.perf.perf_methods import write_csv
+    from benchmarks.common.provenance import load_average, provenance
+    from benchmarks.perf.perf_core import median_seconds
+    from benchmarks.perf.results_csv import write_csv
     from sqdf_bbo.agents import resolve_method
     from sqdf_bbo.backbones.lora import peft_copy
     from sqdf_bbo.tasks import make_task
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(a.rows, a.rank, a.calls) < 1:
         p.error(f"--rows, --rank and --calls must be >= 1, got {a.rows}, {a.rank}, {a.calls}")
     torch.set_num_threads(1)
-    context = {"threads": 1, "load_before": os.getloadavg()[0], "machine": machine(), "git_commit": git_commit_short()}
+    context = {"threads": 1, "load_before": load_average(), **provenance()}
     task = make_task(a.task)
     cls = resolve_method("draft-1")  # any OnlineFinetuneAgent: it wraps the policy as every fine-tuner does
     agent = cls(task.info, cls.resolve_config(task.info, {"lora_rank": a.rank}), seed=0)

@@ -18,7 +18,6 @@ and where the time went (``PHASE_COLUMNS``, from the run's rounds.jsonl).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -28,6 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# git_commit_short and code_tree stay importable from here: precision_check reads them as perf_main's
+from benchmarks.common.provenance import code_tree, git_commit_short, load_average, provenance  # noqa: F401
+from benchmarks.perf.results_csv import emit_row
+
 #: where the wall time went: start-up and weight loading (wall time outside the rounds), the round-0
 #: evaluation of the pretrained model, then per phase summed over rounds 1.. (rounds.jsonl's phase_wall_s)
 PHASE_COLUMNS = ["startup_s", "eval_pretrained_s", "propose_s", "query_s", "improve_s", "evaluate_s",
@@ -36,27 +39,6 @@ COLUMNS = ["task", "method", "budget", "seed", "threads", "wall_s", "cpu_s", "pe
            "load_after", "eval_reward_pretrained", "eval_reward_final", "eval_ground_truth_A_final",
            "fd_phi_final", "path_kl_final", "target_wall_s", "meets_target", "machine", "git_commit",
            *PHASE_COLUMNS]
-
-
-def git_rev_parse(*revs: str) -> list[str]:
-    """``git rev-parse`` of each rev in the checkout; [] outside git or when any rev is unknown."""
-    try:
-        return subprocess.run(["git", "rev-parse", *revs], capture_output=True, text=True,
-                              check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        return []
-
-
-def git_commit_short() -> str:
-    """The checkout's short commit hash ("" outside git): every benchmark CSV records it."""
-    return " ".join(git_rev_parse("--short", "HEAD"))
-
-
-def code_tree(commit: str = "HEAD") -> str:
-    """git's tree hashes of the code a run executes (``sqdf_bbo/``, ``baselines/``) at ``commit``; "" outside
-    git or for a commit this clone lacks. Two commits with the same value compute the same runs, so a
-    benchmark that resumes by commit can also keep rows of a commit that changed only docs or benchmarks."""
-    return " ".join(git_rev_parse(f"{commit}:sqdf_bbo", f"{commit}:baselines"))
 
 
 def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: Path, profile: bool,
@@ -69,7 +51,7 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
         prof = Path(tmp) / "profile.out"
         cmd = [sys.executable] + (["-m", "cProfile", "-o", str(prof)] if profile else []) + cli
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        load0 = os.getloadavg()[0]
+        load0 = load_average()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -85,8 +67,6 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out.parent / f"perf_main_profile_s{seed}.txt", "w") as f:
                 pstats.Stats(str(prof), stream=f).sort_stats("cumulative").print_stats(40)
-    from benchmarks.perf.perf_core import machine  # imports torch: after the timed child, not before
-
     phases = {f"{k}_s": round(sum(r.get("phase_wall_s", {}).get(k, 0.0) for r in rounds[1:]), 1)
               for k in ("propose", "query", "improve", "evaluate", "checkpoint")}
     phases["eval_pretrained_s"] = round(rounds[0].get("round_wall_s", 0.0), 1) if rounds else 0.0
@@ -97,13 +77,12 @@ def run_once(task: str, method: str, budget: int, seed: int, threads: int, out: 
         "wall_s": round(wall, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
         "peak_rss_mb": round(after.ru_maxrss / 1024, 1),  # Linux: kB; max over children so far
-        "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
         "eval_reward_pretrained": rounds[0].get("eval_reward") if rounds else None,
         "eval_reward_final": final.get("eval_reward"),
         "eval_ground_truth_A_final": final.get("eval_ground_truth_A"),
         "fd_phi_final": final.get("fd_phi"), "path_kl_final": final.get("path_kl"),
         "target_wall_s": 600, "meets_target": bool(wall <= 600 and after.ru_maxrss / 1024 <= 4096),
-        "machine": machine(), "git_commit": git_commit_short(),
+        **provenance(load_before=load0),
     }
 
 
@@ -124,21 +103,7 @@ def main(argv=None) -> None:
     out = Path(a.out)
     extra = [x for s in a.sets for x in ("--set", s)]
     for seed in a.seeds:
-        row = run_once(a.task, a.method, a.budget, seed, a.threads, out, a.profile, extra)
-        print(json.dumps(row), flush=True)
-        append_row(out, row)
-
-
-def append_row(out: Path, row: dict, columns: list[str] = COLUMNS) -> None:
-    """Add ``row`` to the CSV, rewriting it under the header ``columns`` (rows written before a column was
-    added get empty cells there)."""
-    from benchmarks.perf.perf_methods import write_csv
-
-    rows = []
-    if out.exists():
-        with open(out, newline="") as f:
-            rows = list(csv.DictReader(f))
-    write_csv(out, rows + [row], columns)
+        emit_row(run_once(a.task, a.method, a.budget, seed, a.threads, out, a.profile, extra), COLUMNS, out)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import os
 import sys
 import tempfile
 import time
@@ -52,6 +51,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from benchmarks.common import markdown
+from benchmarks.common.provenance import load_average, provenance
+from benchmarks.perf.results_csv import write_csv
 
 PHASES = ("query_sampling", "proxy_fit", "train_rollouts", "train_steps", "evaluation", "path_kl", "checkpoints",
           "other")
@@ -221,15 +222,6 @@ def markdown_table(rows: list[dict]) -> str:
     return markdown.markdown_table(header, cells, align="l" + "r" * (len(header) - 1))
 
 
-def write_csv(out: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
-    """Rewrite ``out`` with a header and ``rows`` (the perf benchmarks' CSVs)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def method_rows(task: str, method: str, budget: int, timed: list, counted, loads: list, peak: float,
                 threads: int, mach: str, commit: str) -> list[dict]:
     """The CSV rows of one method: per phase the median seconds over the timed runs, the total the median
@@ -259,8 +251,6 @@ def method_rows(task: str, method: str, budget: int, timed: list, counted, loads
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from benchmarks.perf.perf_core import machine
-    from benchmarks.perf.perf_main import git_commit_short
     from sqdf_bbo.run import _parse_value
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf.perf_methods", description=__doc__.split("\n")[0])
@@ -289,7 +279,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         extra[k] = _parse_value(v)
     torch.set_num_threads(a.threads)
     peak = matmul_peak_gflops()
-    mach, commit = machine(), git_commit_short()
+    prov = provenance()
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     run_method(a.task, methods[0], 32, extra, count_flops=False)  # warm-up: one-time imports and caches
     timings: dict[str, list] = {m: [] for m in methods}
@@ -298,14 +288,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for repeat in range(a.repeats):
         for method in methods:
-            load_before = os.getloadavg()[0]
+            load_before = load_average()
             timings[method].append(run_method(a.task, method, a.budget, extra, count_flops=False))
-            loads[method].append((load_before, os.getloadavg()[0]))
+            loads[method].append((load_before, load_average()))
             if repeat == 0:
                 counted[method] = run_method(a.task, method, a.budget, extra, count_flops=True) if a.flops else None
             rows = [r for m in methods if timings[m] for r in method_rows(
-                a.task, m, a.budget, timings[m], counted[m], loads[m], peak, a.threads, mach, commit)]
-            write_csv(Path(a.out), rows)  # after every run: an interruption keeps what was measured
+                a.task, m, a.budget, timings[m], counted[m], loads[m], peak, a.threads, prov["machine"],
+                prov["git_commit"])]
+            write_csv(Path(a.out), rows, COLUMNS)  # after every run: an interruption keeps what was measured
             per_1k = 1000.0 / a.budget
             last = timings[method][-1].seconds
             print(f"{method} (run {repeat + 1}/{a.repeats}): {sum(last.values()) * per_1k:.1f} s per 1000 queries ("

@@ -141,6 +141,7 @@ class PerfTask:
 
 
 def run_method(method: str, task: PerfTask, args, device) -> dict:
+    from benchmarks.common.provenance import provenance
     from sqdf_bbo.agents import make_agent, resolve_method
 
     cls = resolve_method(method)
@@ -197,7 +198,8 @@ def run_method(method: str, task: PerfTask, args, device) -> dict:
         "sampling_unet_tflops": round(unet_tflops_sampling, 3), "train_step_tflops": round(train_tflops, 3),
         "bf16_peak_tflops": peak, "sampling_mfu": round(unet_tflops_sampling / peak, 4) if peak else None,
         "train_mfu": round(train_tflops / peak, 4) if peak else None,
-        "train_loss": stats.get("loss"), "command": "python benchmarks/perf/perf_sd.py " + " ".join(sys.argv[1:]),
+        "train_loss": stats.get("loss"),
+        **provenance(command="python benchmarks/perf/perf_sd.py " + " ".join(sys.argv[1:])),
     }
 
 

@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common.provenance import load_average, provenance
+from benchmarks.perf.results_csv import emit_row
+
 COLUMNS = ["task", "method", "budget", "rounds", "threads", "repeats", "wall_s", "run_wall_s", "fixed_s",
            "import_run_s", "versions_s", "render_s", "target_fixed_s", "meets_target", "load_before",
            "load_after", "command", "machine", "git_commit"]
@@ -85,19 +88,13 @@ def measure(task: str = "levy", method: str = "sqdf", budget: int = 64, rounds: 
             repeats: int = 3, extra: list[str] | None = None) -> dict:
     """The CSV row: medians over ``repeats`` child runs, plus the conditions they ran under."""
     extra = list(extra or [])
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     runs = [run_once(task, method, budget, rounds, threads, extra) for _ in range(repeats)]
-    load_after = os.getloadavg()[0]
-    from benchmarks.perf.perf_core import machine  # imports torch: after the timed children
-    from benchmarks.perf.perf_main import git_commit_short
-
     med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
     command = "python -m sqdf_bbo.run " + " ".join(cli_args(task, method, budget, rounds, "TMP", extra))
     return {"task": task, "method": method, "budget": budget, "rounds": rounds, "threads": threads,
             "repeats": repeats, **med, "target_fixed_s": TARGET_FIXED_S,
-            "meets_target": med["fixed_s"] <= TARGET_FIXED_S, "load_before": round(load_before, 2),
-            "load_after": round(load_after, 2), "command": command, "machine": machine(),
-            "git_commit": git_commit_short()}
+            "meets_target": med["fixed_s"] <= TARGET_FIXED_S, **provenance(load_before, command)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     extra = [x for s in a.sets for x in ("--set", s)]
     row = measure(a.task, a.method, a.budget, a.rounds, a.threads, a.repeats, extra)
-    print(json.dumps(row), flush=True)
-    if a.append:
-        from benchmarks.perf.perf_main import append_row
-
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        append_row(a.out, row, COLUMNS)
+    emit_row(row, COLUMNS, a.out if a.append else None)
     return 0
 
 

@@ -14,7 +14,6 @@ and the load average. Give it the machine alone.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,9 +50,10 @@ def build(variant: str):
 def main(argv: list[str] | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.perf.perf_core import machine, median_seconds
-    from benchmarks.perf.perf_main import git_commit_short
-    from benchmarks.perf.perf_methods import matmul_peak_gflops, write_csv
+    from benchmarks.common.provenance import load_average, provenance
+    from benchmarks.perf.perf_core import median_seconds
+    from benchmarks.perf.perf_methods import matmul_peak_gflops
+    from benchmarks.perf.results_csv import write_csv
     from sqdf_bbo.backbones.base import cpu_has_native_bf16
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf.perf_unet", description=__doc__.split("\n")[0])
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants must be among {', '.join(VARIANTS)} (got {', '.join(bad)}); "
                 "--threads, --batch, --repeats >= 1")
     torch.set_num_threads(a.threads)
-    load = os.getloadavg()[0]  # before this process's own GEMM
+    load = load_average()  # before this process's own GEMM
     peak = matmul_peak_gflops()
     context = {"threads": a.threads, "matmul_peak_gflops": round(peak, 1), "native_bf16": cpu_has_native_bf16(),
-               "load_before": load, "machine": machine(), "git_commit": git_commit_short()}
+               "load_before": load, **provenance()}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, 3, 16, 16, generator=g)
     t = torch.randint(0, 1000, (a.batch,), generator=g)

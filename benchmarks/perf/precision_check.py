@@ -28,8 +28,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from benchmarks.common import provenance
 from benchmarks.common.markdown import markdown_table
 from benchmarks.perf import perf_main
+from benchmarks.perf.results_csv import append_row
 
 PRECISIONS = ("fp32", "bf16")
 COLUMNS = ["precision", *perf_main.COLUMNS]
@@ -61,7 +63,7 @@ def comparable(rows: Sequence[dict], commit: str, machine: str) -> list[dict]:
 def todo(rows: Sequence[dict], seeds: Sequence[int], commit: str, task: str, method: str, budget: int,
          threads: int, machine: str) -> list[tuple[str, int]]:
     """The (precision, seed) runs not yet in ``rows`` for this commit's code, setting and CPU model
-    (``machine``, as ``perf_core.machine`` names it), fp32 first per seed."""
+    (``machine``, as ``provenance.machine`` names it), fp32 first per seed."""
     done = {(r["precision"], int(r["seed"])) for r in comparable(rows, commit, machine)
             if r["task"] == task and r["method"] == method and int(r["budget"]) == budget
             and int(r["threads"]) == threads}
@@ -136,16 +138,14 @@ def main(argv=None) -> int:
         print("error: --set run.precision is what this check varies; leave it out", file=sys.stderr)
         return 2
     extra = [x for s in a.sets for x in ("--set", s)]
-    from benchmarks.perf.perf_core import machine  # imports torch (the runs themselves are child processes)
-
-    commit = perf_main.git_commit_short()
-    plan = todo(read_rows(out), a.seeds, commit, a.task, a.method, a.budget, a.threads, machine())
+    commit = perf_main.git_commit_short()  # the commit perf_main's rows record (benchmarks.common.provenance)
+    plan = todo(read_rows(out), a.seeds, commit, a.task, a.method, a.budget, a.threads, provenance.machine())
     print(f"precision check: {len(plan)} run(s) to do at commit {commit}: "
           + ", ".join(f"{prec}/s{s}" for prec, s in plan), file=sys.stderr)
     for prec, seed in plan:
         row = perf_main.run_once(a.task, a.method, a.budget, seed, a.threads, out, False,
                                  [*extra, "--set", f"run.precision={prec}"])
-        perf_main.append_row(out, {"precision": prec, **row}, COLUMNS)
+        append_row(out, {"precision": prec, **row}, COLUMNS)
         print(f"{prec} seed {seed}: {row['wall_s']} s, eval reward {row['eval_reward_final']:.4g}, "
               f"path KL {row['path_kl_final']:.4g}", file=sys.stderr, flush=True)
     rows = read_rows(out)

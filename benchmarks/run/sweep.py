@@ -10,7 +10,8 @@ refused without it. Each run executes ``sqdf_bbo.run.main`` in a worker process 
 ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start method and ``--threads`` torch threads
 per worker; ``submitit``: one job per run through ``submitit.AutoExecutor`` -- Slurm when available,
 ``--cluster local`` / ``debug`` for a machine without Slurm). A run's stdout/stderr go to
-``<out>/_logs/<run>.log``; the sweep's command, statuses and wall time to ``<out>/_logs/sweep_<time>.json``.
+``<out>/_logs/<run>.log``; the sweep's command, machine, commit, statuses and wall time to
+``<out>/_logs/sweep_<time>.json``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from benchmarks.common.provenance import provenance
 
 LOG_DIR = "_logs"
 
@@ -363,7 +366,7 @@ def execute(specs: list[RunSpec], status: dict[str, str], args: argparse.Namespa
         bar.close()
     wall = time.time() - t_start
     failed = [r for r in results if r.get("status") != "done"]
-    record = {"command": command,
+    record = {**provenance(command=command),
               "started": _dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"), "wall_time_s": wall,
               "runs": len(specs), "skipped": n_done, "ran": len(results), "failed": len(failed),
               "results": sorted(results, key=lambda r: r["run_dir"])}
