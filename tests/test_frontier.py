@@ -341,7 +341,7 @@ def test_prior_free_methods_neither_set_the_pretrained_reward_nor_get_a_frontier
     import pandas as pd
 
     from benchmarks.report import frontier_stats as fs
-    from benchmarks.report.leaderboard import normalisation_bounds
+    from benchmarks.report.run_folders import normalisation_bounds
 
     finals = pd.DataFrame({"task": ["t-manifold"] * 4, "budget": [100] * 4, "seed": [0, 1, 0, 1],
                            "method": ["sqdf", "sqdf", "random", "random"],

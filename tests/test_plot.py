@@ -47,7 +47,7 @@ def test_all_figures_render(fake_runs, tmp_path):
 
 
 def test_curve_stats_round0_at_zero_queries_and_ci(fake_runs):
-    from benchmarks.report.leaderboard import load_runs
+    from benchmarks.report.run_folders import load_runs
 
     _, rounds = load_runs([fake_runs])
     cs = plot.curve_stats(rounds, "eval_reward", reps=200)

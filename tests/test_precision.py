@@ -50,7 +50,7 @@ def test_bf16_run_is_recorded_and_refused_values_are_one_line(tmp_path, capsys, 
 
 
 def test_fp32_runs_hash_like_runs_from_before_the_setting():
-    from benchmarks.report.leaderboard import config_hash
+    from benchmarks.report.run_folders import config_hash
 
     old = {"agent": {"lr": 1e-3}, "run": {"n_eval": 128}, "task_overrides": {}}
     new = {"agent": {"lr": 1e-3}, "run": {"n_eval": 128, "precision": "fp32", "checkpoint_every_s": 60.0},
@@ -83,7 +83,7 @@ def test_channels_last_unet_is_the_same_function_in_the_standard_layout(tmp_path
 def test_memory_and_time_switches_do_not_change_the_config_hash():
     """Gradient checkpointing (any value) and the UNet's memory layout hash like the committed runs, which
     recorded checkpoint=true and no layout; a setting that changes results still changes the hash."""
-    from benchmarks.report.leaderboard import config_hash
+    from benchmarks.report.run_folders import config_hash
 
     old = {"agent": {"lr": 1e-3, "checkpoint": True}, "run": {"n_eval": 128}, "task_overrides": {}}
     for ck in ("auto", False, True):

@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.report import stats  # noqa: E402
-from benchmarks.report.leaderboard import LeaderboardError, load_runs  # noqa: E402
+from benchmarks.report.run_folders import LeaderboardError, load_runs  # noqa: E402
 
 #: fixed colours so a method looks the same in every figure
 METHOD_COLOURS = {"pretrained": "#7f7f7f", "sqdf": "#d62728", "ddpo": "#1f77b4", "ddpo-sf": "#17becf",

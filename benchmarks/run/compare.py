@@ -64,7 +64,9 @@ import pandas as pd
 
 from benchmarks.common.markdown import markdown_table
 from benchmarks.report import frontier_stats as fs
-from benchmarks.report import leaderboard as lb, run_records as rr, stats
+from benchmarks.report import leaderboard as lb, run_folders as rf, run_records as rr, stats
+from benchmarks.report.run_records import (check_task_protocols, checkout_protocol, merge_records,  # noqa: F401
+                                           read_committed)
 from benchmarks.run import frontier, sweep
 from benchmarks.run.sweep import RunSpec, SweepError
 
@@ -76,11 +78,11 @@ NATURALNESS_KL = 10.0
 #: canary tolerances: identical on the same CPU model up to this relative difference
 SAME_CPU_RTOL = 1e-6
 CANARY_KEYS = ("eval_reward", "path_kl")
-META_FILE = "_compare.json"
+META_FILE = rr.COMPARE_META
 CANARY_DIR = "_canary"
 
 
-class CompareError(lb.LeaderboardError):
+class CompareError(rf.LeaderboardError):
     """A refusal; printed as one line."""
 
 
@@ -122,84 +124,17 @@ SUITES: dict[str, Suite] = {
 }
 
 
-# ---- the committed records ------------------------------------------------------------------------
-def read_committed(path: str | Path, suite: Suite) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise CompareError(
-            f"{path} does not exist yet: the committed per-run records are made by `bash {suite.script}` and then "
-            f"`python -m benchmarks.report.run_records --runs {suite.runs_root or 'OUT'} --csv {path}`; nothing to compare against")
-    df = rr.read_records(path)
-    need = {"task", "method", "knob", "value", "seed", "budget", "eval_reward", "path_kl", "protocol",
-            "task_protocol", "cpu_model", "round0_eval_reward", "best_round_eval_reward"}
-    missing = sorted(need - set(df.columns))
-    if missing:
-        raise CompareError(f"{path} lacks the column(s) {', '.join(missing)}; is it a per-run records CSV "
-                           "(python -m benchmarks.report.run_records)?")
-    if not len(df):
-        raise CompareError(f"{path} has no runs")
-    return df
-
-
+# ---- the committed records (read, checked and merged by benchmarks.report.run_records) ---------------
 def _same_value(a, b) -> bool:
-    a, b = _num(a), _num(b)
+    a, b = rr.to_float(a), rr.to_float(b)
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
     return math.isclose(a, b, rel_tol=1e-5)
 
 
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def cell_rows(records: pd.DataFrame, task: str, method: str, value, budget: int) -> pd.DataFrame:
     m = (records["task"] == task) & (records["method"] == method) & (records["budget"] == budget)
     return records[m & records["value"].map(lambda v: _same_value(v, value))]
-
-
-# ---- protocol ids of this checkout ------------------------------------------------------------------
-def checkout_protocol(task: str, method: str, budget: int, sets: list[str]) -> tuple[str, str]:
-    """(protocol, task_protocol) a run of ``method`` on ``task`` with ``sets`` would record here: the config
-    record of ``sqdf_bbo.run.Run.config_record`` built without running anything."""
-    from sqdf_bbo import protocol
-    from sqdf_bbo.agents import resolve_method
-    from sqdf_bbo.run import CLIError, parse_sets, resolve_run_settings, round_sizes
-    from sqdf_bbo.tasks import make_task
-
-    try:
-        agent_over, task_over, run_over = parse_sets(sets)
-        t = make_task(task, **task_over)
-        cls = resolve_method(method)
-        run_cfg = resolve_run_settings(run_over, t.info.defaults, budget)
-        record = {"task": task, "method": method, "budget": budget, "run": run_cfg,
-                  "round_sizes": round_sizes(budget, run_cfg["rounds"], run_cfg["round_sizes"]),
-                  "agent": cls.resolve_config(t.info, agent_over), "task_overrides": task_over}
-    except (CLIError, ValueError, TypeError) as e:
-        raise CompareError(f"task {task!r} / method {method!r}: {e}") from None
-    cfg = protocol.run_protocol(record, t, cls)
-    return cfg["protocol"], protocol.task_protocol_of(cfg)
-
-
-def check_task_protocols(records: pd.DataFrame, tasks: list[str], csv: str) -> dict[str, str]:
-    """{task: task_protocol} of this checkout; CompareError naming the first task whose committed records
-    carry another task_protocol (or several, or legacy ones)."""
-    out = {}
-    for task in tasks:
-        rows = records[records["task"] == task]
-        committed = sorted(set(rows["task_protocol"].replace("", "legacy")))
-        budget = int(rows["budget"].iloc[0])
-        mine = checkout_protocol(task, "pretrained", budget, [])[1]
-        if committed != [mine]:
-            commits = sorted({str(c)[:7] for c in rows.get("commit", pd.Series(dtype=str)) if str(c)})
-            raise CompareError(
-                f"protocol mismatch on task {task}: this checkout computes task_protocol {mine}, {csv} has "
-                f"{', '.join(committed)} (harness version, oracle or embedded weights differ; records made at commit "
-                f"{', '.join(commits) or 'unknown'}): check out that commit or re-make the records")
-        out[task] = mine
-    return out
 
 
 # ---- the canary -------------------------------------------------------------------------------------
@@ -226,7 +161,7 @@ def choose_canary(records: pd.DataFrame, tasks: list[str], seeds: list[int], spe
     """The committed cell to re-run: ``spec`` METHOD or METHOD=VALUE, default the pretrained model (cheap:
     no training; it checks the task, oracle, prior, sampler and evaluation), else sqdf at beta 1; on the
     first of ``tasks`` that has it, on the records' seeds of that cell among ``seeds``."""
-    wanted = [(spec.partition("=")[0], _num(spec.partition("=")[2]) if "=" in spec else None)] if spec else \
+    wanted = [(spec.partition("=")[0], rr.to_float(spec.partition("=")[2]) if "=" in spec else None)] if spec else \
         [("pretrained", None), ("sqdf", 1.0)]
     for method, value in wanted:
         for task in tasks:
@@ -238,7 +173,7 @@ def choose_canary(records: pd.DataFrame, tasks: list[str], seeds: list[int], spe
                 continue
             first = rows.sort_values(["budget", "value"]).iloc[0]
             rows = cell_rows(rows, task, method, first["value"], int(first["budget"])).sort_values("seed")
-            return Canary(task, method, str(first["knob"] or ""), _num(first["value"]), int(first["budget"]),
+            return Canary(task, method, str(first["knob"] or ""), rr.to_float(first["value"]), int(first["budget"]),
                           [int(s) for s in rows["seed"]], rows)
     what = spec or "pretrained or sqdf at beta=1"
     raise CompareError(f"no committed cell for the canary ({what}) on tasks {', '.join(tasks)}; pick one with "
@@ -289,45 +224,6 @@ def judge_canary(canary: Canary, new: pd.DataFrame, cpu: str) -> tuple[bool, str
                            "t-interval and no overlap; this checkout does not reproduce the committed runs")
     how = "identical to the committed runs (same CPU model)" if same_cpu else "inside the committed 95% t-intervals"
     return True, f"canary {canary.label}: {how}"
-
-
-# ---- merging records --------------------------------------------------------------------------------
-def renormalise(records: pd.DataFrame) -> pd.DataFrame:
-    """The records with norm_low / norm_high / normalised_score recomputed over all of them (as
-    ``run_records.collect`` does over one root), columns and rows in the records' order."""
-    df = records.drop(columns=[c for c in ("norm_low", "norm_high", "norm_high_source", "normalised_score")
-                               if c in records.columns])
-    finals, rounds = rr.leaderboard_frames(records)
-    df = lb.add_normalised(df, lb.normalisation_bounds(finals, rounds))
-    for col in rr.FIRST:
-        if col not in df.columns:
-            df[col] = math.nan
-    df = df[rr.FIRST + sorted(c for c in df.columns if c not in rr.FIRST)]
-    return df.sort_values(["task", "method", "knob", "value", "budget", "seed"], kind="stable",
-                          na_position="first").reset_index(drop=True)
-
-
-def merge_records(committed: pd.DataFrame, new: pd.DataFrame, where: str) -> pd.DataFrame:
-    """committed + the rows of ``new`` that are not already there (key task, method, knob, value, budget,
-    seed), renormalised; CompareError when a row of ``new`` contradicts a committed row or the merged
-    table would pool protocols."""
-    key = ["task", "method", "knob", "value", "budget", "seed"]
-    def keys(df):
-        return [tuple([r.task, r.method, r.knob or "", frontier.fmt_value(_num(r.value)), int(r.budget), int(r.seed)])
-                for r in df[key].itertuples()]
-    have = dict(zip(keys(committed), committed["eval_reward"]))
-    fresh = []
-    for k, reward in zip(keys(new), new["eval_reward"]):
-        if k in have:
-            if not math.isclose(float(have[k]), float(reward), rel_tol=1e-9):
-                raise CompareError(f"{where}: the run {'/'.join(map(str, k))} is in the committed records with eval "
-                                   f"reward {have[k]!r}, here {reward!r}")
-            fresh.append(False)
-        else:
-            fresh.append(True)
-    merged = pd.concat([committed, new[fresh]], ignore_index=True)
-    rr.require_one_protocol(merged, where)
-    return renormalise(merged)
 
 
 # ---- verdicts, tables, plots --------------------------------------------------------------------------
@@ -527,7 +423,7 @@ def run_compare(a: argparse.Namespace) -> int:
 
     suite = SUITES[a.suite]
     csv = a.runs_csv or suite.runs_csv
-    committed = read_committed(csv, suite)
+    committed = read_committed(csv, suite.script, suite.runs_root)
     tasks = sweep.parse_list(a.tasks, "tasks") if a.tasks else sorted(committed["task"].unique())
     absent = [t for t in tasks if t not in set(committed["task"])]
     if absent:
@@ -567,7 +463,7 @@ def run_compare(a: argparse.Namespace) -> int:
         print(f"compare: canary {canary.label}", file=sys.stderr)
         _run(specs, a, cdir, "canary")
         done = [s.run_dir for s in specs if (s.run_dir / "final.json").exists()]
-        new = lb.load_runs([cdir])[0] if done else pd.DataFrame(columns=["seed", *CANARY_KEYS, "protocol"])
+        new = rf.load_runs([cdir])[0] if done else pd.DataFrame(columns=["seed", *CANARY_KEYS, "protocol"])
         if len(new) and set(new["protocol"]) != {proto}:
             raise CompareError(f"canary {canary.label}: its runs recorded protocol {sorted(set(new['protocol']))}, "
                                f"expected {proto}")
@@ -603,7 +499,8 @@ def run_compare(a: argparse.Namespace) -> int:
     rr.write_records(runs, out / "runs.csv")
     verdicts, notes = verdict_rows(runs, a.method, tasks)
     lb.write_csv(verdicts, out / "verdicts.csv")
-    meta = {"method": a.method, "suite": suite.name, "runs_csv": str(csv), "n_committed": len(committed),
+    meta = {"method": a.method, "suite": suite.name, "runs_csv": str(csv), "script": suite.script,
+            "runs_root": suite.runs_root, "n_committed": len(committed),
             "tasks": tasks, "seeds": seeds, "budgets": budgets, "grid": grid, "sets": sets,
             "task_protocols": task_protocols, "canary": canary_line, "n_new": len(finished), "n_specs": len(specs),
             "written": _dt.datetime.now().isoformat(timespec="seconds")}
@@ -621,38 +518,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return run_compare(a)
-    except (lb.LeaderboardError, SweepError) as e:
+    except (rf.LeaderboardError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-# ---- merging a compare folder into the committed records (python -m benchmarks.report.leaderboard --add DIR) --
-def add_to_records(folder: str | Path, records_csv: Optional[str] = None) -> int:
-    """Merge ``folder/runs.csv`` (a compare folder) into the committed per-run records after the protocol
-    check of :func:`run_compare` (this checkout's task_protocol of every task = the records' = the folder's);
-    rows already in the records must agree; the merged records are renormalised and written in place."""
-    folder = Path(folder)
-    try:
-        meta_path, runs_path = folder / META_FILE, folder / "runs.csv"
-        if not runs_path.exists() or not meta_path.exists():
-            raise CompareError(f"{folder} is not a compare folder (no runs.csv and {META_FILE}; "
-                               "python -m benchmarks.run.compare --out DIR writes them)")
-        meta = json.loads(meta_path.read_text())
-        target = records_csv or meta.get("runs_csv") or SUITES[meta.get("suite", "synthetic")].runs_csv
-        committed = read_committed(target, SUITES.get(meta.get("suite", "synthetic"), SUITES["synthetic"]))
-        incoming = rr.read_records(runs_path)
-        tasks = sorted(incoming["task"].unique())
-        both = pd.concat([committed[committed["task"].isin(tasks)], incoming], ignore_index=True)
-        check_task_protocols(both, tasks, f"{target} and {runs_path}")
-        merged = merge_records(committed, incoming, target)
-    except (lb.LeaderboardError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    added = len(merged) - len(committed)
-    rr.write_records(merged, Path(target))
-    print(f"added {added} run(s) of {', '.join(sorted(set(incoming['method']) - set(committed['method']))) or 'no new method'}"
-          f" from {runs_path} to {target} ({len(merged)} runs); rebuild the tables from it")
-    return 0
 
 
 if __name__ == "__main__":

@@ -106,9 +106,15 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmarks.common.provenance import provenance
 from benchmarks.report import frontier_stats as fs
 from benchmarks.report import leaderboard as lb
+from benchmarks.report import run_folders as rf
+from benchmarks.report import run_records as rr
 from benchmarks.report import stats
+from benchmarks.report.run_records import POINT_DIR as _POINT_DIR
+from benchmarks.report.run_records import fmt_value
+from benchmarks.report.run_records import folder_value as _folder_value
 from benchmarks.run import sweep
 from benchmarks.run.sweep import RunSpec, SweepError
 
@@ -124,7 +130,6 @@ KL_METHODS = ("sqdf", "seiko", "adjoint-matching")
 SINGLE_POINT = ("pretrained", "random", "turbo", "qlognei")
 PLAN_FILE = "_frontier.json"
 KL_FLOOR = 1e-2  # nats; where KL-0 points are drawn on the log axis
-_POINT_DIR = re.compile(r"^(?P<method>.+?)__(?:(?P<knob>[A-Za-z_]\w*)=(?P<value>[^=]+)|default)$")
 
 
 # ---- the grid -----------------------------------------------------------------------------------
@@ -143,12 +148,6 @@ class GridPlan:
 
     def set_item(self, value) -> list[str]:
         return [] if self.knob is None else [f"{self.knob}={value!r}"]
-
-
-def fmt_value(v) -> str:
-    """Knob value as written in folder names and tables: 6 significant digits (0.01, 1, 1e-05); a categorical
-    value (e.g. ``buffer=none`` for an ablation) as itself."""
-    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def _clean(x: float) -> float:
@@ -246,14 +245,6 @@ def _parse_values(text: str, method: str, integer: bool) -> list:
     return sorted(vals) if all(isinstance(v, (int, float)) for v in vals) else vals
 
 
-def _folder_value(text: str):
-    """A grid folder's knob value: a float, or the word itself for a categorical knob."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def _same_value(got, value) -> bool:
     if got is None:
         return False
@@ -332,7 +323,8 @@ def record_plan(out: Path, plans: dict[str, GridPlan], command: str) -> None:
     rec = json.loads(path.read_text()) if path.exists() else {"methods": {}, "commands": []}
     for m, p in plans.items():
         rec["methods"][m] = {"knob": p.knob, "values": [] if p.knob is None else p.values, "source": p.source}
-    rec["commands"].append({"command": command, "started": _dt.datetime.now().isoformat(timespec="seconds")})
+    rec["commands"].append({**provenance(command=command),
+                            "started": _dt.datetime.now().isoformat(timespec="seconds")})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=1))
 
@@ -347,26 +339,26 @@ def load_frontier_runs(out: str | Path, tasks=None, methods=None, budgets=None) 
     """
     out = Path(out)
     if not out.is_dir():
-        raise lb.LeaderboardError(f"--out {str(out)!r} does not exist or is not a folder")
+        raise rf.LeaderboardError(f"--out {str(out)!r} does not exist or is not a folder")
     plan = json.loads((out / PLAN_FILE).read_text()).get("methods", {}) if (out / PLAN_FILE).exists() else {}
     finals, rounds = [], []
     for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
         m = _POINT_DIR.match(d.name)
-        if not lb.find_run_dirs([d])[0]:
+        if not rf.find_run_dirs([d])[0]:
             continue
         if not m:
             print(f"note: {d} is not a grid folder (<method>__<knob>=<value>); left out", file=sys.stderr)
             continue
-        f, r = lb.load_runs([d])
-        lb.check_uniform_settings(f)
+        f, r = rf.load_runs([d])
+        rf.check_uniform_settings(f)
         knob = m.group("knob") or ""
         value = _folder_value(m.group("value")) if knob else math.nan
         n_eval, commit = [], []  # evaluation designs per run (config.json's run.n_eval, for
         for run_dir in f["run_dir"]:  # frontier_stats.run_failed) and the commit that made it
-            cfg = lb._read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
+            cfg = rf._read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
             got = cfg.get("agent", {}).get(knob) if knob else None
             if knob and not _same_value(got, value):
-                raise lb.LeaderboardError(f"{run_dir}: its folder says {knob}={m.group('value')} but config.json "
+                raise rf.LeaderboardError(f"{run_dir}: its folder says {knob}={m.group('value')} but config.json "
                                           f"has agent.{knob}={got!r}")
             n_eval.append((cfg.get("run") or {}).get("n_eval"))
             commit.append(str(cfg.get("git_commit") or ""))
@@ -379,17 +371,15 @@ def load_frontier_runs(out: str | Path, tasks=None, methods=None, budgets=None) 
         finals.append(f)
         rounds.append(r)
     if not finals:
-        raise lb.LeaderboardError(f"no finished run in a grid folder under {str(out)!r}")
+        raise rf.LeaderboardError(f"no finished run in a grid folder under {str(out)!r}")
     runs, rr = pd.concat(finals, ignore_index=True), pd.concat(rounds, ignore_index=True)
     for col, keep in (("task", tasks), ("method", methods), ("budget", budgets)):
         if keep:
             runs, rr = runs[runs[col].isin(keep)], rr[rr[col].isin(keep)]
     if runs.empty:
-        raise lb.LeaderboardError("no finished run matches --tasks/--methods/--budget under " + str(out))
-    from benchmarks.report.run_records import require_one_protocol
-
-    require_one_protocol(runs, str(out))  # one table, one protocol: never pool runs that computed differently
-    runs = lb.add_normalised(runs, lb.normalisation_bounds(runs, rr))
+        raise rf.LeaderboardError("no finished run matches --tasks/--methods/--budget under " + str(out))
+    rf.require_one_protocol(runs, str(out))  # one table, one protocol: never pool runs that computed differently
+    runs = rf.add_normalised(runs, rf.normalisation_bounds(runs, rr))
     return runs.reset_index(drop=True), rr.reset_index(drop=True)
 
 
@@ -409,7 +399,7 @@ def point_table(runs: pd.DataFrame, confidence: float = fs.CONFIDENCE) -> pd.Dat
     achievable frontier (``frontier_stats.envelope`` of its point means and the pretrained start)."""
     skip = {"knob", "value", "norm_low", "norm_high", "grid_source", "point", "peak_mem_mb", "n_eval", "failed",
             "best_round_eval_reward", "torch_threads"}
-    extras = [k for k in lb.extra_metric_keys(runs) if k not in skip and k not in FIRST_METRICS]
+    extras = [k for k in rf.extra_metric_keys(runs) if k not in skip and k not in FIRST_METRICS]
     # a metric no run logged (all empty) gets no columns, whether the runs come from folders or a runs CSV
     metrics = [k for k in (*FIRST_METRICS, *extras, *LAST_METRICS)
                if k in runs and pd.to_numeric(runs[k], errors="coerce").notna().any()]
@@ -685,8 +675,6 @@ RUNS_CSV_COLUMNS = ("task", "method", "knob", "value", "budget", "seed", "eval_r
 def canonical_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs in one row order (``run_records.order_records``, unpadded) with empty columns as float NaN, so
     that runs read from folders and the same runs read back from their CSV give identical tables."""
-    from benchmarks.report import run_records as rr
-
     runs = rr.order_records(runs, pad=False)
     for c in runs.columns:
         if runs[c].dtype == object and runs[c].isna().all():
@@ -697,8 +685,6 @@ def canonical_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def write_runs_csv(runs: pd.DataFrame, path: Path, root: Optional[Path] = None) -> None:
     """One row per run (``run_records.write_records``: full float precision), ``run_dir`` relative to the
     ``--out`` folder ``root`` (the CSV is committed; the folders are not)."""
-    from benchmarks.report import run_records as rr
-
     rec = runs.copy()
     if root is not None:
         rec["run_dir"] = [_relative(d, root) for d in rec["run_dir"]]
@@ -723,17 +709,15 @@ def load_runs_csv(path: str | Path, tasks=None, methods=None, budgets=None) -> p
     """The runs of a ``--runs-csv`` file (one row per run), filtered like :func:`load_frontier_runs`.
 
     When a filter drops rows, the normalisation is recomputed over the rows kept, as it is from the folders
-    (``leaderboard.normalisation_bounds``: needs round0_eval_reward, round0_path_kl, optimal_value and
+    (``run_folders.normalisation_bounds``: needs round0_eval_reward, round0_path_kl, optimal_value and
     best_round_eval_reward, the best eval reward of any round of the run)."""
-    from benchmarks.report import run_records as rr
-
     path = Path(path)
     if not path.is_file():
-        raise lb.LeaderboardError(f"--from-runs {str(path)!r} is not a file")
+        raise rf.LeaderboardError(f"--from-runs {str(path)!r} is not a file")
     runs = rr.read_records(path)
     missing = [c for c in RUNS_CSV_COLUMNS if c not in runs.columns]
     if missing:
-        raise lb.LeaderboardError(f"{path} lacks {', '.join(missing)}; write it with python -m benchmarks.run.frontier "
+        raise rf.LeaderboardError(f"{path} lacks {', '.join(missing)}; write it with python -m benchmarks.run.frontier "
                                   "--runs-csv")
     runs["value"] = runs["value"].map(_csv_value)
     n = len(runs)
@@ -741,18 +725,16 @@ def load_runs_csv(path: str | Path, tasks=None, methods=None, budgets=None) -> p
         if keep:
             runs = runs[runs[col].isin(keep)]
     if runs.empty:
-        raise lb.LeaderboardError(f"no run in {path} matches --tasks/--methods/--budget")
+        raise rf.LeaderboardError(f"no run in {path} matches --tasks/--methods/--budget")
     if len(runs) < n:
         need = ("round0_eval_reward", "round0_path_kl", "optimal_value", "best_round_eval_reward")
         lack = [c for c in need if c not in runs.columns]
         if lack:
-            raise lb.LeaderboardError(f"{path} lacks {', '.join(lack)}: cannot re-normalise a filtered table")
+            raise rf.LeaderboardError(f"{path} lacks {', '.join(lack)}: cannot re-normalise a filtered table")
         rounds = runs[["task", "method", "budget", "seed"]].assign(eval_reward=runs["best_round_eval_reward"])
         runs = runs.drop(columns=["normalised_score", "norm_low", "norm_high", "norm_high_source"])
-        runs = lb.add_normalised(runs, lb.normalisation_bounds(runs, rounds))
-    from benchmarks.report.run_records import require_one_protocol
-
-    require_one_protocol(runs, str(path))
+        runs = rf.add_normalised(runs, rf.normalisation_bounds(runs, rounds))
+    rf.require_one_protocol(runs, str(path))
     return runs.reset_index(drop=True)
 
 
@@ -1044,7 +1026,7 @@ def main(argv: Optional[list[str]] = None, runner=None) -> int:
                                max_seeds=max_seeds, cap=args.kl_cap, low=args.kl_low)
         else:
             rc = run(specs)
-    except (SweepError, lb.LeaderboardError) as e:
+    except (SweepError, rf.LeaderboardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rc_report = _report(args.out, report)
@@ -1062,7 +1044,7 @@ def _sweep_runner(args: argparse.Namespace, command: str):
 def _report(out, report: dict, **filters) -> int:
     try:
         write_report(out, **report, **filters)
-    except lb.LeaderboardError as e:
+    except rf.LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
