@@ -209,7 +209,7 @@ def read_committed(path: str | Path, script: str = "", runs_root: str = "") -> p
     missing = sorted(need - set(df.columns))
     if missing:
         raise RunRecordError(f"{path} lacks the column(s) {', '.join(missing)}; is it a per-run records CSV "
-                           "(python -m benchmarks.report.run_records)?")
+                             "(python -m benchmarks.report.run_records)?")
     if not len(df):
         raise RunRecordError(f"{path} has no runs")
     return df
@@ -284,8 +284,8 @@ def merge_records(committed: pd.DataFrame, new: pd.DataFrame, where: str) -> pd.
     for k, reward in zip(keys(new), new["eval_reward"]):
         if k in have:
             if not math.isclose(float(have[k]), float(reward), rel_tol=1e-9):
-                raise RunRecordError(f"{where}: the run {'/'.join(map(str, k))} is in the committed records with eval "
-                                   f"reward {have[k]!r}, here {reward!r}")
+                raise RunRecordError(f"{where}: the run {'/'.join(map(str, k))} is in the committed records with "
+                                     f"eval reward {have[k]!r}, here {reward!r}")
             fresh.append(False)
         else:
             fresh.append(True)
@@ -296,8 +296,8 @@ def merge_records(committed: pd.DataFrame, new: pd.DataFrame, where: str) -> pd.
 
 def add_to_records(folder: str | Path, records_csv: Optional[str] = None) -> int:
     """Merge ``folder/runs.csv`` (a compare folder) into the committed per-run records after the protocol
-    check of ``benchmarks.run.compare`` (this checkout's task_protocol of every task = the records' = the folder's);
-    rows already in the records must agree; the merged records are renormalised and written in place.
+    check of ``benchmarks.run.compare`` (this checkout's task_protocol of every task = the records' = the
+    folder's); rows already in the records must agree; the merged records are renormalised and written in place.
     ``records_csv`` defaults to the records the comparison used (its ``_compare.json``). Exit status 0, or 2
     with one line on stderr."""
     folder = Path(folder)
