@@ -52,6 +52,8 @@ SLOW_TESTS = {
         "test_misbehaving_plugin_agent_gives_one_line",
     },
     "test_fk_steering.py": {"test_cli_runs_on_vector_and_image_tiers"},
+    "test_d3po.py": {"test_cli_run_on_levy_manifold"},
+    "test_rlcm.py": {"test_cli_runs_on_vector_and_image_tiers"},
     "test_protocol.py": {"test_golden_fingerprints_match_the_committed_values"},
     "test_hostile.py": {
         "test_resume_refuses_other_settings",

@@ -25,6 +25,8 @@ METHODS: dict[str, str] = {
     "find": "baselines.find:FINDAgent",
     "dts": "baselines.dts:DTSAgent",
     "dts-star": "baselines.dts:DTSStarAgent",
+    "d3po": "baselines.d3po:D3POAgent",
+    "rlcm": "baselines.rlcm:RLCMAgent",
     "raft": "baselines.raft:RAFTAgent",
     "diffusion-nft": "baselines.diffusion_nft:DiffusionNFTAgent",
     "turbo": "baselines.turbo:TuRBOAgent",
