@@ -39,7 +39,8 @@ METHOD_COLOURS = {"pretrained": "#7f7f7f", "sqdf": "#d62728", "ddpo": "#1f77b4",
                   "adjoint-matching": "#9467bd", "seiko": "#e377c2", "draft-1": "#393b79",
                   "best-of-n": "#000000", "svdd": "#8c6d31", "random": "#c7c7c7", "fk-steering": "#637939",
                   "raft": "#e7969c", "diffusion-nft": "#6b6ecf", "turbo": "#843c39", "qlognei": "#de9ed6",
-                  "find": "#31a354", "dts": "#3182bd", "dts-star": "#9ecae1"}
+                  "find": "#31a354", "dts": "#3182bd", "dts-star": "#9ecae1", "d3po": "#a55194",
+                  "rlcm": "#fd8d3c"}
 #: line style and marker by method family, so that methods of similar colour stay apart in a crowded figure
 FAMILY_STYLES = {"kl-regularised": ("-", "o"), "reward backprop": ("--", "s"),
                  "policy gradient / reward-weighted": ("-.", "^"), "inference-time": (":", "D")}
@@ -49,7 +50,8 @@ METHOD_FAMILY = {"sqdf": "kl-regularised", "seiko": "kl-regularised", "adjoint-m
                  "ddpo": "policy gradient / reward-weighted", "ddpo-sf": "policy gradient / reward-weighted",
                  "raft": "policy gradient / reward-weighted", "diffusion-nft": "policy gradient / reward-weighted",
                  "best-of-n": "inference-time", "svdd": "inference-time", "fk-steering": "inference-time",
-                 "find": "kl-regularised", "dts": "inference-time", "dts-star": "inference-time"}
+                 "find": "kl-regularised", "dts": "inference-time", "dts-star": "inference-time",
+                 "d3po": "policy gradient / reward-weighted", "rlcm": "policy gradient / reward-weighted"}
 NATURALNESS_LABELS = {"invalid_frac": "invalid fraction (off-manifold designs)",
                       "prior_logpdf": "prior log-density (nats)"}
 CI_REPS = 1000
