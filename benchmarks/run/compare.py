@@ -40,8 +40,8 @@ its class's defaults.
 **Verdicts** (``verdicts.csv``: task, budget, metric, method, reference, verdict, effect, low, high,
 p_value, p_holm, n_seeds, seeds): the new method against each committed method with a value, per task and
 budget, on the per-seed area under the achievable frontier (``auf``) and score @ KL 1 and 10 nats
-(``benchmarks/frontier_stats.per_seed_frontier``), paired on common seeds (paired t-test,
-``benchmarks/stats.verdict_table``), Holm-adjusted per task, budget and metric. effect = new - reference
+(``benchmarks.report.frontier_stats.per_seed_frontier``), paired on common seeds (paired t-test,
+``benchmarks.report.stats.verdict_table``), Holm-adjusted per task, budget and metric. effect = new - reference
 in score units; ``above`` = the new method's value is higher at alpha 0.05 after Holm, ``below`` lower,
 ``undecided`` otherwise. Methods with no path KL (random search, BO) have no frontier and are left out.
 ``python -m benchmarks.report.leaderboard --add DIR`` merges ``DIR/runs.csv`` into the committed records.
