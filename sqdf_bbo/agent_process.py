@@ -33,6 +33,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import types
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
@@ -241,7 +242,7 @@ def placeholder(type_name: str) -> Any:
 
 class IsolatedAgent:
     """The harness's handle on an agent in an :class:`AgentProcess`: the calls the runner makes
-    (propose, proposal_chunk, observe, improve, state, load, evaluation weights) as requests.
+    (propose, proposal_chunk, observe, improve, state, load, evaluation_sampler) as requests.
 
     ``config`` is the harness's own copy of the agent's settings; ``describe`` the class facts the child
     reported (diffusion policy or not, steers_sampling, analytic_path_kl)."""
@@ -251,7 +252,7 @@ class IsolatedAgent:
         self.steers_sampling = bool(describe.get("steers_sampling"))
         self.evaluates_policy = bool(describe.get("diffusion")) and not self.steers_sampling
         self.reference = reference  # the harness's own backbone (evaluation of a policy)
-        self.update_hook = None  # set by the runner around improve(): called with the steps done
+        self.step_callback = None  # set by the runner around improve(): its step_done(done) after each step
         self.round_progress: Optional[dict] = None
         self._eval_policy = None
         if describe.get("analytic_path_kl"):
@@ -295,9 +296,9 @@ class IsolatedAgent:
         self.proc.call("observe", "observe", designs=designs, values=values)
 
     def improve(self) -> dict:
-        hook = self.update_hook
-        events = {"step": lambda h: hook(int(h["done"]))} if hook is not None else {}
-        h, _ = self.proc.call("improve", "improve", events=events, hook=hook is not None)
+        cb = self.step_callback  # the child reports each optimizer step only when the runner listens
+        events = {"step": lambda h: cb.step_done(int(h["done"]))} if cb is not None else {}
+        h, _ = self.proc.call("improve", "improve", events=events, hook=cb is not None)
         stats = h.get("stats") or {}
         return {str(k)[:200]: v for k, v in stats.items() if isinstance(v, (int, float, str)) or v is None}
 
@@ -313,11 +314,25 @@ class IsolatedAgent:
         progress = h.get("round_progress")
         self.round_progress = progress if isinstance(progress, dict) else None
 
-    def sampling_policy(self):
-        """The noise predictor the harness samples the evaluation with: the harness's own copy of its
-        backbone holding the agent's current weights when they fit it (same names, shapes and dtypes: the
-        evaluation then runs entirely here), else :class:`RemotePolicy` (each call checked)."""
-        h, t = self.proc.call("policy_weights", "evaluation")
+    def evaluation_sampler(self, settings: Optional[dict] = None):
+        """The agent's ``evaluation_sampler``, forwarded: the child names its noise predictor (None: the
+        agent is evaluated through propose). The schedule is read harness side, from ``settings`` (the run's
+        copy of the agent's settings; None: this handle's copy), by the rule of every DiffusionAgent
+        (``EvaluationSampler.from_settings``): the agent's process is not trusted to say how it is evaluated.
+        The predictor is the harness's own copy of its backbone holding the agent's current weights when they
+        fit it (same names, shapes and dtypes: the evaluation then runs entirely here), else
+        :class:`RemotePolicy` (each call checked)."""
+        from sqdf_bbo.agents.base import EvaluationSampler
+
+        if not self.evaluates_policy:
+            return None
+        settings = dict(self.config if settings is None else settings)
+        h, t = self.proc.call("evaluation_sampler", "evaluation", settings=settings)
+        if h.get("none"):
+            return None
+        return EvaluationSampler.from_settings(self._evaluation_policy(h, t), settings, self.reference)
+
+    def _evaluation_policy(self, h: dict, t: dict):
         if self.reference is not None and h.get("fits", True):
             if self._eval_policy is None:
                 self._eval_policy = copy.deepcopy(self.reference).eval().requires_grad_(False)
@@ -447,16 +462,16 @@ class _Child:
         return {}, None
 
     def op_improve(self, msg: dict):
-        if msg["hook"]:
-            def hook(done: int) -> None:
+        if msg["hook"]:  # the runner listens to the steps: each one is an event it answers with "continue"
+            def step_done(done: int) -> None:
                 self.reply({"event": "step", "done": int(done)})
                 self.serve(until="continue")
 
-            self.agent.update_hook = hook
+            self.agent.step_callback = types.SimpleNamespace(step_done=step_done)
         try:
             stats = dict(self.agent.improve() or {})
         finally:
-            self.agent.update_hook = None
+            self.agent.step_callback = None
         return {"stats": {str(k): _json_number(v) for k, v in stats.items()}}, None
 
     def op_state(self, msg: dict):
@@ -486,19 +501,25 @@ class _Child:
         return {"round_progress": {"done": int(progress["done"])} if isinstance(progress, dict)
                 and "done" in progress else None}, None
 
-    def _policy(self):
-        a = self.agent
-        return a.sampling_policy() if hasattr(a, "sampling_policy") else a.policy
-
-    def op_policy_weights(self, msg: dict):
-        pol = self._policy()
+    def op_evaluation_sampler(self, msg: dict):
+        """The agent's evaluation_sampler(settings): its noise predictor's weights (or that they are not a
+        module's: the harness then asks for each noise prediction, ``eps``), nothing when it has none."""
+        ask = getattr(self.agent, "evaluation_sampler", None)
+        sampler = ask(msg["settings"]) if callable(ask) else None
+        self._eval_policy = None if sampler is None else sampler.policy
+        if sampler is None:
+            return {"none": True}, None
+        pol = sampler.policy
         if not isinstance(pol, torch.nn.Module):
             return {"fits": False}, None
         return {"fits": True}, {k: v for k, v in pol.state_dict().items() if isinstance(v, torch.Tensor)}
 
     def op_eps(self, msg: dict):
+        policy = getattr(self, "_eval_policy", None)
+        if policy is None:
+            raise RuntimeError("a noise prediction was asked before the evaluation sampler")
         with torch.no_grad():
-            return {}, {"eps": self._policy()(msg["x"], msg["t"], msg["cond"])}
+            return {}, {"eps": policy(msg["x"], msg["t"], msg["cond"])}
 
     def op_analytic_kl(self, msg: dict):
         return {"value": _json_number(self.agent.analytic_path_kl())}, None

@@ -212,10 +212,10 @@ def load_consistency_mlp(prior: str, lo: Tensor, hi: Tensor, num_steps: int = 50
 
 
 def find_consistency_model(task_info, reference: nn.Module, num_steps: int) -> tuple[Optional[nn.Module], str]:
-    """(frozen CM, "") for a task, or (None, reason). Looks at ``task_info.defaults["consistency"]`` (a
+    """(frozen CM, "") for a task, or (None, reason). Looks at ``task_info.make_consistency_model`` (a
     zero-argument factory, for other tiers) first, then the synthetic tier's committed MLP CMs. A CM
     distilled for another number of steps is rejected (its grid would not contain τ_{k+1})."""
-    factory = task_info.defaults.get("consistency") if isinstance(task_info.defaults, dict) else None
+    factory = getattr(task_info, "make_consistency_model", None)
     try:
         if callable(factory):
             cm = factory()

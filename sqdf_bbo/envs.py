@@ -63,7 +63,7 @@ class BudgetedOracleEnv(gymnasium.Env):
     Args:
         task: a registered task name or a :class:`Task` instance.
         budget: total number of oracle queries in one episode (>= 1).
-        batch_size: the declared batch of ``action_space`` (default: the task's ``defaults["batch_size"]``
+        batch_size: the declared batch of ``action_space`` (default: the task's ``run_defaults.batch_size``
             or 1, shrunk to the budget when that is smaller); must be <= budget. Batches of any other size ``m >= 1`` are accepted by :meth:`step`.
         task_kwargs: overrides passed to ``make_task(task, **task_kwargs)`` (only with a task name).
         out_of_bounds: what to do with designs outside ``task.info.bounds``: ``"allow"`` (default; the oracle
@@ -102,7 +102,8 @@ class BudgetedOracleEnv(gymnasium.Env):
         self._task = task
         self.budget = _check_int("budget", budget, 1)
         if batch_size is None:  # the task's default batch, shrunk to a smaller budget (as the runner does)
-            batch_size = min(int(task.info.defaults.get("batch_size", 1)), self.budget)
+            declared = task.info.run_defaults.batch_size
+            batch_size = min(int(1 if declared is None else declared), self.budget)
         self.batch_size = _check_int("batch_size", batch_size, 1)
         if self.batch_size > self.budget:
             raise ValueError(f"batch_size must be <= budget={self.budget}, got {self.batch_size}")

@@ -22,7 +22,7 @@ refit runs a fixed number of epochs of ceil(N / proxy_batch) mini-batches over t
 so its cost per mini-batch is learned and multiplied by the next round's count (with no ``proxy_batch``
 setting, one unit per round: a constant refit). The round sizes are known; the optimizer steps
 per round come from the agent's ``updates_per_round`` setting, or are counted in the first round (the
-runner's per-step ``update_hook``); the evaluation (``n_eval`` samples) costs the same every round.
+agent's per-step reports, ``Agent.step_callback``); the evaluation (``n_eval`` samples) costs the same every round.
 
 Before any measurement the model uses a crude prior scaled by the pretrained model's evaluation (round 0,
 measured before the bar starts): E seconds per evaluation, E / (3 n_eval) per design, a tenth of that per
@@ -298,8 +298,8 @@ class RunProgress:
         self._show()
 
     def step_hook(self, then: Optional[Callable[[int], None]]) -> Optional[Callable[[int], None]]:
-        """The agent's update_hook: count the step, then call ``then`` (the mid-round checkpointer); just
-        ``then`` when the bar is off."""
+        """A listener on the agent's optimizer steps (the runner puts it in the agent's ``step_callback``):
+        count the step, then call ``then`` (the mid-round checkpointer); just ``then`` when the bar is off."""
         if self.disable:
             return then
 

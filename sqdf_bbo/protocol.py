@@ -10,7 +10,8 @@ differ). The inputs, and nothing else:
 - ``task`` / ``method``: the name, a per-component version tag (the task's or agent class's optional
   ``protocol_version`` attribute, default 1: bump it when that task's oracle or that method's algorithm
   changes) and the resolved settings: the agent's resolved config; the task's resolved settings (its
-  ``cfg`` where it keeps one, else the overrides given), noise level, optimum, design shape and defaults;
+  ``cfg`` where it keeps one, else the overrides given), noise level, optimum, design shape and defaults
+  (the typed TaskInfo fields as one dict: :func:`task_defaults`);
 - ``run``: budget, the resolved round sizes, process count and every ``run.*`` setting except those that
   cannot change a result (:data:`NON_RESULT_RUN_SETTINGS`: tracker, checkpoint cadence, oracle retries);
   ``precision=auto`` as what it picked on the machine;
@@ -121,6 +122,26 @@ def _version(component) -> int:
     return int(getattr(component, "protocol_version", 1))
 
 
+def task_defaults(info) -> dict:
+    """A TaskInfo's typed defaults as the dict the ids of recorded runs hashed (before the typed fields
+    existed, ``TaskInfo.defaults`` was that dict): ``num_steps`` (``info.num_steps``), ``n_eval`` and
+    ``batch_size`` (``info.run_defaults``), ``agent`` (``info.agent_defaults``) and ``consistency``
+    (``info.make_consistency_model``), each key present only where its field is set (not None, a non-empty
+    ``agent_defaults``). Every existing task's id is unchanged by the move to typed fields."""
+    out: dict = {}
+    if info.num_steps is not None:
+        out["num_steps"] = info.num_steps
+    if info.run_defaults.n_eval is not None:
+        out["n_eval"] = info.run_defaults.n_eval
+    if info.run_defaults.batch_size is not None:
+        out["batch_size"] = info.run_defaults.batch_size
+    if info.agent_defaults:
+        out["agent"] = info.agent_defaults
+    if info.make_consistency_model is not None:
+        out["consistency"] = info.make_consistency_model  # enters the id as its type name only
+    return out
+
+
 def task_settings(task, overrides: dict) -> dict:
     """The task's part of the protocol: resolved settings, noise level, optimum, design shape, defaults."""
     settings = dict(overrides or {})
@@ -129,7 +150,7 @@ def task_settings(task, overrides: dict) -> dict:
         settings.update(resolved)
     return {"settings": _neutral(settings, "task"), "noise_std": task.noise_std,
             "optimal_value": task.optimal_value, "design_shape": list(task.info.design_shape),
-            "defaults": task.info.defaults}
+            "defaults": task_defaults(task.info)}
 
 
 def protocol_inputs(record: dict, task, agent_cls) -> dict:
@@ -270,7 +291,7 @@ def _metrics() -> list[float]:
     import numpy as np
 
     from sqdf_bbo import metrics
-    from sqdf_bbo.run import curve_summary
+    from sqdf_bbo.harness.evaluate import curve_summary
 
     rng = np.random.default_rng(3)
     cs = curve_summary(rng.normal(size=40), budget=50)
@@ -287,7 +308,7 @@ def _evaluation() -> list[float]:
     import torch
 
     from sqdf_bbo.agents import resolve_method
-    from sqdf_bbo.run import evaluate_policy
+    from sqdf_bbo.harness.evaluate import evaluate_policy
     from sqdf_bbo.tasks import make_task
 
     task = make_task("levy")

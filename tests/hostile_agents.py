@@ -50,15 +50,15 @@ def _tensors(obj, seen=None):
 
 def vandalise(info) -> int:
     """Overwrite every tensor reachable from a TaskInfo (the box shrunk onto levy's optimum x = 1, features
-    zeroed) and its defaults; returns how many tensors were hit."""
+    zeroed) and its defaults (agent and run); returns how many tensors were hit."""
     n = 0
     with torch.no_grad():
         for t in _tensors(info):
             if t.is_floating_point():
                 t.fill_(1 + 1e-3 if n % 2 else 1 - 1e-3)
                 n += 1
-    info.defaults["n_eval"] = 1
-    info.defaults["batch_size"] = 1
+    info.agent_defaults["num_steps"] = 1  # in place: the harness's dict must be another one
+    info.run_defaults = type(info.run_defaults)(n_eval=1, batch_size=1)
     return n
 
 

@@ -186,10 +186,9 @@ def test_a_killed_harness_resumes_an_isolated_agent_mid_round_exactly(tmp_path, 
     argv = [*LEVY, "--method", "hostile_agents:PlainSQDF", *SQDF, "--set", "run.checkpoint_every=1"]
     assert main(argv + ["--out", str(tmp_path / "a")]) == 0
     # checkpoint 1 after round 0, 2 after round 1's queries, 3-5 after its 3 steps: 4 is mid-round
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT", "4")
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
-    with pytest.raises(Killed):
-        main(argv + ["--out", str(tmp_path / "b")])
+    with pytest.raises(Killed):  # a simulated kill (FaultInjection): os._exit raises here
+        main(argv + ["--out", str(tmp_path / "b"), "--fault", "crash_after_checkpoint=4"])
     monkeypatch.undo()
     assert _agent_processes() == []
     assert main(argv + ["--out", str(tmp_path / "b"), "--resume"]) == 0

@@ -67,3 +67,73 @@ def test_corrupt_journal_is_a_clear_error(tmp_path):
     path.write_text('{"round": 1, "batch": 0}\nnot json\n{"round": 1, "batch": 1}\n')
     with pytest.raises(ValueError, match="corrupt at line 2"):
         QueryJournal(path)
+
+
+# ---- simulated kills: the FaultInjection object (RunConfig.faults) ----------------------------------------
+class Killed(Exception):
+    pass
+
+
+def _killed_state(folder: Path) -> dict:
+    """What a killed run left: its finished rounds (no timings), journal batches and newest checkpoint."""
+    from sqdf_bbo import checkpoint
+
+    rounds = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if not k.endswith("_s") and k != "phase_wall_s"}  # noqa: E731
+    desc, tensors = checkpoint.load(folder / "checkpoint", "state")
+    st = checkpoint.decode(desc["run"], "run", tensors)
+    return {"rounds": [strip(r) for r in rounds], "journal": len((folder / "journal.jsonl").read_text().splitlines()),
+            "ckpt_id": st.ckpt_id, "queries": len(st.queries), "final": (folder / "final.json").exists()}
+
+
+@pytest.mark.parametrize("fault, env", [("crash_after_round=1", "SQDF_BBO_CRASH_AFTER_ROUND"),
+                                        ("crash_after_checkpoint=2", "SQDF_BBO_CRASH_AFTER_CHECKPOINT"),
+                                        ("crash_after_queries=12", "SQDF_BBO_CRASH_AFTER_QUERIES")])
+def test_fault_injection_kills_where_the_environment_variables_did(tmp_path, monkeypatch, fault, env):
+    """The same kill (status 17, the same folder left behind) from the object in run_experiment, from the
+    command line's --fault and from the former environment variable (which only the command line reads)."""
+    from sqdf_bbo.harness.config import FaultInjection
+    from sqdf_bbo.run import main, run_experiment
+
+    codes = []
+
+    def kill(code):
+        codes.append(code)
+        raise Killed(code)
+
+    monkeypatch.setattr(os, "_exit", kill)
+    key, value = fault.split("=")
+    argv = ["--task", "levy", "--method", "random", "--budget", "40", "--no-progress", "--set", "run.rounds=2",
+            "--set", "run.n_eval=8", "--set", "run.batch_size=8"]
+    with pytest.raises(Killed):
+        run_experiment("levy", "random", budget=40, out=str(tmp_path / "object"),
+                       run_settings={"rounds": 2, "n_eval": 8, "batch_size": 8},
+                       faults=FaultInjection(**{key: int(value)}))
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(tmp_path / "option"), "--fault", fault])
+    monkeypatch.setenv(env, value)
+    with pytest.raises(Killed):
+        main([*argv, "--out", str(tmp_path / "environ")])
+    assert run_experiment("levy", "random", budget=40, out=str(tmp_path / "library"),  # Python runs ignore it
+                          run_settings={"rounds": 2, "n_eval": 8, "batch_size": 8})["queries_used"] == 40
+    monkeypatch.delenv(env)
+    assert codes == [17, 17, 17]
+    states = [_killed_state(next((tmp_path / d).iterdir())) for d in ("object", "option", "environ")]
+    assert states[0] == states[1] == states[2] and not states[0]["final"]
+    expected = {"crash_after_round": (2, 3), "crash_after_checkpoint": (1, 2), "crash_after_queries": (1, 1)}[key]
+    assert (len(states[0]["rounds"]), states[0]["ckpt_id"]) == expected
+    if key == "crash_after_queries":  # the journal holds the answers bought before the kill, no checkpoint yet
+        assert states[0]["journal"] == 2 and states[0]["queries"] == 0
+    assert main([*argv, "--out", str(tmp_path / "option"), "--resume"]) == 0  # and the folder resumes
+
+
+def test_fault_injection_refuses_unknown_faults():
+    from sqdf_bbo.harness.config import CLIError, FaultInjection
+
+    assert not FaultInjection().any and FaultInjection.parse(["crash_after_round=2"]).crash_after_round == 2
+    with pytest.raises(CLIError, match="unknown fault"):
+        FaultInjection.parse(["crash_after_lunch=1"])
+    with pytest.raises(CLIError, match="must be an integer"):
+        FaultInjection(crash_after_round="1")
+    assert FaultInjection.from_environ({"SQDF_BBO_CRASH_AFTER_QUERIES": "5", "SQDF_BBO_CRASH_AFTER_ROUND": ""}) == \
+        FaultInjection(crash_after_queries=5)

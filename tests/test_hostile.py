@@ -35,9 +35,11 @@ def _rounds(folder: Path) -> list[dict]:
     return [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
 
 
-def _kill_after_round(monkeypatch, r: int) -> None:
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_ROUND", str(r))
+def _killed_at(monkeypatch, fault: str) -> list[str]:
+    """The options of a run killed at ``fault`` (sqdf_bbo.harness.config.FaultInjection, e.g.
+    ``crash_after_round=1``); the kill's os._exit raises Killed here instead of ending pytest."""
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
+    return ["--fault", fault]
 
 
 # ---- A: nothing the agent receives is shared with the harness ---------------------------------------
@@ -63,7 +65,7 @@ def test_the_agents_task_info_is_a_copy():
     assert vandalise(copy) >= 4  # bounds, feature buffers and the backbone factory's arguments
     assert torch.equal(task.info.bounds[0], lo) and torch.equal(task.info.bounds[1], hi)
     assert torch.equal(task.harness_reference().decode(torch.zeros(2, 8)), ref_before)
-    assert task.info.defaults["n_eval"] == 256
+    assert task.info.run_defaults.n_eval == 256 and task.info.agent_defaults == {"num_steps": 50}
 
 
 # ---- B: every design the agent returns is checked, in proposals and in evaluation ---------------------
@@ -160,10 +162,8 @@ BON = [*LEVY, "--method", "best-of-n", *SMALL, "--set", "oversample=2"]
 def killed_bon(tmp_path, monkeypatch):
     """A best-of-n run killed after round 1, and the uninterrupted run's folder."""
     assert main([*BON, "--out", str(tmp_path / "a")]) == 0
-    _kill_after_round(monkeypatch, 1)
     with pytest.raises(Killed):
-        main([*BON, "--out", str(tmp_path / "b")])
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_ROUND")
+        main([*BON, "--out", str(tmp_path / "b"), *_killed_at(monkeypatch, "crash_after_round=1")])
     return next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir())
 
 
@@ -196,10 +196,8 @@ def test_a_checkpoint_of_another_run_is_refused(killed_bon, tmp_path, monkeypatc
     import shutil
 
     a, b = killed_bon
-    _kill_after_round(monkeypatch, 1)
     with pytest.raises(Killed):
-        main([*BON, "--out", str(tmp_path / "s1"), "--seed", "1"])
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_ROUND")
+        main([*BON, "--out", str(tmp_path / "s1"), "--seed", "1", *_killed_at(monkeypatch, "crash_after_round=1")])
     s1 = next((tmp_path / "s1").iterdir())
     shutil.rmtree(b / "checkpoint")
     shutil.copytree(s1 / "checkpoint", b / "checkpoint")
@@ -287,12 +285,9 @@ def test_a_journal_from_before_the_chain_is_refused(tmp_path):
 
 
 def test_an_edited_journal_is_refused_on_resume_not_blamed_on_the_agent(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_QUERIES", "12")  # inside round 2 (sizes 13, 27)
-    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
     argv = [*LEVY, "--method", "hostile_agents:BadOutput", "--out", str(tmp_path)]
     with pytest.raises(Killed):
-        main(argv)
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_QUERIES")
+        main([*argv, *_killed_at(monkeypatch, "crash_after_queries=12")])  # inside round 2 (sizes 13, 27)
     journal = next(tmp_path.iterdir()) / "journal.jsonl"
     lines = journal.read_text().splitlines()
     e = json.loads(lines[-1])

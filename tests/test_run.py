@@ -157,7 +157,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     args = ["--task", "rastrigin-manifold", "--method", "test_run:HillClimbAgent", "--budget", "150", *FAST]
     full = _run_cli(args + ["--out", str(tmp_path / "a")])
     assert full.returncode == 0, full.stderr
-    killed = _run_cli(args + ["--out", str(tmp_path / "b")], {"SQDF_BBO_CRASH_AFTER_ROUND": "2"})
+    killed = _run_cli(args + ["--out", str(tmp_path / "b"), "--fault", "crash_after_round=2"])
     assert killed.returncode == 17, killed.stderr
     name = "rastrigin-manifold__test_run.HillClimbAgent__b150__s0"
     assert not (tmp_path / "b" / name / "final.json").exists()

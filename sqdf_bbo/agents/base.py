@@ -69,7 +69,7 @@ class Agent:
         are coerced to their field types and range-checked (one-line ValueError naming the key)."""
         typed = cls.typed_settings()
         if typed is not None:
-            return _settings.resolve(typed, overrides, task.defaults.get("agent", {}), owner=f"method {cls.__name__}")
+            return _settings.resolve(typed, overrides, task.agent_defaults, owner=f"method {cls.__name__}")
         defaults = dict(cls.default_config)
         bad = sorted(set(overrides) - set(defaults))
         if bad:
@@ -77,7 +77,7 @@ class Agent:
                 f"unknown setting(s) {', '.join(map(repr, bad))} for method {cls.__name__}; "
                 f"allowed: {', '.join(sorted(defaults)) or '(none)'}"
             )
-        for k, v in task.defaults.get("agent", {}).items():
+        for k, v in task.agent_defaults.items():
             if k in defaults:
                 defaults[k] = v
         defaults.update(overrides)
@@ -100,10 +100,8 @@ class Agent:
 
     # ---- checkpoints (sqdf_bbo/checkpoint.py: safetensors + JSON, no pickle) --------------------------
     #: attributes __init__ rebuilds from (task, config, seed): never saved; a subclass adds its own
-    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "cfg", "seed", "dp", "update_hook")
-    #: set by the runner during improve(): an agent that can resume mid-improve calls it with the number of
-    #: optimizer steps done after each one (the runner may checkpoint then); None outside improve()
-    update_hook: ClassVar[Optional[Any]] = None
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "cfg", "seed", "dp", "update_hook",
+                                                  "step_callback")
 
     def _skipped(self) -> set[str]:
         return {name for cls in type(self).__mro__ for name in cls.__dict__.get("CHECKPOINT_SKIP", ())}
@@ -144,12 +142,58 @@ class Agent:
     def after_load(self) -> None:
         """Hook after :meth:`load_state_tree` (e.g. refit a model that is not saved)."""
 
+    # ---- what the runner hands the agent, and asks of it ----------------------------------------------
+    #: set by the runner for the length of improve() (None outside it, and when nothing listens): an object
+    #: whose ``step_done(done)`` an agent that can resume mid-improve calls after each optimizer step, through
+    #: :meth:`report_step` (sqdf_bbo/harness/callbacks.py ``StepCallback``: the runner may checkpoint then)
+    step_callback: ClassVar[Optional[Any]] = None
+
+    def report_step(self, done: int) -> None:
+        """Tell the runner that the round's ``done``-th optimizer step is finished (``round_steps`` does)."""
+        if self.step_callback is not None:
+            self.step_callback.step_done(int(done))
+
+    @property
+    def update_hook(self) -> Optional[Any]:
+        """The former name of the step callback, a function of the steps done (``step_callback.step_done``)."""
+        return None if self.step_callback is None else self.step_callback.step_done
+
+    @update_hook.setter
+    def update_hook(self, fn: Optional[Any]) -> None:
+        self.step_callback = None if fn is None else types.SimpleNamespace(step_done=fn)
+
+    def evaluation_sampler(self, settings: Optional[dict] = None) -> Optional["EvaluationSampler"]:
+        """What the harness's evaluation needs to draw this agent's samples itself (:class:`EvaluationSampler`),
+        or None (the default): the harness then evaluates the designs of :meth:`propose`. ``settings``: the
+        harness's own copy of this agent's resolved settings, which the schedule is read from (None: the
+        agent's own)."""
+        return None
+
 
 @dataclass(frozen=True)
 class _Alias:
     """A state-tree entry that is another (skipped) attribute of the agent, by name."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class EvaluationSampler:
+    """A diffusion policy as the harness's evaluation samples it (sqdf_bbo/harness/evaluate.py): with its own
+    DDIM schedule of ``num_steps`` steps and ``eta``, its own noise, in batches of ``batch`` trajectories,
+    calling ``policy(x_t, t, cond)`` (the noise predictor) at every step. ``reference``: the agent's frozen
+    pretrained backbone, used only where the task gives the harness none of its own."""
+
+    policy: Any
+    num_steps: int
+    eta: float
+    batch: int
+    reference: Any = None
+
+    @classmethod
+    def from_settings(cls, policy: Any, settings: Any, reference: Any = None) -> "EvaluationSampler":
+        """The sampler of a :class:`DiffusionAgent`'s settings: ``num_steps``, ``eta``, ``sample_batch``."""
+        return cls(policy, int(settings["num_steps"]), float(settings["eta"]), int(settings["sample_batch"]), reference)
 
 
 class DiffusionAgent(Agent):
@@ -297,3 +341,14 @@ class DiffusionAgent(Agent):
         if not self.designs:
             return torch.empty(0, *self.task.design_shape), torch.empty(0, dtype=torch.float64)
         return torch.cat(self.designs), torch.cat(self.values)
+
+    # ---- what the harness's evaluation samples ------------------------------------------------------
+    def evaluation_sampler(self, settings: Optional[dict] = None) -> Optional[EvaluationSampler]:
+        """The policy, sampled by the harness (None for methods that steer sampling: their designs come from
+        propose()): the module of ``sampling_policy()`` where the agent has one (e.g. merged LoRA weights),
+        else ``policy``; the schedule of ``settings`` (the harness's copy; None: this agent's)."""
+        if self.steers_sampling:
+            return None
+        choose = getattr(self, "sampling_policy", None)
+        policy = choose() if callable(choose) else self.policy
+        return EvaluationSampler.from_settings(policy, self.config if settings is None else settings, self.reference)

@@ -238,8 +238,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         while p["done"] < int(self.config["updates_per_round"]):
             yield p["done"]
             p["done"] += 1
-            if self.update_hook is not None:
-                self.update_hook(p["done"])
+            self.report_step(p["done"])  # the runner may checkpoint here (Agent.step_callback)
         self.policy.eval()
 
     def record_step(self, *infos: dict[str, float]) -> None:

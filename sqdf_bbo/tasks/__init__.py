@@ -15,7 +15,7 @@ import importlib
 import importlib.metadata
 from typing import Callable
 
-from sqdf_bbo.tasks.base import Task, TaskInfo
+from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 _FACTORIES: dict[str, Callable[..., Task]] = {}
 _PLUGINS: set[str] = set()  # names registered from entry points
@@ -111,4 +111,4 @@ def check_overrides(task: str, overrides: dict, allowed: dict) -> None:
         )
 
 
-__all__ = ["Task", "TaskInfo", "make_task", "list_tasks", "register_task", "check_overrides"]
+__all__ = ["Task", "TaskInfo", "RunDefaults", "make_task", "list_tasks", "register_task", "check_overrides"]

@@ -2,7 +2,8 @@
 
 ``Task`` (harness only) owns the noise-free oracle, its noise level, naturalness and diversity
 features. ``TaskInfo`` (what an agent receives) carries only the design space, the pretrained
-backbone factory, the proxy feature map and defaults: no agent can reach the oracle through it.
+backbone factory, the proxy feature map and the task's defaults (typed: :class:`RunDefaults`, agent
+setting overrides, a consistency-model factory): no agent can reach the oracle through it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ import torch
 Tensor = torch.Tensor
 
 
+@dataclass(frozen=True)
+class RunDefaults:
+    """The run settings a task chooses (``run.n_eval``, ``run.batch_size`` unless the command line sets them);
+    None: the harness's default (256 evaluation samples, batches of 64 designs)."""
+
+    n_eval: Optional[int] = None
+    batch_size: Optional[int] = None
+
+
+#: the keys of the former ``TaskInfo.defaults`` dict and the typed field each one became
+LEGACY_DEFAULT_KEYS = {"n_eval": "run_defaults.n_eval", "batch_size": "run_defaults.batch_size",
+                       "num_steps": "num_steps", "agent": "agent_defaults", "consistency": "make_consistency_model"}
+
+
 @dataclass
 class TaskInfo:
     """Public, oracle-free description of a task.
@@ -27,9 +42,16 @@ class TaskInfo:
     make_backbone(): a fresh pretrained, frozen :class:`~sqdf_bbo.backbones.Backbone`;
     features(x): differentiable proxy feature map (B, *design_shape) -> (B, feature_dim), never the
     oracle's own; sample_conditions(n, generator): per-sample conditions (None if unconditional);
-    defaults: task-specific run/agent defaults (e.g. ``num_steps``, ``n_eval``, ``batch_size``);
     latent_shape: shape of the backbone's latent when it differs from design_shape (e.g. SD's 4×64×64
     latents of 3×512×512 images); None = the design shape. The path KL is a sum over its elements.
+
+    The task's defaults: run_defaults: :class:`RunDefaults` (``n_eval``, ``batch_size``); agent_defaults:
+    agent setting overrides (e.g. ``{"num_steps": 20}``), applied to the methods that have those settings,
+    below the user's ``--set``; num_steps: the DDIM steps of the task's pretrained sampler (None: not
+    stated); make_consistency_model(): a zero-argument factory of the backbone's consistency model (read by
+    ``sqdf_bbo.consistency.find_consistency_model``; None: the tier's committed ones, if any).
+    ``defaults={...}`` (the former untyped dict with those keys) is still accepted by the constructor and
+    ``info.defaults`` reads the same dict back (:meth:`legacy_defaults`).
     """
 
     name: str
@@ -40,14 +62,57 @@ class TaskInfo:
     feature_dim: int
     bounds: Optional[tuple[Tensor, Tensor]] = None
     sample_conditions: Optional[Callable[[int, torch.Generator], Any]] = None
-    defaults: dict = field(default_factory=dict)
     latent_shape: Optional[tuple[int, ...]] = None
+    run_defaults: RunDefaults = field(default_factory=RunDefaults)
+    agent_defaults: dict = field(default_factory=dict)
+    num_steps: Optional[int] = None
+    make_consistency_model: Optional[Callable[[], Any]] = None
+    defaults: dataclasses.InitVar[Optional[dict]] = None
+
+    def __post_init__(self, defaults: Optional[dict]) -> None:
+        if defaults is None:
+            return
+        bad = sorted(set(defaults) - set(LEGACY_DEFAULT_KEYS))
+        if bad:
+            raise TypeError(f"TaskInfo defaults has unknown key(s) {bad}; allowed: {sorted(LEGACY_DEFAULT_KEYS)} "
+                            "(better: the typed fields run_defaults, agent_defaults, num_steps, "
+                            "make_consistency_model)")
+        self.run_defaults = RunDefaults(n_eval=defaults.get("n_eval", self.run_defaults.n_eval),
+                                        batch_size=defaults.get("batch_size", self.run_defaults.batch_size))
+        if "agent" in defaults:
+            self.agent_defaults = dict(defaults["agent"])
+        if "num_steps" in defaults:
+            self.num_steps = defaults["num_steps"]
+        if "consistency" in defaults:
+            self.make_consistency_model = defaults["consistency"]
+
+    def legacy_defaults(self) -> dict:
+        """The typed defaults as the former ``defaults`` dict: ``num_steps``, ``n_eval``, ``batch_size``,
+        ``agent``, ``consistency``, each key present only where its field is set (None or an empty
+        ``agent_defaults``: absent). A new dict: writing into it changes nothing."""
+        out: dict = {}
+        if self.num_steps is not None:
+            out["num_steps"] = self.num_steps
+        if self.run_defaults.n_eval is not None:
+            out["n_eval"] = self.run_defaults.n_eval
+        if self.run_defaults.batch_size is not None:
+            out["batch_size"] = self.run_defaults.batch_size
+        if self.agent_defaults:
+            out["agent"] = self.agent_defaults
+        if self.make_consistency_model is not None:
+            out["consistency"] = self.make_consistency_model
+        return out
 
     def agent_copy(self) -> "TaskInfo":
         """The copy an agent receives: its bounds, defaults, feature module and the tensors its factories
         hold (partial arguments, closure cells) are copies, so an agent that writes into them in place
         changes nothing the harness uses. Bound methods (e.g. a large view's) are shared as they are."""
         return dataclasses.replace(self, **{f.name: _isolated(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+#: ``info.defaults``: read-only, the former dict (:meth:`TaskInfo.legacy_defaults`), for code written before the
+#: typed fields
+TaskInfo.defaults = property(TaskInfo.legacy_defaults)
 
 
 def _isolated(obj: Any, memo: Optional[dict] = None) -> Any:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from sqdf_bbo.tasks import check_overrides, register_task
-from sqdf_bbo.tasks.base import Task, TaskInfo
+from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 Tensor = torch.Tensor
 
@@ -276,10 +276,11 @@ class ImageTask(Task):
             features=functools.partial(proxy_features, S),
             feature_dim=FEATURE_DIM,
             bounds=(torch.zeros(3, S, S), torch.ones(3, S, S)),
-            defaults={"num_steps": n_steps, "n_eval": cfg["n_eval"], "batch_size": cfg["batch_size"],
-                      "agent": {"num_steps": n_steps, "eta": 1.0, "sample_batch": 64},
-                      # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model
-                      "consistency": functools.partial(_load_consistency, cfg["unet"])},
+            run_defaults=RunDefaults(n_eval=cfg["n_eval"], batch_size=cfg["batch_size"]),
+            agent_defaults={"num_steps": n_steps, "eta": 1.0, "sample_batch": 64},
+            num_steps=n_steps,
+            # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model
+            make_consistency_model=functools.partial(_load_consistency, cfg["unet"]),
         )
 
     # -- harness only --

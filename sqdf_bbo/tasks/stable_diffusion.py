@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from sqdf_bbo.tasks import check_overrides, register_task
-from sqdf_bbo.tasks.base import Task, TaskInfo
+from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 Tensor = torch.Tensor
 
@@ -133,20 +133,19 @@ class AestheticSDTask(Task):
             bounds=(torch.zeros(design_shape), torch.ones(design_shape)),
             sample_conditions=self.view.sample_conditions,
             latent_shape=latent_shape,
-            defaults={
-                "num_steps": n_steps, "n_eval": int(cfg["n_eval"]), "batch_size": int(cfg["batch_size"]),
-                # the official BBO run, scaled to one process: 40 updates/round, lr 1e-3, wd 0.1, clip 5, LoRA rank 4,
-                # alpha 1, gamma 0.9, CFG in the backbone; sampling in batches of 8 (memory)
-                "agent": {"num_steps": n_steps, "eta": 1.0, "sample_batch": 8, "lora_rank": 4,
-                          "updates_per_round": 40, "lr": 1e-3, "weight_decay": 0.1, "max_grad_norm": 5.0,
-                          "proxy_batch": 512, "proxy_epochs": 300, "proxy_arch": "laion",
-                          "alpha": 1.0, "gamma": 0.9},
-            },
+            run_defaults=RunDefaults(n_eval=int(cfg["n_eval"]), batch_size=int(cfg["batch_size"])),
+            # the official BBO run, scaled to one process: 40 updates/round, lr 1e-3, wd 0.1, clip 5, LoRA rank 4,
+            # alpha 1, gamma 0.9, CFG in the backbone; sampling in batches of 8 (memory)
+            agent_defaults={"num_steps": n_steps, "eta": 1.0, "sample_batch": 8, "lora_rank": 4,
+                            "updates_per_round": 40, "lr": 1e-3, "weight_decay": 0.1, "max_grad_norm": 5.0,
+                            "proxy_batch": 512, "proxy_epochs": 300, "proxy_arch": "laion",
+                            "alpha": 1.0, "gamma": 0.9},
+            num_steps=n_steps,
         )
         if cfg["lcm_lora_path"] and cfg["cm_mode"]:
             # zero-argument CM factory read by sqdf_bbo.consistency.find_consistency_model: the CM of the
             # backbone most recently made by make_backbone (the agent's own; toggle mode shares its UNet)
-            self.info.defaults["consistency"] = self.view.make_consistency
+            self.info.make_consistency_model = self.view.make_consistency
 
     def __getstate__(self):
         """Pickle the settings only (the oracle and any backbone are reloaded from the weight paths)."""

@@ -31,7 +31,7 @@ import torch
 from botorch.test_functions import synthetic as bt
 
 from sqdf_bbo.tasks import check_overrides, register_task
-from sqdf_bbo.tasks.base import Task, TaskInfo
+from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 Tensor = torch.Tensor
 
@@ -151,8 +151,9 @@ class SyntheticTask(Task):
             features=UnitBoxFeatures(lo32, hi32),
             feature_dim=self.prior.dim,
             bounds=(lo32, hi32),
-            defaults={"num_steps": num_steps, "n_eval": 256, "batch_size": 64,
-                      "agent": {"num_steps": num_steps}},
+            run_defaults=RunDefaults(n_eval=256, batch_size=64),
+            agent_defaults={"num_steps": num_steps},
+            num_steps=num_steps,
         )
 
     # -- harness-only pieces --
