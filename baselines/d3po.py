@@ -8,9 +8,10 @@ Per optimizer step (``updates_per_round`` per round, after the proxy refit and a
 1. draw P = ``train_batch``/2 initial latents x_0 (and conditions) and run the current policy (DDIM η > 0,
    no grad) twice from each: a pair of trajectories that share x_0 (and the prompt) and differ in their
    step noise; every x_k is recorded;
-2. score both samples with r̂⁺ and label the pair: the higher reward wins (h = +1 for the first member,
-   −1 for the second, 0 for a tie, which gives no gradient: the official ``compare`` on one reward); with
-   ``labels=soft`` the pair (a, b) gets the probability p = σ((r_a − r_b)/τ) that a wins instead;
+2. score both samples with r̂⁺ and label the pair: with ``labels=soft`` (the default) the pair (a, b) gets
+   the probability p = σ((r_a − r_b)/τ) that a wins; with ``labels=hard`` (official) the higher reward
+   wins (h = +1 for the first member, −1 for the second, 0 for a tie, which gives no gradient: the
+   official ``compare`` on one reward);
 3. for every step k kept (all N at ``timestep_fraction`` 1; the same k for both members of a pair):
 
        ℓ_θ(k), ℓ_ref(k) = log N(x_{k+1}; μ_k(x_k), s_k² I) under the policy and the frozen pretrained model,
@@ -19,7 +20,8 @@ Per optimizer step (``updates_per_round`` per round, after the proxy refit and a
        hard labels:  L_k = −log σ(β h (log ρ_k^a − log ρ_k^b))              (= −log σ(β [log ρ^w − log ρ^l]))
        soft labels:  L_k = −p log σ(β Δ_k) − (1 − p) log σ(−β Δ_k),   Δ_k = log ρ_k^a − log ρ_k^b
 
-   loss = mean of L_k over pairs and kept steps; one AdamW step (gradient clip ``max_grad_norm``).
+   with β = β_code = ``dpo_beta``; loss = mean of L_k over pairs and kept steps; one AdamW step (gradient
+   clip ``max_grad_norm``).
 
 The reference is the pretrained model for the whole run (never the previous round's policy). The official
 code samples 2 × 10 pairs per epoch and takes one optimizer step per pair (train batch 1), accumulating the
@@ -27,22 +29,34 @@ losses of all 20 steps; here each optimizer step uses P pairs drawn fresh from t
 same per-step loss on a larger, on-policy minibatch. The model calls of a step run as one flattened batch
 per chunk of ``sample_batch``/2 pairs (gradients accumulated): the same gradient as separate calls.
 
-KL and the knob. Hard labels have no finite fixed point: the loss keeps pushing log ρ^w − log ρ^l up. The
-clamp stops a member's gradient once its ratio leaves [1 − ε, 1 + ε], a trust region of about log(1 + ε)
-per latent element at each step taken alone; but the steps share the network's weights, so the other
-steps' gradients keep moving it, and measured path KLs do not follow ε (levy-manifold, N = 10, lr 1e-3,
-two seeds: 26–45 and 28–321 nats after three rounds for ε from 0.01 to 0.3 and without the clamp). Inside
-the region |βΔ| is small, the loss is nearly linear in Δ and AdamW does not see the loss scale, so β
-barely matters either. With soft labels, one step (N = 1) and no clamp, the optimum is exactly
-π ∝ π_ref·exp(r̂⁺/β_s) with β_s = τβ/D (D = latent elements; tests/test_d3po.py checks it); with N steps
-each step is a separate DPO problem and the relation holds only approximately, so D3PO takes no common
-``beta``: like the other methods without a reward-unit KL term, its frontier sweeps the learning rate. The
-harness measures the path KL on DDIM trajectories as for every fine-tuner.
+KL and the knob. With soft labels and no clamp the loss has a fixed point: for one step (N = 1) its
+optimum is exactly π ∝ π_ref·exp(r̂⁺/β_s) with β_s = τ·β_code/D (β_code = ``dpo_beta``, τ =
+``label_temperature``, D = latent elements: the per-element-mean log-probs make β_code act per element;
+tests/test_d3po.py checks ‖μ*‖ = s²/β_s for every D). So D3PO sits on the suite's common KL scale
+(sqdf_bbo/agents/kl_scale.py): the setting ``beta`` = β_s, in standardised reward units per nat of path
+KL as for every KL-regularised method, sets the DPO temperature β_code = beta·D/τ when the run is built
+(both are recorded; ``dpo_beta`` alone sets beta = τ·dpo_beta/D, and the two set to values that disagree
+is an error). With N steps each step is its own DPO problem (the per-step loss is not the path-sum DPO
+loss) on a reward it sees only through its own x_{k+1}, so the path reaches the tilt only approximately;
+the harness measures the path KL on DDIM trajectories as for every fine-tuner. Hard labels have no finite fixed point: the loss keeps pushing
+log ρ^w − log ρ^l up. The clamp stops a member's gradient once its ratio leaves [1 − ε, 1 + ε], a trust
+region of about log(1 + ε) per latent element at each step taken alone; but the steps share the
+network's weights, so the other steps' gradients keep moving it, and measured path KLs do not follow ε
+(levy-manifold, N = 10, lr 1e-3, two seeds: 26–45 and 28–321 nats after three rounds for ε from 0.01 to
+0.3 and without the clamp). Inside the region |βΔ| is small, the loss is nearly linear in Δ and AdamW
+does not see the loss scale, so β barely matters either: hard labels are off the common scale (``beta``
+is recorded as None and setting it is an error).
 
-Defaults (official ``config/base.py``): β 0.1, ε 0.1, AdamW weight decay 1e-4, gradient clip 1.0, η 1,
-hard labels, timestep_fraction 1. Scaled as every baseline (``BaselineSettings``): 32 trajectories (16
-pairs) per optimizer step, 20 steps per round, and the suite's fine-tuning learning rate 1e-3 (official
-3e-5 over 8 000 steps on Stable Diffusion; 3e-5 and 3e-4 barely move the LoRA in the rounds here).
+Defaults: the suite configuration, which is also the frontier's: soft labels (τ 1), no clamp (ε = ∞),
+``beta`` 0.1 (the default of the other peers on the common scale, FIND and DTS), swept by the frontier on
+the common grid 0.01, 0.1, 1, 10 (the grid rule's ``beta`` knob). The official configuration
+(``config/base.py``: hard labels, ε 0.1, β_code 0.1) is :data:`OFFICIAL`, reached with ``--set
+labels=hard --set ratio_clip=0.1`` (``dpo_beta`` defaults to the official 0.1 under hard labels); it is
+run as a separate configuration, off the KL scale (its frontier needs ``--knob d3po=lr`` or
+``--knob d3po=dpo_beta --grid d3po=...``). Official in both: AdamW weight decay 1e-4, gradient clip 1.0,
+η 1, timestep_fraction 1. Scaled as every baseline (``BaselineSettings``): 32 trajectories (16 pairs) per
+optimizer step, 20 steps per round, and the suite's fine-tuning learning rate 1e-3 (official 3e-5 over
+8 000 steps on Stable Diffusion; 3e-5 and 3e-4 barely move the LoRA in the rounds here).
 """
 from __future__ import annotations
 
@@ -54,12 +68,28 @@ import torch
 import torch.nn.functional as F
 
 from baselines._common import BaselineSettings
+from sqdf_bbo.agents.kl_scale import latent_elements, resolve_beta
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule, log_prob, sample_trajectory
 from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
 LABELS = ("hard", "soft")
+#: β_code of the official d3po code (``config/base.py`` L101); the DPO temperature under hard labels
+OFFICIAL_DPO_BETA = 0.1
+#: the official configuration (hard labels, ε 0.1, β_code 0.1): off the common KL scale, run separately
+OFFICIAL = {"labels": "hard", "ratio_clip": 0.1, "dpo_beta": OFFICIAL_DPO_BETA}
+
+
+def dpo_temperature(beta: float, latent_elements: int, label_temperature: float = 1.0) -> float:
+    """β_code = β_s·D/τ: the DPO temperature on per-element-mean log-ratios whose soft-label fixed point is
+    π_ref·exp(r/β_s) (β_s = ``beta``, reward units per nat; D latent elements; τ the soft-label temperature)."""
+    return float(beta) * latent_elements / float(label_temperature)
+
+
+def common_beta(dpo_beta: float, latent_elements: int, label_temperature: float = 1.0) -> float:
+    """β_s = τ·β_code/D, the inverse of :func:`dpo_temperature`."""
+    return float(label_temperature) * float(dpo_beta) / latent_elements
 
 
 def preference(r_a: Tensor, r_b: Tensor, labels: str = "hard", temperature: float = 1.0) -> Tensor:
@@ -131,11 +161,14 @@ class D3POAgent(OnlineFinetuneAgent):
         lr: float = setting(1e-3, "AdamW learning rate (official 3e-5 for 8 000 steps on SD)", gt=0)
         weight_decay: float = setting(1e-4, "AdamW weight decay (official 1e-4)", ge=0)
         max_grad_norm: float = setting(1.0, "global gradient-norm clip (official 1.0)", gt=0)
-        dpo_beta: float = setting(0.1, "β: DPO temperature on per-element-mean log-ratios (official 0.1)", gt=0)
-        ratio_clip: Optional[float] = setting(0.1, "ε: ratio to the pretrained model clamped to [1 − ε, 1 + ε] "
-                                                   "(official 0.1); none: no clamp", gt=0)
-        labels: str = setting("hard", "hard: the higher proxy reward wins (official); soft: p = σ((r_a − r_b)/τ)",
-                              choices=LABELS)
+        beta: Optional[float] = setting(0.1, "common KL scale (soft labels): reward units per nat of path KL; "
+                                             "dpo_beta = beta·D/τ; none with hard labels", gt=0)
+        dpo_beta: Optional[float] = setting(None, "β_code: DPO temperature on per-element-mean log-ratios; none: "
+                                                  "beta·D/τ (soft labels) or the official 0.1 (hard)", gt=0)
+        ratio_clip: Optional[float] = setting(None, "ε: ratio to the pretrained model clamped to [1 − ε, 1 + ε] "
+                                                    "(official 0.1); none: no clamp (the suite's)", gt=0)
+        labels: str = setting("soft", "soft: p = σ((r_a − r_b)/τ) (the suite's, on the beta scale); hard: the "
+                                      "higher proxy reward wins (official)", choices=LABELS)
         label_temperature: float = setting(1.0, "τ of the soft labels, standardised reward units", gt=0)
         timestep_fraction: float = setting(1.0, "fraction of the steps of each pair trained on (the same steps "
                                                 "for both members)", gt=0, le=1)
@@ -148,7 +181,29 @@ class D3POAgent(OnlineFinetuneAgent):
         if int(c["train_batch"]) % 2:
             raise ValueError(f"D3PO's train_batch counts the trajectories of its pairs and must be even, got "
                              f"{c['train_batch']}")
-        return c
+        return cls._resolve_temperature(c, overrides, latent_elements(task))
+
+    @staticmethod
+    def _resolve_temperature(c: dict, overrides: dict, D: int) -> dict:
+        """Soft labels: ``beta`` (common scale) and ``dpo_beta`` made consistent, dpo_beta = beta·D/τ
+        (``dpo_beta`` set alone derives beta). Hard labels: off the scale, beta None, dpo_beta official 0.1
+        unless set."""
+        given = lambda k: overrides.get(k) is not None  # noqa: E731
+        if c["labels"] == "hard":
+            if given("beta"):
+                raise ValueError("beta (the common KL scale) needs labels=soft: hard labels have no finite fixed "
+                                 "point; set dpo_beta, the DPO temperature, instead")
+            c["beta"] = None
+            if c["dpo_beta"] is None:
+                c["dpo_beta"] = OFFICIAL_DPO_BETA
+            return c
+        tau = float(c["label_temperature"])
+        if given("dpo_beta") and not given("beta"):
+            c["beta"] = None  # the native knob alone: beta is derived from it
+        if c["beta"] is None and c["dpo_beta"] is None:
+            raise ValueError("D3PO with soft labels needs beta (reward units per nat) or dpo_beta; both are none")
+        return resolve_beta(c, overrides, "dpo_beta", lambda b: dpo_temperature(b, D, tau),
+                            lambda d: common_beta(d, D, tau))
 
     @property
     def train_steps(self) -> int:
@@ -228,4 +283,4 @@ class D3POAgent(OnlineFinetuneAgent):
         return self.end_round()
 
 
-__all__ = ["D3POAgent", "preference", "clamped_log_ratio", "d3po_step_losses", "step_log_probs"]
+__all__ = ["D3POAgent", "OFFICIAL", "dpo_temperature", "common_beta", "preference", "clamped_log_ratio", "d3po_step_losses", "step_log_probs"]

@@ -40,8 +40,17 @@ run's ``path_kl`` is the chain's path KL to it, Σ_{j=0}^{n−2} ᾱ_{j+1} ‖f_
 averaged over the chains of the last proposal call (``analytic_path_kl``; the harness evaluates RLCM
 through ``propose``). The change of the final deterministic map f_θ(x_{τ_{n−1}}) is not counted (the KL
 between two different deterministic maps is not finite): the number covers the n − 1 stochastic steps
-only, and is not on the same footing as the DDIM fine-tuners' path KL. No regulariser:
-the frontier sweeps the learning rate (the rule for methods without a KL term).
+only, and is not on the same footing as the DDIM fine-tuners' path KL.
+
+The knob. RLCM has no regulariser and its loss no fixed point: with a linear reward the policy keeps
+moving as long as it is updated, and the KL grows with the number of updates (tests/test_rlcm.py checks
+it on a 1-D bandit and on a tiny consistency model). Its trade-off is set by early stopping, so its
+frontier knob (``frontier_knob``) is the number of PPO epochs per round, ``updates_per_round`` (each
+epoch: fresh chains, then train_batch/ppo_minibatch optimizer steps), over 2, 5, 10, 20: the default
+20 × 0.1, 0.25, 0.5, 1 (rounded), a factor 10 from two epochs up to the default, which is every
+fine-tuner's 20 updates per round here, so no grid point costs more than a default round (the learning
+rate, the other knob that sets how far the policy moves, stays at the official 1e-4). The policy is
+never reset, so over R rounds a run takes R·``updates_per_round`` epochs.
 
 Tasks. RLCM needs a consistency model it can fine-tune: the synthetic tasks with a committed CM (the
 50-step CM of ``cm_mlp_<prior>``) and the image tier's CM. Elsewhere (including the Stable Diffusion
@@ -238,6 +247,9 @@ class RLCMAgent(OnlineFinetuneAgent):
 
     @dataclass
     class Settings(BaselineSettings):
+        updates_per_round: int = setting(20, "PPO epochs per round (the frontier knob: early stopping); each "
+                                             "samples train_batch chains and takes train_batch/ppo_minibatch "
+                                             "optimizer steps", ge=0)
         train_batch: int = setting(32, "chains sampled per PPO epoch (official 80)", ge=2)
         lr: float = setting(1e-4, "AdamW learning rate (official Adam 1e-4)", gt=0)
         weight_decay: float = setting(0.0, "AdamW weight decay (official: Adam, none)", ge=0)
@@ -250,6 +262,9 @@ class RLCMAgent(OnlineFinetuneAgent):
         num_inner_epochs: int = setting(1, "passes over each sampled batch (official 1)", ge=1)
 
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "ppo_minibatch")
+    #: no regulariser: the frontier sweeps early stopping, the PPO epochs per round (the default 20 × 0.1,
+    #: 0.25, 0.5, 1; module docstring)
+    frontier_knob: ClassVar[tuple[str, tuple[int, ...]]] = ("updates_per_round", (2, 5, 10, 20))
     #: the frozen CM and the chain's grid are rebuilt from the task by __init__
     CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("cm", "cm_schedule", "chain_timesteps", "chain_alpha")
 

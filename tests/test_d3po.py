@@ -1,7 +1,9 @@
 """D3PO (baselines/d3po.py): the per-step DPO loss against a hand computation from Gaussian densities, its
 gradient against finite differences, the step log-probs against the DDIM density written out by hand, the
 pair labels (the winner is the higher-reward member of two trajectories that share x_0), the soft-label
-fixed point against its closed form, learning on the levy-manifold task, and a short CLI run."""
+fixed point against its closed form (in β_code and on the common scale β_s = τβ_code/D), the mapping of
+``beta`` onto the DPO temperature and the frontier rule, learning on the levy-manifold task, and a short
+CLI run."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +14,8 @@ import pytest
 import torch
 
 from baselines._testing import TinyEps, hand_ddim_mean, ready_agent
-from baselines.d3po import D3POAgent, clamped_log_ratio, d3po_step_losses, preference, step_log_probs
+from baselines.d3po import (OFFICIAL, D3POAgent, clamped_log_ratio, common_beta, d3po_step_losses,
+                           dpo_temperature, preference, step_log_probs)
 from sqdf_bbo.diffusion import DDIMSchedule, log_prob, sample_trajectory
 from sqdf_bbo.tasks import make_task
 
@@ -178,7 +181,7 @@ def test_clamped_entries_carry_no_gradient():
 
 def test_pairs_share_x0_and_the_winner_is_the_higher_reward_member():
     agent = ready_agent(D3POAgent, lambda: TinyEps(DIM, 3, seed=2), FirstCoordinate(),
-                        {"train_batch": 16, "lora_rank": 0}, num_steps=N)
+                        {"train_batch": 16, "lora_rank": 0, "labels": "hard"}, num_steps=N)
     batch = agent.collect_pairs(8)
     lat, r, pref = batch["latents"], batch["reward"], batch["pref"]
     assert lat.shape == (16, N + 1, DIM)
@@ -188,16 +191,18 @@ def test_pairs_share_x0_and_the_winner_is_the_higher_reward_member():
     winners = torch.where(pref > 0, r[:8], r[8:])
     losers = torch.where(pref > 0, r[8:], r[:8])
     assert bool((winners > losers).all()) and set(pref.tolist()) <= {-1.0, 1.0}
+    # the default soft labels: p = σ((r_a − r_b)/τ) on the same kind of pairs
+    soft = ready_agent(D3POAgent, lambda: TinyEps(DIM, 3, seed=2), FirstCoordinate(),
+                       {"train_batch": 16, "lora_rank": 0, "label_temperature": 0.5}, num_steps=N)
+    sb = soft.collect_pairs(8)
+    torch.testing.assert_close(sb["pref"], torch.sigmoid((sb["reward"][:8] - sb["reward"][8:]) / 0.5),
+                               rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("D", [1, 4])
-def test_soft_label_optimum_is_the_exact_tilt_for_one_step(D):
-    """One Gaussian step, π_ref = N(0, s² I_D), π_θ = N(μ, s² I_D), r = w·x (‖w‖ = 1), soft labels
-    p = σ((r_a − r_b)/τ), no clamp: the loss is minimised where βΔ = (r_a − r_b)/τ for every pair, i.e.
-    μ* = D s² w/(τβ), the tilt π_ref·exp(r/β_s) with β_s = τβ/D (s = 0.7, τ = 0.5, β = 2: ‖μ*‖ = 0.49 for
-    D = 1, 1.96 for D = 4; KL = ‖μ*‖²/(2 s²) = 0.245 and 3.92 nats)."""
-    s, tau, beta = 0.7, 0.5, 2.0
-    g = torch.Generator().manual_seed(D)
+def _soft_label_optimum(D: int, s: float, tau: float, dpo_beta: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ*, w): the mean shift μ of π_θ = N(μ, s² I_D) minimising the one-step soft-label D3PO loss (no clamp)
+    against π_ref = N(0, s² I_D) on 256 pairs labelled by r = w·x (‖w‖ = 1), p = σ((r_a − r_b)/τ)."""
+    g = torch.Generator().manual_seed(seed)
     w = torch.randn(D, generator=g, dtype=torch.float64)
     w /= w.norm()
     a = s * torch.randn(256, D, generator=g, dtype=torch.float64)
@@ -210,7 +215,7 @@ def test_soft_label_optimum_is_the_exact_tilt_for_one_step(D):
     def loss():
         la = log_prob(a, mu.expand_as(a), std, "mean") - log_prob(a, zero.expand_as(a), std, "mean")
         lb = log_prob(b, mu.expand_as(b), std, "mean") - log_prob(b, zero.expand_as(b), std, "mean")
-        return d3po_step_losses(la[:, None], lb[:, None], p, beta, "soft").mean()
+        return d3po_step_losses(la[:, None], lb[:, None], p, dpo_beta, "soft").mean()
 
     opt = torch.optim.LBFGS([mu], lr=1, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
                             line_search_fn="strong_wolfe")
@@ -222,21 +227,52 @@ def test_soft_label_optimum_is_the_exact_tilt_for_one_step(D):
         return value
 
     opt.step(closure)
+    return mu.detach(), w
+
+
+@pytest.mark.parametrize("D", [1, 4])
+def test_soft_label_optimum_is_the_exact_tilt_for_one_step(D):
+    """One Gaussian step, π_ref = N(0, s² I_D), π_θ = N(μ, s² I_D), r = w·x (‖w‖ = 1), soft labels
+    p = σ((r_a − r_b)/τ), no clamp: the loss is minimised where βΔ = (r_a − r_b)/τ for every pair, i.e.
+    μ* = D s² w/(τβ), the tilt π_ref·exp(r/β_s) with β_s = τβ/D (s = 0.7, τ = 0.5, β = 2: ‖μ*‖ = 0.49 for
+    D = 1, 1.96 for D = 4; KL = ‖μ*‖²/(2 s²) = 0.245 and 3.92 nats)."""
+    s, tau, beta = 0.7, 0.5, 2.0
+    mu, w = _soft_label_optimum(D, s, tau, beta, seed=D)
     expect = D * s ** 2 * w / (tau * beta)
-    torch.testing.assert_close(mu.detach(), expect, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(mu, expect, rtol=1e-6, atol=1e-8)
     beta_s = tau * beta / D  # the tilt π_ref·exp(w·x/β_s) of N(0, s² I) is N(s² w/β_s, s² I)
-    torch.testing.assert_close(mu.detach(), s ** 2 * w / beta_s, rtol=1e-6, atol=1e-8)
-    assert float(mu.detach().norm()) == pytest.approx({1: 0.49, 4: 1.96}[D], rel=1e-6)
-    kl = float(mu.detach().norm() ** 2 / (2 * s ** 2))
+    assert common_beta(beta, D, tau) == pytest.approx(beta_s, rel=1e-15)
+    torch.testing.assert_close(mu, s ** 2 * w / beta_s, rtol=1e-6, atol=1e-8)
+    assert float(mu.norm()) == pytest.approx({1: 0.49, 4: 1.96}[D], rel=1e-6)
+    kl = float(mu.norm() ** 2 / (2 * s ** 2))
     assert kl == pytest.approx({1: 0.245, 4: 3.92}[D], rel=1e-6)
 
 
-def test_the_agent_raises_the_proxy_reward_on_levy_manifold():
+@pytest.mark.parametrize("D", [1, 4, 16])
+def test_soft_label_optimum_on_the_common_scale_does_not_depend_on_D(D):
+    """The same one-step problem with the DPO temperature set from the common scale, β_code = β_s·D/τ (the
+    agent's mapping of ``beta``): ‖μ*‖ = s²/β_s and KL = ‖μ*‖²/(2 s²) = s²/(2 β_s²) for every D (s = 0.7,
+    τ = 0.5, β_s = 0.35: ‖μ*‖ = 1.4, KL = 2 nats), i.e. ``beta`` means reward units per nat whatever the
+    latent size, as for the other methods on the scale."""
+    s, tau, beta_s = 0.7, 0.5, 0.35
+    dpo_beta = dpo_temperature(beta_s, D, tau)
+    assert dpo_beta == pytest.approx(beta_s * D / tau, rel=1e-15)
+    mu, w = _soft_label_optimum(D, s, tau, dpo_beta, seed=10 + D)
+    torch.testing.assert_close(mu, s ** 2 * w / beta_s, rtol=1e-5, atol=1e-6)  # L-BFGS at β_code up to 11.2
+    assert float(mu.norm()) == pytest.approx(s ** 2 / beta_s, rel=1e-5) and s ** 2 / beta_s == pytest.approx(1.4)
+    assert float(mu.norm() ** 2 / (2 * s ** 2)) == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("config", [{"beta": 0.01}, OFFICIAL], ids=["soft-beta0.01", "official"])
+def test_the_agent_raises_the_proxy_reward_on_levy_manifold(config):
     """One round on levy-manifold from 64 pretrained samples and their oracle values: under the refitted
-    proxy the policy's samples score higher than the pretrained model's (same proxy, 1024 samples each)."""
+    proxy the policy's samples score higher than the pretrained model's (same proxy, 1024 samples each),
+    with soft labels on the common scale (the smallest grid beta: the default 0.1 moves the policy by only
+    about 2 standard errors in these 15 steps) and in the official hard-label configuration (about 67)."""
     torch.manual_seed(0)
     task = make_task("levy-manifold", num_steps=6)
-    agent = D3POAgent(task.info, {"num_steps": 6, "updates_per_round": 15, "lr": 3e-3, "proxy_epochs": 50}, seed=0)
+    agent = D3POAgent(task.info, {"num_steps": 6, "updates_per_round": 15, "lr": 3e-3, "proxy_epochs": 50, **config},
+                      seed=0)
     x = agent.propose(64, torch.Generator().manual_seed(1))
     agent.observe(x, task.evaluate_true(x))
     stats = agent.improve()
@@ -252,24 +288,50 @@ def test_the_agent_raises_the_proxy_reward_on_levy_manifold():
 
 
 def test_settings_refusals_and_the_frontier_rule():
+    from benchmarks.run.frontier import BETA_GRID, default_knob, rule_values
+    from sqdf_bbo.agents.kl_scale import latent_elements
     from sqdf_bbo.run import settings_help
 
     info = make_task("levy").info
+    D = latent_elements(info)
     with pytest.raises(ValueError, match="eta > 0"):
         D3POAgent.resolve_config(info, {"eta": 0.0})
     with pytest.raises(ValueError, match="even"):
         D3POAgent.resolve_config(info, {"train_batch": 5})
     with pytest.raises(ValueError, match="labels"):
         D3POAgent.resolve_config(info, {"labels": "ranked"})
-    cfg = D3POAgent.resolve_config(info, {"ratio_clip": None, "dpo_beta": "0.5"})
-    assert cfg["ratio_clip"] is None and cfg["dpo_beta"] == 0.5
-    official = D3POAgent.resolve_config(info, {})
-    assert (official["dpo_beta"], official["ratio_clip"], official["labels"]) == (0.1, 0.1, "hard")
-    assert (official["weight_decay"], official["max_grad_norm"]) == (1e-4, 1.0)
-    # no reward-unit KL term: no common beta and no declared knob, so the frontier sweeps the learning rate
-    assert "beta" not in D3POAgent.default_config and "lr" in D3POAgent.default_config
+    # defaults: the suite's configuration (soft labels, no clamp, the common beta 0.1 -> β_code = beta·D/τ)
+    cfg = D3POAgent.resolve_config(info, {})
+    assert (cfg["labels"], cfg["ratio_clip"], cfg["beta"], cfg["label_temperature"]) == ("soft", None, 0.1, 1.0)
+    assert cfg["dpo_beta"] == pytest.approx(0.1 * D)
+    assert (cfg["weight_decay"], cfg["max_grad_norm"]) == (1e-4, 1.0)
+    cfg = D3POAgent.resolve_config(info, {"beta": 2.0, "label_temperature": 0.5})
+    assert cfg["dpo_beta"] == pytest.approx(2.0 * D / 0.5)
+    # dpo_beta alone: beta derived; both set and consistent: fine; inconsistent: refused naming both
+    cfg = D3POAgent.resolve_config(info, {"dpo_beta": "0.5"})
+    assert cfg["dpo_beta"] == 0.5 and cfg["beta"] == pytest.approx(0.5 / D)
+    assert D3POAgent.resolve_config(info, {"beta": 0.1, "dpo_beta": 0.1 * D})["beta"] == 0.1
+    with pytest.raises(ValueError, match="beta or dpo_beta"):
+        D3POAgent.resolve_config(info, {"beta": 0.1, "dpo_beta": 0.1})
+    with pytest.raises(ValueError, match="both are none"):
+        D3POAgent.resolve_config(info, {"beta": None})
+    # the official configuration: hard labels, ε 0.1, β_code 0.1, off the common scale (beta None)
+    official = D3POAgent.resolve_config(info, dict(OFFICIAL))
+    assert (official["dpo_beta"], official["ratio_clip"], official["labels"], official["beta"]) == \
+        (0.1, 0.1, "hard", None)
+    short = D3POAgent.resolve_config(info, {"labels": "hard", "ratio_clip": 0.1})  # dpo_beta: the official 0.1
+    assert {k: short[k] for k in OFFICIAL} == OFFICIAL and short["beta"] is None
+    with pytest.raises(ValueError, match="beta.*labels=soft"):
+        D3POAgent.resolve_config(info, {"labels": "hard", "beta": 0.1})
+    # a resolved config resolves to itself (runs re-read their recorded config)
+    for c in (D3POAgent.resolve_config(info, {}), official):
+        assert D3POAgent.resolve_config(info, dict(c)) == c
+    # the frontier sweeps the common beta on the common grid (the grid rule: a beta setting)
+    assert default_knob("d3po", D3POAgent) == "beta"
+    assert rule_values("d3po", D3POAgent, "beta") == list(BETA_GRID) == [0.01, 0.1, 1.0, 10.0]
     assert getattr(D3POAgent, "frontier_knob", None) is None
-    assert "dpo_beta" in settings_help("d3po") and "ratio_clip" in settings_help("d3po")
+    help_text = settings_help("d3po")
+    assert all(k in help_text for k in ("beta", "dpo_beta", "ratio_clip", "labels"))
 
 
 def test_cli_run_on_levy_manifold(tmp_path):
@@ -288,4 +350,5 @@ def test_cli_run_on_levy_manifold(tmp_path):
     train = rounds[-1]["train"]
     assert math.isfinite(train["loss"]) and 0 <= train["clip_frac"] <= 1 and math.isfinite(train["reward"])
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["agent"]["train_batch"] == 8 and cfg["agent"]["dpo_beta"] == 0.1
+    assert cfg["agent"]["train_batch"] == 8 and cfg["agent"]["beta"] == 0.1 and cfg["agent"]["labels"] == "soft"
+    assert cfg["agent"]["dpo_beta"] == pytest.approx(0.1 * 8) and cfg["agent"]["ratio_clip"] is None  # D = 8

@@ -1,7 +1,8 @@
 """RLCM (baselines/rlcm.py): the consistency map against the boundary coefficients written out, the chain's
 timesteps against the LCM skipping rule, a chain step's log-prob against the Gaussian density, the chain's
-path KL against Monte Carlo, the clipped objective and its gradient at ρ = 1 by hand, the refusal of tasks
-without a trainable consistency model, learning on levy-manifold, resuming mid-round, and short CLI runs."""
+path KL against Monte Carlo, the clipped objective and its gradient at ρ = 1 by hand, the KL growing with
+the number of updates (no fixed point: the frontier knob), the refusal of tasks without a trainable
+consistency model, learning on levy-manifold, resuming mid-round, and short CLI runs."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from baselines._testing import TinyEps
 from baselines.rlcm import (RLCMAgent, batch_advantages, chain_grid, chain_log_probs, consistency_denoise,
                             consistency_problem, ppo_clipped_loss, sample_chains)
 from sqdf_bbo.consistency import ConsistencyModel
+from sqdf_bbo.diffusion import log_prob
 from sqdf_bbo.tasks import make_task
 from sqdf_bbo.tasks.base import TaskInfo
 
@@ -26,21 +28,22 @@ class FirstCoordinate(torch.nn.Module):
         return feats[:, 0]
 
 
-def _tiny_cm(seed: int = 0, grid: int = 10) -> ConsistencyModel:
-    cm = ConsistencyModel(TinyEps(DIM, 3, seed=seed))
+def _tiny_cm(seed: int = 0, grid: int = 10, dim: int = DIM) -> ConsistencyModel:
+    cm = ConsistencyModel(TinyEps(dim, 3, seed=seed))
     cm.num_steps = grid
     return cm.eval().requires_grad_(False)
 
 
-def _tiny_task(factory=None, name: str = "tiny") -> TaskInfo:
+def _tiny_task(factory=None, name: str = "tiny", dim: int = DIM) -> TaskInfo:
     """A TaskInfo around TinyEps whose consistency-model factory is ``factory``."""
-    return TaskInfo(name=name, tier="test", design_shape=(DIM,), make_backbone=lambda: TinyEps(DIM, 3, seed=0),
-                    features=lambda x: x, feature_dim=DIM,
+    return TaskInfo(name=name, tier="test", design_shape=(dim,), make_backbone=lambda: TinyEps(dim, 3, seed=0),
+                    features=lambda x: x, feature_dim=dim,
                     defaults={"agent": {"num_steps": 4}, **({"consistency": factory} if factory else {})})
 
 
-def _tiny_agent(config: dict, seed: int = 0) -> RLCMAgent:
-    agent = RLCMAgent(_tiny_task(lambda: _tiny_cm(grid=10)), {"cm_steps": 4, "lora_rank": 0, **config}, seed)
+def _tiny_agent(config: dict, seed: int = 0, dim: int = DIM) -> RLCMAgent:
+    agent = RLCMAgent(_tiny_task(lambda: _tiny_cm(grid=10, dim=dim), dim=dim),
+                      {"cm_steps": 4, "lora_rank": 0, **config}, seed)
     agent.proxy = FirstCoordinate()
     agent.reward_offset, agent.reward_scale = 0.0, 1.0
     return agent
@@ -147,6 +150,63 @@ def test_clipped_objective_by_hand_and_its_gradient_at_ratio_one():
     assert sum(float(x.abs().sum()) for x in g_ppo) > 0
 
 
+def test_kl_grows_monotonically_with_the_number_of_updates_on_a_1d_bandit():
+    """A 1-D Gaussian bandit written as a two-step chain, f_θ(x, τ_0) = μ (the action's
+    mean, trainable; reference 0) and f(x, τ_1) = x/√ᾱ_1 (read-out), so the output is N(μ, s²),
+    s² = (1 − ᾱ_1)/ᾱ_1, and the chain's measured KL is ᾱ_1 μ²/(2 (1 − ᾱ_1)) = μ²/(2 s²). With the linear
+    reward r = output and RLCM's update (fresh samples, batch z-score advantages, the clipped loss at the
+    official ε = 1e-4, AdamW), the KL grows at every update and keeps growing: the gradient −mean(A ∂ℓ/∂μ)
+    is negative for every batch (Σ_b z_b (x_b − x̄) > 0), so μ rises by about the learning rate each time and
+    there is no fixed point, unlike a KL-regularised method."""
+    _, ts, alpha = chain_grid(TinyEps(1).scheduler, 10, 2)
+    a1 = float(alpha[1])
+    mu = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+
+    def f(shift):
+        return lambda x, t, cond: torch.where((t == ts[0]).reshape(-1, 1), shift.expand_as(x), x / math.sqrt(a1))
+
+    f_ref = f(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.AdamW([mu], lr=1e-2, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    steps = torch.zeros(32, 1, dtype=torch.long)
+    kls = []
+    for _ in range(200):
+        with torch.no_grad():
+            ch = sample_chains(f(mu), ts, alpha, torch.randn(32, 1, generator=g, dtype=torch.float64), g, f_ref=f_ref)
+        kls.append(float(ch.kl.mean()))
+        s2 = (1 - a1) / a1
+        assert float(ch.kl.mean()) == pytest.approx(float(mu.detach()) ** 2 / (2 * s2), rel=1e-12)  # μ²/(2s²)
+        torch.testing.assert_close(ch.final, ch.latents[:, 1] / math.sqrt(a1), rtol=1e-12, atol=0)  # N(μ, s²)
+        adv = batch_advantages(ch.final[:, 0], 10.0)
+        lp = chain_log_probs(f(mu), ts, alpha, ch.latents, steps)
+        torch.testing.assert_close(lp.detach(), ch.logp, rtol=1e-12, atol=1e-12)
+        loss, _ = ppo_clipped_loss(lp, ch.logp, adv, 1e-4)
+        opt.zero_grad()
+        loss.backward()
+        assert float(mu.grad) < 0  # every batch pushes μ up
+        opt.step()
+    assert kls[0] == 0.0 and all(b > a for a, b in zip(kls, kls[1:]))
+    assert float(mu.detach()) > 0.5 * 200 * 1e-2  # about lr per update: linear growth of μ, no plateau
+    assert kls[-1] > 3 * kls[len(kls) // 2]  # KL ∝ μ²: about 4 times the KL at half the updates
+
+
+def test_the_frontier_knob_sets_the_kl_on_a_tiny_consistency_model():
+    """The agent itself, on a 1-D tiny CM with the linear proxy r = x: the chain's measured KL after one
+    round grows monotonically over the frontier grid of ``updates_per_round`` (2, 5, 10, 20), by a factor
+    of at least 2 between neighbours (the later updates move the policy more, not less: no fixed point)."""
+    key, grid = RLCMAgent.frontier_knob
+    assert key == "updates_per_round" and grid == (2, 5, 10, 20)
+    kls = []
+    for u in grid:
+        agent = _tiny_agent({"train_batch": 32, "ppo_minibatch": 32, "updates_per_round": u, "lr": 1e-2}, dim=1)
+        agent.optimizer = agent.make_optimizer()
+        agent.round_progress = {"stats": {}, "sums": {}, "done": 0}  # the round is open (proxy fixed by hand)
+        assert agent.improve()["opt_steps"] == 1.0
+        agent.propose(4000, torch.Generator().manual_seed(5))
+        kls.append(agent.analytic_path_kl())
+    assert kls[0] > 0 and all(b > 2 * a for a, b in zip(kls, kls[1:])), kls
+
+
 def test_batch_advantages_by_hand():
     r = torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0], dtype=torch.float64)
     mean = sum(r.tolist()) / 5
@@ -173,15 +233,20 @@ def test_tasks_without_a_trainable_consistency_model_are_refused_in_one_line(tmp
     assert not list(tmp_path.iterdir())
 
 
-def test_settings_are_the_official_ones_and_lr_is_the_frontier_knob():
+def test_settings_are_the_official_ones_and_the_frontier_sweeps_updates_per_round():
+    from benchmarks.run.frontier import default_knob, rule_values
     from sqdf_bbo.run import settings_help
 
     cfg = RLCMAgent.resolve_config(make_task("levy").info, {})
     assert (cfg["lr"], cfg["clip_range"], cfg["cm_steps"], cfg["adv_clip_max"], cfg["max_grad_norm"]) == \
         (1e-4, 1e-4, 8, 10.0, 5.0)
     assert cfg["weight_decay"] == 0.0 and cfg["num_inner_epochs"] == 1 and cfg["ppo_minibatch"] == 8
-    assert "beta" not in RLCMAgent.default_config and getattr(RLCMAgent, "frontier_knob", None) is None
-    assert "cm_steps" in settings_help("rlcm")
+    # no regulariser: no common beta; the frontier sweeps early stopping, default 20 × 0.1, 0.25, 0.5, 1
+    assert "beta" not in RLCMAgent.default_config and cfg["updates_per_round"] == 20
+    assert default_knob("rlcm", RLCMAgent) == "updates_per_round"
+    assert rule_values("rlcm", RLCMAgent, "updates_per_round") == [2, 5, 10, 20] == \
+        [max(1, round(20 * f)) for f in (0.1, 0.25, 0.5, 1)]
+    assert "cm_steps" in settings_help("rlcm") and "frontier knob" in settings_help("rlcm")
 
 
 def test_tiny_agent_trains_the_consistency_network_and_reports_the_chain_kl():

@@ -380,8 +380,10 @@ def _method_list():
     from sqdf_bbo.agents import available_methods, resolve_method
     from sqdf_bbo.agents.online import OnlineFinetuneAgent
 
-    # FIND trains a distribution of the initial noise, not a LoRA adapter (tests/test_find.py checks it)
-    return [m for m in available_methods() if issubclass(resolve_method(m), OnlineFinetuneAgent) and m != "find"]
+    # FIND trains a distribution of the initial noise, not a LoRA adapter (tests/test_find.py checks it);
+    # RLCM refuses tasks without a trainable consistency model, SD included (tests/test_rlcm.py checks it)
+    return [m for m in available_methods() if issubclass(resolve_method(m), OnlineFinetuneAgent)
+            and m not in ("find", "rlcm")]
 
 
 @pytest.mark.parametrize("method", ["best-of-n", "svdd"])
