@@ -4,7 +4,8 @@
 # ackley-manifold, levy-manifold, rastrigin-manifold and levy, budget 1000, seeds 0-4, each method over its
 # knob grid (the rule in benchmarks/run/frontier.py: beta = 0.01, 0.1, 1, 10 for the KL-regularised methods and
 # fk-steering; a knob the agent class declares in its `frontier_knob` attribute -- raft's keep_fraction
-# 0.03, 0.1, 0.25, 0.5 and diffusion-nft's nft_beta 0.1, 1, 10, 100; lr = default x 0.01, 0.1, 1, 10 for the
+# 0.03, 0.1, 0.25, 0.5, diffusion-nft's nft_beta 0.1, 1, 10, 100 and rlcm's updates_per_round 2, 5, 10, 20
+# (rlcm has no regulariser: its number of PPO updates per round sets its trade-off); lr = default x 0.01, 0.1, 1, 10 for the
 # other methods without a KL term; candidate counts 2, 4, 16, 64 for best-of-n and svdd; pretrained, random,
 # turbo and qlognei as one point each). Resumable: re-running skips finished runs and continues interrupted
 # ones. The tables and plots rebuild from the runs CSV alone:
@@ -20,7 +21,7 @@ OUT=${1:-runs/frontier}
 WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TASKS=ackley-manifold,levy-manifold,rastrigin-manifold,levy
-TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find)
+TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find d3po rlcm)
 PEERS=(best-of-n svdd fk-steering dts dts-star)  # inference-time: refit the same proxy, train nothing
 PRIOR_FREE=(random turbo qlognei)  # ignore the diffusion prior: no path KL, one point each
 METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}"),$(IFS=,; echo "${PRIOR_FREE[*]}")
@@ -31,7 +32,9 @@ METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}"),$
 # has neither key, so these go through --set-for).
 PER_METHOD=()
 for m in "${TRAINED[@]}"; do
-    PER_METHOD+=(--set-for "$m" updates_per_round=20 --set-for "$m" proxy_epochs=30)
+    PER_METHOD+=(--set-for "$m" proxy_epochs=30)
+    # rlcm sweeps its number of updates (its frontier knob: 2, 5, 10, 20 per round)
+    [ "$m" = rlcm ] || PER_METHOD+=(--set-for "$m" updates_per_round=20)
 done
 for m in "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
