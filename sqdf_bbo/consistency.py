@@ -211,17 +211,28 @@ def load_consistency_mlp(prior: str, lo: Tensor, hi: Tensor, num_steps: int = 50
     return cm.eval().requires_grad_(False)
 
 
+#: tier -> finder(task_info, reference, num_steps) -> CM: a tier whose tasks' consistency models depend on
+#: the agent's grid declares them here (the synthetic tier: one committed CM per prior and grid); a task
+#: with one fixed CM sets ``TaskInfo.make_consistency_model`` instead. This module knows no task names.
+CONSISTENCY_FINDERS: dict[str, Callable[[Any, nn.Module, int], nn.Module]] = {}
+
+
+def register_consistency_finder(tier: str, finder: Callable[[Any, nn.Module, int], nn.Module]) -> None:
+    """Declare how the tasks of ``tier`` find their consistency model for a DDIM grid of ``num_steps``
+    (raise FileNotFoundError / RuntimeError when there is none)."""
+    CONSISTENCY_FINDERS[tier] = finder
+
+
 def find_consistency_model(task_info, reference: nn.Module, num_steps: int) -> tuple[Optional[nn.Module], str]:
     """(frozen CM, "") for a task, or (None, reason). Looks at ``task_info.make_consistency_model`` (a
-    zero-argument factory, for other tiers) first, then the synthetic tier's committed MLP CMs. A CM
-    distilled for another number of steps is rejected (its grid would not contain τ_{k+1})."""
+    zero-argument factory) first, then the finder its tier declared (:func:`register_consistency_finder`).
+    A CM distilled for another number of steps is rejected (its grid would not contain τ_{k+1})."""
     factory = getattr(task_info, "make_consistency_model", None)
     try:
         if callable(factory):
             cm = factory()
-        elif task_info.tier == "synthetic":
-            prior = task_info.name.removesuffix("-manifold")
-            cm = load_consistency_mlp(prior, reference.lo, reference.hi, num_steps)
+        elif task_info.tier in CONSISTENCY_FINDERS:
+            cm = CONSISTENCY_FINDERS[task_info.tier](task_info, reference, num_steps)
         else:
             return None, f"no consistency model registered for tier {task_info.tier!r}"
     except (FileNotFoundError, RuntimeError) as e:

@@ -59,11 +59,11 @@ def test_check_env_passes_without_warnings():
 @pytest.fixture
 def late_task():
     """Register a task after import; removed again so other tests see only the real registry."""
-    from sqdf_bbo import tasks as tasks_mod
+    from sqdf_bbo.tasks import unregister_task
 
     register_task("spy-late", lambda **kw: SpyTask(**kw))
     yield "spy-late"
-    tasks_mod._FACTORIES.pop("spy-late", None)
+    unregister_task("spy-late")
     gymnasium.registry.pop(env_id("spy-late"), None)
 
 

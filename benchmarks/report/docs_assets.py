@@ -53,8 +53,15 @@ def table_page(name: str) -> str:
             "and [Reliability](../reliability.md) for the statistics behind its intervals.\n\n" + src.rstrip() + "\n")
 
 
+#: the order of the methods on the settings page (the library's own, then the baselines as the manual lists
+#: them); any other registered method follows, by name
+PAGE_ORDER = ("pretrained", "random", "sqdf", "ddpo", "ddpo-sf", "alignprop", "draft", "draft-k", "draft-1",
+              "draft-lv", "adjoint-matching", "seiko", "best-of-n", "svdd", "fk-steering", "find", "dts", "dts-star",
+              "d3po", "rlcm", "raft", "diffusion-nft", "turbo", "qlognei")
+
+
 def settings_page() -> str:
-    from sqdf_bbo.agents import METHODS
+    from sqdf_bbo.registry import method_names
     from sqdf_bbo.run import settings_help
 
     out = ["# Settings reference", "",
@@ -64,7 +71,8 @@ def settings_page() -> str:
            "coerced to the field's type and checked before any oracle query is charged. "
            "`python -m sqdf_bbo.run --help-settings --method NAME` prints the same text.", ""]
     run_part = ""
-    for name in METHODS:
+    names = method_names()
+    for name in [m for m in PAGE_ORDER if m in names] + [m for m in names if m not in PAGE_ORDER]:
         text = settings_help(name)
         agent_part, _, run_part = text.partition("\n\nrun settings")
         out += [f"## {name}", "", "```text", agent_part.rstrip(), "```", ""]

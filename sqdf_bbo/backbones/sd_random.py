@@ -133,11 +133,25 @@ def build_clip(size: str, seed: int = 0):
     return CLIPModel(CLIPConfig(**clip_config(size, n))).eval()
 
 
-def build_head(embed_dim: int, seed: int = 0):
-    from sqdf_bbo.oracles.clip_aesthetic import AestheticMLP
+class _AestheticHeadLayout(torch.nn.Module):
+    """A LAION-aesthetic-head-shaped MLP (d -> 1024 -> 128 -> 64 -> 16 -> 1, dropouts between): the state dict
+    layout (``layers.N.*``) the oracle's head loader reads, written here so the backbones import no oracle."""
 
+    def __init__(self, input_dim: int):
+        super().__init__()
+        nn = torch.nn
+        self.layers = nn.Sequential(nn.Linear(input_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                                    nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.layers(e)
+
+
+def build_head(embed_dim: int, seed: int = 0):
+    """A random aesthetic head for CLIP embeddings of size ``embed_dim`` (its state dict loads into the oracle's
+    head: same keys, shapes and, for a seed, values)."""
     torch.manual_seed(seed)
-    return AestheticMLP(embed_dim).eval()
+    return _AestheticHeadLayout(embed_dim).eval()
 
 
 def random_lcm_lora(unet, rank: int = 4, scale: float = 0.1, seed: int = 0) -> dict:

@@ -198,13 +198,14 @@ def load_agent(run_dir: str | Path, rank: int = 0, allow_import: bool = False):
     built: a ``package.module:object`` that config.json names is imported (which runs its code) only with
     ``allow_import=True``, for folders you trust; otherwise ValueError."""
     from sqdf_bbo import checkpoint
-    from sqdf_bbo.agents import METHODS, resolve_method
+    from sqdf_bbo.agents import resolve_method
     from sqdf_bbo.distributed import SingleProcess
+    from sqdf_bbo.registry import method_names
     from sqdf_bbo.tasks import list_tasks, make_task
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
-    for kind, name, known in (("task", cfg.get("task"), list_tasks()), ("method", cfg.get("method"), METHODS)):
+    for kind, name, known in (("task", cfg.get("task"), list_tasks()), ("method", cfg.get("method"), method_names())):
         if not isinstance(name, str) or (name not in known and not allow_import):
             raise ValueError(f"{run_dir / 'config.json'} names {kind} {name!r}, which is not a registered {kind}; "
                              "load_agent imports code a run folder names only with allow_import=True (trust the "

@@ -42,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sqdf_bbo.tasks import check_overrides, register_task
+from sqdf_bbo.tasks import check_overrides
 from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 Tensor = torch.Tensor
@@ -419,6 +419,7 @@ def _factory(cls: type, manifold: bool):
     return make
 
 
+#: the factories the ``sqdf_bbo.tasks`` entry points name (pyproject.toml): ``make_aesthetic``, ``make_aesthetic_manifold``, ...
 for _cls in (AestheticTask, CompressibilityTask, IncompressibilityTask):
-    register_task(_cls.kind, _factory(_cls, False))
-    register_task(f"{_cls.kind}-manifold", _factory(_cls, True))
+    globals()[f"make_{_cls.kind}"] = _factory(_cls, False)
+    globals()[f"make_{_cls.kind}_manifold"] = _factory(_cls, True)

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from sqdf_bbo.tasks import check_overrides, register_task
+from sqdf_bbo.tasks import check_overrides
 from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 Tensor = torch.Tensor
@@ -262,7 +262,5 @@ class SDAgentView:
 def make_aesthetic_sd(**overrides) -> AestheticSDTask:
     return AestheticSDTask(**overrides)
 
-
-register_task("aesthetic-sd", make_aesthetic_sd)
 
 __all__ = ["AestheticSDTask", "TRAIN_ANIMALS", "EVAL_ANIMALS", "TEMPLATE", "sample_prompts", "DEFAULTS"]

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from botorch.test_functions import synthetic as bt
 
-from sqdf_bbo.tasks import check_overrides, register_task
+from sqdf_bbo.consistency import register_consistency_finder
+from sqdf_bbo.tasks import check_overrides
 from sqdf_bbo.tasks.base import RunDefaults, Task, TaskInfo
 
 Tensor = torch.Tensor
@@ -270,6 +271,17 @@ def _factory(base: str, manifold: bool):
     return make
 
 
+def find_consistency(task_info: TaskInfo, reference, num_steps: int):
+    """The committed consistency model of a synthetic task's MLP for a DDIM grid of ``num_steps`` (one per
+    prior: ``-manifold`` shares its function's), read by ``sqdf_bbo.consistency.find_consistency_model``."""
+    from sqdf_bbo.consistency import load_consistency_mlp
+
+    return load_consistency_mlp(task_info.name.removesuffix("-manifold"), reference.lo, reference.hi, num_steps)
+
+
+register_consistency_finder("synthetic", find_consistency)
+
+#: the factories the ``sqdf_bbo.tasks`` entry points name (pyproject.toml): ``make_levy``, ``make_levy_manifold``, ...
 for _name in FUNCTIONS:
-    register_task(_name, _factory(_name, False))
-    register_task(f"{_name}-manifold", _factory(_name, True))
+    globals()[f"make_{_name.replace('-', '_')}"] = _factory(_name, False)
+    globals()[f"make_{_name.replace('-', '_')}_manifold"] = _factory(_name, True)
