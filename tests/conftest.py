@@ -74,6 +74,7 @@ SLOW_TESTS = {
         "test_bootstrap_t_covers_skewed_seeds_from_ten",
     },
     "test_perf_main.py": {"test_a_run_is_split_into_phases_that_fit_its_wall_time"},
+    "test_perf_methods.py": {"test_runner_phases_come_from_the_phase_callbacks"},
     "test_perf_startup.py": {
         "test_a_synthetic_run_without_lora_never_imports_diffusers_or_peft",
         "test_perf_startup_row_and_append",

@@ -159,3 +159,10 @@ def test_bad_repeats_is_refused_before_anything_runs(tmp_path, monkeypatch, caps
         pm.main(["--repeats", "0", "--out", str(tmp_path / "p.csv")])
     assert "--repeats must be >= 1, got 1000, 1 and 0" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_runner_phases_come_from_the_phase_callbacks():
+    """A real (tiny) run: the runner's evaluate and checkpoint phases reach the clock through RunCallbacks."""
+    clock = pm.run_method("levy", "best-of-n", 64, {}, count_flops=False)
+    assert clock.seconds["evaluation"] > 0 and clock.seconds["checkpoints"] > 0
+    assert clock.seconds["query_sampling"] > 0

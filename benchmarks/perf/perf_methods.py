@@ -6,15 +6,16 @@
 
 After an untimed warm-up run (budget 32: the one-time imports), each method runs once, in this process, through the real runner (``sqdf_bbo.run.run_experiment``) at the
 leaderboard's settings (128 eval draws; fine-tuners: 20 updates per round, 30 proxy epochs), with timers
-wrapped around the runner's phases. Phases are exclusive (a phase's time excludes the phases inside it):
+wrapped around the agent's calls and the runner's phase callbacks (``RunCallbacks``). Phases are exclusive
+(a phase's time excludes the phases inside it):
 
 * ``query_sampling``  ``agent.propose``: drawing the designs that are sent to the oracle
 * ``proxy_fit``       ``sqdf_bbo.proxy.fit_proxy`` inside ``improve()``
 * ``train_rollouts``  no-grad policy sampling inside ``improve()`` (SQDF's buffer fills, AM's, DDPO's rollouts)
 * ``train_steps``     the rest of ``improve()``: losses, backward passes, optimizer steps
-* ``evaluation``      ``evaluate_policy`` (harness-side sampling, oracle, diversity and naturalness metrics)
+* ``evaluation``      the runner's ``evaluate`` phase (harness-side sampling, oracle, diversity and naturalness metrics)
 * ``path_kl``         ``sqdf_bbo.diffusion.path_kl`` inside the evaluation
-* ``checkpoints``     ``Run.save_checkpoint`` (round ends, query phases, mid-round)
+* ``checkpoints``     the runner's ``checkpoint`` phase (round ends, query phases, mid-round)
 * ``other``           everything else: building the task and agent, the oracle, logs and sample grids
 
 With ``--flops`` a second run of each method counts the FLOPs of every phase with
@@ -53,6 +54,7 @@ from torch.utils.flop_counter import flop_registry
 from benchmarks.common import markdown
 from benchmarks.common.provenance import load_average, provenance
 from benchmarks.perf.results_csv import write_csv
+from sqdf_bbo.harness.callbacks import RunCallbacks
 
 PHASES = ("query_sampling", "proxy_fit", "train_rollouts", "train_steps", "evaluation", "path_kl", "checkpoints",
           "other")
@@ -108,15 +110,23 @@ class PhaseClock:
         self.flops[self.stack[-1]] += f - self._f
         self._t, self._f = now, f
 
-    @contextlib.contextmanager
-    def phase(self, name: str):
+    def enter(self, name: str) -> None:
+        """Phase ``name`` begins: the enclosing phase pauses."""
         self._charge()
         self.stack.append(name)
+
+    def leave(self) -> None:
+        """The innermost phase ends: the enclosing one resumes."""
+        self._charge()
+        self.stack.pop()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self.enter(name)
         try:
             yield
         finally:
-            self._charge()
-            self.stack.pop()
+            self.leave()
 
     def wrap(self, fn: Callable, name: str, only_inside: Optional[str] = None) -> Callable:
         """fn timed as phase ``name`` (when ``only_inside`` is given: only if called directly inside that phase)."""
@@ -131,17 +141,36 @@ class PhaseClock:
         self._charge()
 
 
+#: the runner's phases (sqdf_bbo.harness.callbacks.PHASES) this script times, and its names for them
+RUNNER_PHASES = {"evaluate": "evaluation", "checkpoint": "checkpoints"}
+
+
+class ClockCallbacks(RunCallbacks):
+    """The runner's ``evaluate`` and ``checkpoint`` phases (``Run(..., callbacks=...)``) timed on ``clock``;
+    its other phases are left to the patches of :func:`instrumented` (or to ``other``)."""
+
+    def __init__(self, clock: PhaseClock):
+        self.clock = clock
+
+    def on_phase_start(self, name: str) -> None:
+        if name in RUNNER_PHASES:
+            self.clock.enter(RUNNER_PHASES[name])
+
+    def on_phase_end(self, name: str, seconds: float) -> None:
+        if name in RUNNER_PHASES:
+            self.clock.leave()
+
+
 @contextlib.contextmanager
 def instrumented(method_cls, clock: PhaseClock):
-    """Patch the runner's phases of one method class onto ``clock`` (restored on exit)."""
+    """Patch the agent-side phases of one method class onto ``clock`` (restored on exit); the runner's own
+    phases (evaluation, checkpoints) come from :class:`ClockCallbacks`."""
     import sqdf_bbo.diffusion as diffusion
     import sqdf_bbo.proxy as proxy
-    import sqdf_bbo.run as run_mod
     from sqdf_bbo.agents.base import DiffusionAgent
 
     patches = [(method_cls, "propose", "query_sampling", None), (method_cls, "improve", "train_steps", None),
-               (proxy, "fit_proxy", "proxy_fit", None), (run_mod, "evaluate_policy", "evaluation", None),
-               (diffusion, "path_kl", "path_kl", None), (run_mod.Run, "save_checkpoint", "checkpoints", None),
+               (proxy, "fit_proxy", "proxy_fit", None), (diffusion, "path_kl", "path_kl", None),
                (DiffusionAgent, "sample", "train_rollouts", "train_steps"),
                (DiffusionAgent, "sample_batched", "train_rollouts", "train_steps")]
     saved = []
@@ -189,7 +218,8 @@ def run_method(task: str, method: str, budget: int, extra: dict, count_flops: bo
     clock = PhaseClock(counter)
     with tempfile.TemporaryDirectory() as out, instrumented(cls, clock), (counter or contextlib.nullcontext()):
         clock.start()
-        run_experiment(task, method, budget, seed=0, out=out, run_settings=LEADERBOARD_SETTINGS["run"], **settings)
+        run_experiment(task, method, budget, seed=0, out=out, run_settings=LEADERBOARD_SETTINGS["run"],
+                       callbacks=ClockCallbacks(clock), **settings)
         clock.finish()
     return clock
 

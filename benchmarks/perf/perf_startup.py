@@ -9,7 +9,8 @@ Each repeat runs the main command in a fresh interpreter,
 
 through a small wrapper that calls ``sqdf_bbo.run.main`` with the same arguments and also times three parts
 of the start-up from inside: ``import sqdf_bbo.run``, the package versions recorded in config.json
-(``_versions``) and the PNG renders (``Run._render``). ``fixed_s`` is the child's wall time (measured
+(``sqdf_bbo.harness.persist._versions``) and the PNG renders (the runner's ``render`` phase, through
+``RunCallbacks``). ``fixed_s`` is the child's wall time (measured
 outside, interpreter start included) minus the run's own ``wall_time_s`` (final.json: the timed rounds).
 The printed row is the median over repeats of each timing, with the command, the CPU model and the
 1-minute load average before and after: on a shared machine (load above the number of cores) every
@@ -42,6 +43,8 @@ t0 = time.perf_counter()
 import sqdf_bbo.run as R
 parts = {"import_run_s": time.perf_counter() - t0, "versions_s": 0.0, "render_s": 0.0}
 
+import sqdf_bbo.harness.persist as P
+
 def timed(fn, key):
     def wrapper(*a, **k):
         t = time.perf_counter()
@@ -51,10 +54,14 @@ def timed(fn, key):
             parts[key] += time.perf_counter() - t
     return wrapper
 
-R._versions = timed(R._versions, "versions_s")
-R.Run._render = timed(R.Run._render, "render_s")
+class Render(R.RunCallbacks):  # the runner's render phase (sample grids)
+    def on_phase_end(self, name, seconds):
+        if name == "render":
+            parts["render_s"] += seconds
+
+P._versions = timed(P._versions, "versions_s")  # no phase of its own: the runner reads it as persist._versions
 sys.argv = ["sqdf_bbo.run", *sys.argv[2:]]
-rc = R.main(sys.argv[1:])
+rc = R.main(sys.argv[1:], callbacks=Render())
 with open(PARTS_PATH, "w") as f:
     json.dump(parts, f)
 sys.exit(rc)

@@ -94,7 +94,9 @@ def config_from_argv(argv: Optional[list[str]] = None) -> RunConfig:
     return RunConfig.from_namespace(build_parser().parse_args(argv), command=f"{PROG} " + " ".join(argv))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, callbacks=None) -> int:
+    """Run the command line ``argv`` (None: this process's); ``callbacks``: a
+    :class:`~sqdf_bbo.harness.callbacks.RunCallbacks` told of the run's phases (performance scripts)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.help_settings:
@@ -110,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = RunConfig.from_namespace(args, command=f"{PROG} " + " ".join(argv))
         if not args.faults:  # the former environment variables of the tests (FaultInjection.from_environ)
             config = dataclasses.replace(config, faults=FaultInjection.from_environ())
-        run = Run(config)  # every bad value is caught here, before any work
+        run = Run(config, callbacks=callbacks)  # every bad value is caught here, before any work
     except (CLIError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
