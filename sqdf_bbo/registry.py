@@ -4,7 +4,7 @@ Built-in methods and tasks are declared like a third-party package's, as entry p
 distribution (pyproject.toml)::
 
     [project.entry-points."sqdf_bbo.methods"]
-    draft-1 = "baselines.draft:DRAFT_1"        # an Agent subclass or a Preset object
+    draft-1 = "mypkg.draft:DRAFT_1"            # an Agent subclass or a Preset object
     [project.entry-points."sqdf_bbo.tasks"]
     levy = "sqdf_bbo.tasks.synthetic:make_levy"  # a factory(**overrides) -> Task
 
