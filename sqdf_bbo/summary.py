@@ -37,7 +37,7 @@ FRONTIER_RUNS: dict[str, dict] = {
     'aesthetic-manifold': {'budget': 1000, 'n_seeds': 3, 'n_eval': 128, 'fd_pretrained': 139.5},
 }
 
-#: the settings the frontier's runs shared besides the knob (benchmarks/reproduce_image_frontier.sh)
+#: the settings the frontier's runs shared besides the knob (benchmarks/run/reproduce_image_frontier.sh)
 FRONTIER_SETTINGS: dict[str, str] = {
     "aesthetic-manifold": "fine-tuners at updates_per_round=10, proxy_epochs=30",
 }
