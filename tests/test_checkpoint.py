@@ -127,15 +127,13 @@ def assert_same_run(run_a, run_b) -> None:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_resumes_to_the_same_result(tmp_path, monkeypatch, method):
     assert main(_argv(method, tmp_path / "a")) == 0
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_ROUND", "1")
 
     def kill(code):
         raise Killed(code)
 
     monkeypatch.setattr(os, "_exit", kill)
     with pytest.raises(Killed):
-        main(_argv(method, tmp_path / "b"))
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_ROUND")
+        main(_argv(method, tmp_path / "b") + ["--fault", "crash_after_round=1"])
     run_b = next((tmp_path / "b").iterdir())
     assert not list(run_b.rglob("*.pt"))  # no pickle anywhere in the run folder
     assert main(_argv(method, tmp_path / "b") + ["--resume"]) == 0
@@ -144,11 +142,9 @@ def test_every_method_resumes_to_the_same_result(tmp_path, monkeypatch, method):
 
 def test_resume_refuses_state_of_other_code(tmp_path, monkeypatch, capsys):
     """A checkpoint whose agent state names an attribute the current agent lacks (or lacks one it has)."""
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_ROUND", "1")
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
     with pytest.raises(Killed):
-        main(_argv("best-of-n", tmp_path))
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_ROUND")
+        main(_argv("best-of-n", tmp_path) + ["--fault", "crash_after_round=1"])
     folder = next(tmp_path.iterdir()) / "checkpoint"
     agent_json = next(folder.glob("agent_rank0_ckpt*.json"))
     rec = json.loads(agent_json.read_text())
@@ -168,11 +164,9 @@ def test_kill_right_after_any_checkpoint_resumes_exactly(tmp_path, monkeypatch, 
     if method in ("sqdf", "seiko"):
         extra += ["--set", "updates_per_round=3"]
     assert main(_argv(method, tmp_path / "a") + extra) == 0
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT", str(kill_at))
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
     with pytest.raises(Killed):
-        main(_argv(method, tmp_path / "b") + extra)
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT")
+        main(_argv(method, tmp_path / "b") + extra + ["--fault", f"crash_after_checkpoint={kill_at}"])
     assert main(_argv(method, tmp_path / "b") + extra + ["--resume"]) == 0
     run_a, run_b = next((tmp_path / "a").iterdir()), next((tmp_path / "b").iterdir())
     assert_same_run(run_a, run_b)
@@ -287,11 +281,9 @@ def test_kill_while_proposing_a_round_resumes_exactly(tmp_path, monkeypatch, cap
              "--set", "updates_per_round=2"]
     assert main(_argv("sqdf", tmp_path / "a") + extra) == 0
     assert proposing_ids, "no checkpoint was written while proposing"
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT", str(proposing_ids[-1]))  # inside the last round's proposal
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
-    with pytest.raises(Killed):
-        main(_argv("sqdf", tmp_path / "b") + extra)
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT")
+    with pytest.raises(Killed):  # a kill inside the last round's proposal
+        main(_argv("sqdf", tmp_path / "b") + extra + ["--fault", f"crash_after_checkpoint={proposing_ids[-1]}"])
     capsys.readouterr()
     assert main(_argv("sqdf", tmp_path / "b") + extra + ["--resume"]) == 0
     assert re.search(r"resuming round \d+'s proposal at [1-9]\d*/\d+ designs", capsys.readouterr().err)
@@ -306,11 +298,9 @@ def test_a_resumed_run_checkpoints_after_its_first_step(tmp_path, monkeypatch):
 
     extra = ["--set", "updates_per_round=3", "--set", "run.checkpoint_every=0", "--set", "run.checkpoint_every_s=1e6"]
     assert main(_argv("sqdf", tmp_path / "a") + extra) == 0
-    monkeypatch.setenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT", "2")  # round 0's, then round 1's query phase
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(Killed(code)))
-    with pytest.raises(Killed):
-        main(_argv("sqdf", tmp_path / "b") + extra)
-    monkeypatch.delenv("SQDF_BBO_CRASH_AFTER_CHECKPOINT")
+    with pytest.raises(Killed):  # after checkpoint 2: round 0's, then round 1's query phase
+        main(_argv("sqdf", tmp_path / "b") + extra + ["--fault", "crash_after_checkpoint=2"])
     steps_at_save = []
     real_save = run_mod.Run.save_checkpoint
 

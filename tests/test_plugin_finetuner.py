@@ -36,7 +36,7 @@ def test_readme_finetuner_runs_learns_and_resumes_mid_round(tmp_path):
     assert a.returncode == 0, a.stderr
     # checkpoints: 1 after round 0's evaluation, 2 after round 1's queries, 3-6 after its 4 steps, ...;
     # a kill right after checkpoint 4 lands in the middle of round 1's fine-tuning
-    b = run(args + ["--out", str(tmp_path / "b")], tmp_path, {"SQDF_BBO_CRASH_AFTER_CHECKPOINT": "4"})
+    b = run(args + ["--out", str(tmp_path / "b"), "--fault", "crash_after_checkpoint=4"], tmp_path)
     assert b.returncode == 17, b.stderr
     b = run(args + ["--out", str(tmp_path / "b"), "--resume"], tmp_path)
     assert b.returncode == 0, b.stderr

@@ -289,9 +289,9 @@ def test_a_resumed_run_predicts_from_its_recorded_rounds(tmp_path):
     import sys
 
     out = str(tmp_path / "runs")
-    env = dict(os.environ, SQDF_BBO_CRASH_AFTER_ROUND="1", HF_HUB_OFFLINE="1")
-    killed = subprocess.run([sys.executable, "-m", "sqdf_bbo.run", *TINY, "--out", out, "--no-progress"], env=env,
-                            capture_output=True, text=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    killed = subprocess.run([sys.executable, "-m", "sqdf_bbo.run", *TINY, "--out", out, "--no-progress",
+                             "--fault", "crash_after_round=1"], env=env, capture_output=True, text=True)
     assert killed.returncode == 17, killed.stderr
     log = tmp_path / "eta.jsonl"
     env = dict(os.environ, SQDF_BBO_ETA_LOG=str(log), HF_HUB_OFFLINE="1")

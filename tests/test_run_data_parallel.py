@@ -39,11 +39,10 @@ def _worker(argv, crash_after, expect_rc):
 
     torch.set_num_threads(1)
     PartialState._reset_state()  # a state inherited through fork from the parent must not leak in
-    if crash_after is not None:
-        os.environ["SQDF_BBO_CRASH_AFTER_ROUND"] = str(crash_after)
+    faults = [] if crash_after is None else ["--fault", f"crash_after_round={crash_after}"]
     from sqdf_bbo.run import main
 
-    rc = main(list(argv))
+    rc = main(list(argv) + faults)
     assert rc == expect_rc, rc
 
 

@@ -4,14 +4,13 @@ end-of-run summary; every bad value is one ``error: ...`` line and exit status 2
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import json
 import sys
 from typing import Optional
 
 from sqdf_bbo.agent_process import AgentProcessError
-from sqdf_bbo.harness.config import MAX_SEED, CLIError, FaultInjection, RunConfig, RunSettings, check_budget
+from sqdf_bbo.harness.config import MAX_SEED, CLIError, RunConfig, RunSettings, check_budget
 from sqdf_bbo.harness.guard import AgentEscape
 
 #: the program name in usage lines (the console script's ``sqdf-bbo run`` runs the same)
@@ -110,8 +109,6 @@ def main(argv: Optional[list[str]] = None, callbacks=None) -> int:
 
     try:
         config = RunConfig.from_namespace(args, command=f"{PROG} " + " ".join(argv))
-        if not args.faults:  # the former environment variables of the tests (FaultInjection.from_environ)
-            config = dataclasses.replace(config, faults=FaultInjection.from_environ())
         run = Run(config, callbacks=callbacks)  # every bad value is caught here, before any work
     except (CLIError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

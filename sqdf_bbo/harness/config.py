@@ -200,11 +200,6 @@ class FaultInjection:
     crash_after_queries: Optional[int] = None
 
     EXIT_STATUS: ClassVar[int] = 17
-    #: the environment variables tests set before this object existed (read by the command line only:
-    #: :meth:`from_environ`)
-    ENVIRON: ClassVar[dict] = {"crash_after_round": "SQDF_BBO_CRASH_AFTER_ROUND",
-                               "crash_after_checkpoint": "SQDF_BBO_CRASH_AFTER_CHECKPOINT",
-                               "crash_after_queries": "SQDF_BBO_CRASH_AFTER_QUERIES"}
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -227,14 +222,6 @@ class FaultInjection:
                 raise CLIError(f"unknown fault {key!r}; allowed: {', '.join(sorted(known))}")
             values[key] = _parse_value(val)
         return cls(**values)
-
-    @classmethod
-    def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> "FaultInjection":
-        """From the former ``SQDF_BBO_CRASH_AFTER_*`` variables (:attr:`ENVIRON`; empty ones unset). Only the
-        command line reads them, and only when no ``--fault`` is given: a bridge for the tests that still
-        set them; runs built in Python never read the environment."""
-        environ = os.environ if environ is None else environ
-        return cls(**{k: int(environ[v]) for k, v in cls.ENVIRON.items() if environ.get(v)})
 
     def _kill(self) -> None:
         os._exit(self.EXIT_STATUS)
