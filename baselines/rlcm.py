@@ -190,11 +190,8 @@ def _synthetic_priors_with_cm() -> list[str]:
 
 
 def _cm_factory(task):
-    """The task's zero-argument consistency-model factory, or None (``TaskInfo.make_consistency_model``, or
-    the older ``defaults["consistency"]``)."""
+    """The task's zero-argument consistency-model factory (``TaskInfo.make_consistency_model``), or None."""
     factory = getattr(task, "make_consistency_model", None)
-    if factory is None and isinstance(task.defaults, dict):
-        factory = task.defaults.get("consistency")
     return factory if callable(factory) else None
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqdf_bbo.envs import BudgetedOracleEnv, BudgetExceededError, env_id, make_env, register_envs
-from sqdf_bbo.tasks import Task, TaskInfo, list_tasks, register_task
+from sqdf_bbo.tasks import RunDefaults, Task, TaskInfo, list_tasks, register_task
 
 D = 3
 
@@ -28,7 +28,7 @@ class SpyTask(Task):
         lo, hi = -torch.ones(dim), torch.ones(dim)
         self.info = TaskInfo(
             name="spy", tier="test", design_shape=(dim,), make_backbone=lambda: None,
-            features=lambda x: x, feature_dim=dim, bounds=(lo, hi), defaults={"batch_size": 4},
+            features=lambda x: x, feature_dim=dim, bounds=(lo, hi), run_defaults=RunDefaults(batch_size=4),
         )
 
     def evaluate_true(self, designs):

@@ -13,6 +13,7 @@ from baselines._testing import GaussianExactEps, tiny_task
 from baselines.find import (FINDAgent, InitialNoise, find_loss, gaussian_kl_to_standard, initial_affine,
                             leave_one_out_advantage)
 from sqdf_bbo.diffusion import DDIMSchedule
+from sqdf_bbo.harness.callbacks import StepCallback
 from sqdf_bbo.tasks import make_task
 
 DIM, N = 2, 3
@@ -165,7 +166,7 @@ def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
             checkpoint.save(tmp_path, "agent", cut.state_tree())
             raise Stop
 
-    cut.update_hook = hook
+    cut.step_callback = StepCallback(hook)
     with pytest.raises(Stop):
         cut.improve()
     desc, tensors = checkpoint.load(tmp_path, "agent")

@@ -261,7 +261,7 @@ def test_task_info_and_overrides(task):
     assert {"aesthetic", "compressibility", "incompressibility"} <= set(list_tasks())
     info = task.info
     assert info.tier == "image" and info.design_shape == (3, S, S) and info.feature_dim == 256
-    assert info.defaults["num_steps"] >= 1 and "agent" in info.defaults
+    assert info.num_steps >= 1 and info.agent_defaults
     with pytest.raises(ValueError, match="allowed:.*num_steps"):
         make_task("aesthetic", bogus=1)
     with pytest.raises(ValueError, match="noise_std"):
@@ -345,7 +345,7 @@ def test_consistency_model_committed(task, unet):
     from sqdf_bbo.consistency import find_consistency_model
     from sqdf_bbo.diffusion import DDIMSchedule
 
-    n = task.info.defaults["num_steps"]
+    n = task.info.num_steps
     cm, reason = find_consistency_model(task.info, unet, n)
     assert cm is not None, reason
     assert cm.num_steps == n and not any(p.requires_grad for p in cm.parameters())

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = '''
 import os
 import torch
-from sqdf_bbo.tasks import Task, TaskInfo
+from sqdf_bbo.tasks import RunDefaults, Task, TaskInfo
 
 class LoggedTask(Task):
     """-||x - 0.3||^2 on [-1, 1]^3; every design the oracle scores is counted in $ORACLE_LOG."""
@@ -23,7 +23,7 @@ class LoggedTask(Task):
     def __init__(self):
         self.info = TaskInfo(name="logged", tier="vector", design_shape=(3,), make_backbone=None,
                              features=torch.nn.Identity(), feature_dim=3,
-                             bounds=(-torch.ones(3), torch.ones(3)), defaults={"batch_size": 8, "n_eval": 16})
+                             bounds=(-torch.ones(3), torch.ones(3)), run_defaults=RunDefaults(batch_size=8, n_eval=16))
     def evaluate_true(self, designs):
         if designs.shape[0] != 16:  # evaluation batches (free, 16 designs) are not oracle queries
             with open(os.environ["ORACLE_LOG"], "a") as f:
@@ -37,9 +37,8 @@ def make_task(**kw):
 
 def run(tmp: Path, out: str, log: str, *extra, crash=None, method="random"):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp), str(ROOT)]), ORACLE_LOG=str(tmp / log))
-    env.pop("SQDF_BBO_CRASH_AFTER_QUERIES", None)
     if crash is not None:
-        env["SQDF_BBO_CRASH_AFTER_QUERIES"] = str(crash)
+        extra = (*extra, "--fault", f"crash_after_queries={crash}")
     return subprocess.run([sys.executable, "-m", "sqdf_bbo.run", "--task", "jtasks:make_task", "--method", method,
                            "--budget", "60", "--out", str(tmp / out), "--no-progress", *extra],
                           capture_output=True, text=True, env=env, timeout=300)

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from sqdf_bbo.run import main
-from sqdf_bbo.tasks import Task, TaskInfo, register_task
+from sqdf_bbo.tasks import RunDefaults, Task, TaskInfo, register_task
 
 
 class CountingTask(Task):
@@ -19,7 +19,7 @@ class CountingTask(Task):
         self.calls = 0
         self.info = TaskInfo(name="counting", tier="vector", design_shape=(2,), make_backbone=None,
                              features=torch.nn.Identity(), feature_dim=2,
-                             bounds=(-torch.ones(2), torch.ones(2)), defaults={"batch_size": 8})
+                             bounds=(-torch.ones(2), torch.ones(2)), run_defaults=RunDefaults(batch_size=8))
 
     def evaluate_true(self, designs):
         self.calls += len(designs)

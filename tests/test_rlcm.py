@@ -17,6 +17,7 @@ from baselines.rlcm import (RLCMAgent, batch_advantages, chain_grid, chain_log_p
                             consistency_problem, ppo_clipped_loss, sample_chains)
 from sqdf_bbo.consistency import ConsistencyModel
 from sqdf_bbo.diffusion import log_prob
+from sqdf_bbo.harness.callbacks import StepCallback
 from sqdf_bbo.tasks import make_task
 from sqdf_bbo.tasks.base import TaskInfo
 
@@ -38,7 +39,7 @@ def _tiny_task(factory=None, name: str = "tiny", dim: int = DIM) -> TaskInfo:
     """A TaskInfo around TinyEps whose consistency-model factory is ``factory``."""
     return TaskInfo(name=name, tier="test", design_shape=(dim,), make_backbone=lambda: TinyEps(dim, 3, seed=0),
                     features=lambda x: x, feature_dim=dim,
-                    defaults={"agent": {"num_steps": 4}, **({"consistency": factory} if factory else {})})
+                    agent_defaults={"num_steps": 4}, make_consistency_model=factory)
 
 
 def _tiny_agent(config: dict, seed: int = 0, dim: int = DIM) -> RLCMAgent:
@@ -310,7 +311,7 @@ def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
             checkpoint.save(tmp_path, "agent", cut.state_tree())
             raise Stop
 
-    cut.update_hook = hook
+    cut.step_callback = StepCallback(hook)
     with pytest.raises(Stop):
         cut.improve()
     desc, tensors = checkpoint.load(tmp_path, "agent")

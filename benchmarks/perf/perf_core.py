@@ -68,7 +68,7 @@ def time_task(name: str, repeats: int, sampling: bool = True) -> dict[str, float
     task = make_task(name)
     backbone = task.info.make_backbone()
     backbone.requires_grad_(False).eval()
-    steps = int(task.info.defaults.get("num_steps", 50))
+    steps = int(task.info.num_steps or 50)
     schedule = DDIMSchedule.from_scheduler(backbone.scheduler, steps, eta=1.0)
     shape = tuple(backbone.latent_shape)
     dtype = next(backbone.parameters()).dtype
@@ -110,7 +110,7 @@ def time_task(name: str, repeats: int, sampling: bool = True) -> dict[str, float
     def oracle() -> None:
         task.evaluate_true(designs)
 
-    bs = int(task.info.defaults.get("batch_size", 64))
+    bs = int(task.info.run_defaults.batch_size or 64)
     x_np = designs.numpy()
 
     def env_steps() -> None:

@@ -102,7 +102,7 @@ class PerfTask:
             name="aesthetic-sd-random", tier="sd", design_shape=design, make_backbone=self.make_backbone,
             features=lambda x: self.oracle.embedder(x.to(device)), feature_dim=self.oracle.embedder.embed_dim,
             sample_conditions=lambda n, g: sample_prompts(TRAIN_ANIMALS, n, g, 0.2), latent_shape=(4, lat, lat),
-            defaults={"num_steps": args.steps, "consistency": self.make_cm, "agent": {"num_steps": args.steps}})
+            num_steps=args.steps, make_consistency_model=self.make_cm, agent_defaults={"num_steps": args.steps})
         self.latent_hw = lat
         self._build = build_sd_components
 

@@ -227,7 +227,7 @@ def checkout_protocol(task: str, method: str, budget: int, sets: list[str]) -> t
         agent_over, task_over, run_over = parse_sets(sets)
         t = make_task(task, **task_over)
         cls = resolve_method(method)
-        run_cfg = resolve_run_settings(run_over, t.info.defaults, budget)
+        run_cfg = resolve_run_settings(run_over, t.info.run_defaults, budget)
         record = {"task": task, "method": method, "budget": budget, "run": run_cfg,
                   "round_sizes": round_sizes(budget, run_cfg["rounds"], run_cfg["round_sizes"]),
                   "agent": cls.resolve_config(t.info, agent_over), "task_overrides": task_over}

@@ -149,7 +149,7 @@ def validate(tasks: list[str], methods: list[str], budgets: list[int], sets: lis
                 task = make_task(t, **task_over)
                 classes[m].resolve_config(task.info, agent)
                 for b in budgets:  # every run setting, typed and range-checked, before anything launches
-                    resolve_run_settings(run_over, task.info.defaults, b)
+                    resolve_run_settings(run_over, task.info.run_defaults, b)
             except (CLIError, ValueError, TypeError) as e:
                 hint = " (--set-for METHOD KEY=VALUE sets a key for one method only)" if agent else ""
                 raise SweepError(f"task {t!r} / method {m!r}: {e}{hint}") from None
