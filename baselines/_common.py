@@ -39,8 +39,8 @@ Checkpointing = Union[bool, Literal["auto"]]
 def uses_checkpointing(agent) -> bool:
     """The agent's ``checkpoint`` setting resolved: True/False as set, 'auto' = on outside the synthetic tier.
     Checkpointing recomputes each forward pass in backward, so it changes memory and time, not the result."""
-    value = agent.config["checkpoint"]
-    return agent.task.tier != "synthetic" if value == "auto" else bool(value)
+    value = agent.cfg.checkpoint  # True, False or "auto" (typed: Union[bool, Literal["auto"]])
+    return agent.task.tier != "synthetic" if value == "auto" else value
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> Any:

@@ -96,7 +96,7 @@ def ready_agent(cls, backbone_factory: Callable[[], Backbone], reward: Callable[
 def one_update(agent) -> dict[str, float]:
     """Exactly one optimizer step of ``agent.improve()`` at the agent's current state
     (``OnlineFinetuneAgent.one_more_step``); returns that step's statistics."""
-    assert int(agent.config["updates_per_round"]) == 1, "one_update needs updates_per_round=1"
+    assert agent.cfg.updates_per_round == 1, "one_update needs updates_per_round=1"
     return agent.one_more_step()
 
 

@@ -146,7 +146,7 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
 
     @property
     def lam(self) -> float:
-        return 1.0 / float(self.config["alpha"])
+        return 1.0 / self.cfg.alpha
 
     def terminal_adjoint(self, xN: Tensor) -> tuple[Tensor, Tensor]:
         """ã_N = -λ ∇ r̂⁺(x_N), shape of xN; also returns r̂⁺(x_N) (B,)."""
@@ -160,18 +160,18 @@ class AdjointMatchingAgent(OnlineFinetuneAgent):
         """One Adjoint Matching round: refit r̂⁺; per update, roll out the current
         policy without grad, solve the lean adjoint backwards from ã_N = -λ∇r̂⁺(x_N) under the pretrained
         model, regress the policy's drift onto it, step."""
-        c = self.config
-        B, N = int(c["train_batch"]), self.schedule.num_steps
+        c = self.cfg
+        B, N = c.train_batch, self.schedule.num_steps
         self.begin_round()
         for _ in self.round_steps():
             traj = self.sample(B, self.generator)
             aN, r = self.terminal_adjoint(traj.final)
             adj, base_eps = lean_adjoint(self.reference_eps, self.schedule, traj.latents, aN, traj.cond)
             steps = None  # all steps, or am_steps of them drawn without replacement
-            if c["am_steps"] is not None:
-                steps = torch.randperm(N, generator=self.generator)[: int(c["am_steps"])].sort().values
+            if c.am_steps is not None:
+                steps = torch.randperm(N, generator=self.generator)[: c.am_steps].sort().values
             loss = adjoint_matching_loss(self.policy_eps, self.reference_eps, self.schedule, traj.latents, adj,
-                                         steps, traj.cond, c["adjoint_index"], base_eps)
+                                         steps, traj.cond, c.adjoint_index, base_eps)
             loss.backward()
             self.record_step({"loss": loss.item(), "reward": r.mean().item(), "grad_norm": self.clip_and_step(),
                               "adjoint_norm0": float(adj[:, 0].reshape(B, -1).norm(dim=1).mean())})

@@ -85,13 +85,13 @@ class AlignPropAgent(OnlineFinetuneAgent):
         return c
 
     def cut_indices(self, n: int) -> Tensor:
-        return draw_cut(self.config["truncation"], n, self.schedule.num_steps, self.generator,
-                        int(self.config["truncation_K"]))
+        return draw_cut(self.cfg.truncation, n, self.schedule.num_steps, self.generator,
+                        self.cfg.truncation_K)
 
     def improve(self) -> dict[str, Any]:
         """One AlignProp round: refit r̂⁺; per update, run the chain with gradient (checkpointed, truncated
         at a random step), ascend r̂⁺(x_N), step."""
-        B = int(self.config["train_batch"])
+        B = self.cfg.train_batch
         self.begin_round()
         for _ in self.round_steps():
             x0, noises, cond = draw_noise(self, B)

@@ -68,21 +68,21 @@ class BestOfNAgent(ProxyGuidedAgent):
 
     def analytic_path_kl(self) -> float:
         """Path KL of the proposals to the pretrained model (nats): 0 before the first proxy exists."""
-        N = int(self.config["oversample"])
+        N = self.cfg.oversample
         if self.proxy is None or N == 1:
             return 0.0
-        return best_of_n_kl(N) if self.config["mode"] == "group" else math.log(N)
+        return best_of_n_kl(N) if self.cfg.mode == "group" else math.log(N)
 
     def propose(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
-        N = int(self.config["oversample"])
+        N = self.cfg.oversample
         if self.proxy is None or N == 1 or n == 0:
             return self._propose_local(n, generator, cond)
         cand_cond = None if cond is None else [c for c in cond for _ in range(N)]
         cands = self._propose_local(N * n, generator, cand_cond)
-        bs = int(self.config["sample_batch"])
+        bs = self.cfg.sample_batch
         with torch.no_grad():
             scores = torch.cat([self.reward_of_designs(cands[i:i + bs]) for i in range(0, len(cands), bs)])
-        return cands[select_best(scores.detach().cpu(), n, self.config["mode"])]
+        return cands[select_best(scores.detach().cpu(), n, self.cfg.mode)]
 
     def improve(self) -> dict[str, float]:
         stats = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}

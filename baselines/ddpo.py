@@ -175,7 +175,7 @@ class DDPOAgent(OnlineFinetuneAgent):
     @property
     def train_steps(self) -> int:
         """Number of steps per sample that get a loss term: max(1, floor(N·timestep_fraction))."""
-        return max(1, int(math.floor(self.schedule.num_steps * float(self.config["timestep_fraction"]) + 1e-9)))
+        return max(1, int(math.floor(self.schedule.num_steps * self.cfg.timestep_fraction + 1e-9)))
 
     def collect(self, n: int) -> dict[str, Tensor]:
         """n trajectories from the current (old) policy with ℓ_old (n, N), rewards and advantages."""
@@ -196,7 +196,7 @@ class DDPOAgent(OnlineFinetuneAgent):
     def advantages(self, r: Tensor, cond: Any) -> Tensor:
         """(B,) advantages of this process's rewards r (B,), normalised over the union batch of all
         processes: per prompt when ``cond`` is a list of prompt strings, else over the batch; clipped."""
-        clip = float(self.config["adv_clip_max"])
+        clip = self.cfg.adv_clip_max
         r_all = self.dp.gather(r.double())
         if isinstance(cond, (list, tuple)) and cond and all(isinstance(c, str) for c in cond):
             prompts = self.dp.gather_object(list(cond))
@@ -218,15 +218,15 @@ class DDPOAgent(OnlineFinetuneAgent):
         per-step log-probabilities, turn r̂⁺ into clipped advantages, then num_inner_epochs passes of
         minibatch policy-gradient steps (clipped PPO ratio, or REINFORCE for DDPO-SF) over shuffled
         timesteps."""
-        c = self.config
-        B = int(c["train_batch"])
-        mb = int(c["ppo_minibatch"]) if self.importance_sampling else B
+        c = self.cfg
+        B = c.train_batch
+        mb = c.ppo_minibatch if self.importance_sampling else B
         self.begin_round()
         for _ in self.round_steps():
             batch = self.collect(B)
             stats = {"reward": float(batch["reward"].mean()), "loss": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
             n_opt = 0
-            for epoch in range(int(c["num_inner_epochs"])):
+            for epoch in range(c.num_inner_epochs):
                 order = torch.randperm(B, generator=self.generator)
                 steps = self.step_order(B)
                 for start in range(0, B, mb):
@@ -237,7 +237,7 @@ class DDPOAgent(OnlineFinetuneAgent):
                     adv = batch["adv"][rows]
                     if self.importance_sampling:
                         old = torch.gather(batch["logp_old"][rows], 1, ks.to(batch["logp_old"].device))
-                        loss, _, clipfrac = ppo_loss(logp, old, adv, float(c["clip_range"]))
+                        loss, _, clipfrac = ppo_loss(logp, old, adv, c.clip_range)
                         if epoch == 0 and start == 0:
                             stats["first_clipfrac"] = float(clipfrac)
                         stats["clipfrac"] += float(clipfrac)

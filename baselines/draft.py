@@ -92,12 +92,12 @@ class DRaFTKAgent(OnlineFinetuneAgent):
 
     def __init__(self, task, config=None, seed: int = 0):
         super().__init__(task, config, seed)
-        self.K = resolve_K(self.config["K"], self.schedule.num_steps)
+        self.K = resolve_K(self.cfg.K, self.schedule.num_steps)
 
     def improve(self) -> dict[str, Any]:
         """One DRaFT-K round: refit r̂⁺; per update, run the chain with gradient through its last K steps
         only, ascend r̂⁺(x_N), step."""
-        B, N = int(self.config["train_batch"]), self.schedule.num_steps
+        B, N = self.cfg.train_batch, self.schedule.num_steps
         cut = torch.full((B,), N - self.K, dtype=torch.long)
         self.begin_round()
         for _ in self.round_steps():
@@ -138,7 +138,7 @@ class DRaFTLVAgent(OnlineFinetuneAgent):
     def improve(self) -> dict[str, Any]:
         """One DRaFT-LV round: refit r̂⁺; per update, sample x̄ without grad, re-noise it n times, run
         the last step with gradient on each copy, ascend the mean r̂⁺, step."""
-        B, n = int(self.config["train_batch"]), int(self.config["n_lv"])
+        B, n = self.cfg.train_batch, self.cfg.n_lv
         self.begin_round()
         for _ in self.round_steps():
             x0, noises, cond = draw_noise(self, B)

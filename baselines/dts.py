@@ -193,17 +193,17 @@ class DTSAgent(ProxyGuidedAgent):
         first proxy; NaN for DTS*, which has no target)."""
         if self.proxy is None:
             return 0.0
-        return float("nan") if self.config["greedy"] else self.last_kl
+        return float("nan") if self.cfg.greedy else self.last_kl
 
     @torch.no_grad()
     def search(self, T: int, generator: torch.Generator, cond: Any = None) -> Forest:
         """Grow T trees for ``rollouts`` iterations each (module docstring); ``cond``: T conditions or None."""
         N, sched = self.schedule.num_steps, self.schedule
-        lam, greedy = 1.0 / float(self.config["beta"]), bool(self.config["greedy"])
-        R = int(self.config["rollouts"])
+        lam, greedy = 1.0 / self.cfg.beta, self.cfg.greedy
+        R = self.cfg.rollouts
         shape = tuple(self.reference.latent_shape)
         param = next(self.reference.parameters())
-        f = Forest(T, 1 + R * (N + 1), int(self.config["branching"]), N, shape, param.dtype, param.device)
+        f = Forest(T, 1 + R * (N + 1), self.cfg.branching, N, shape, param.dtype, param.device)
         for _ in range(R):
             expand = f.select(lam, greedy, generator)
             trees = torch.nonzero(expand >= 0)[:, 0]
@@ -240,8 +240,8 @@ class DTSAgent(ProxyGuidedAgent):
     def decode_batch(self, n: int, generator: torch.Generator, cond: Any = None) -> tuple[Tensor, dict]:
         """n designs (n, *design_shape), one tree each, and the batch's statistics (sums over trees)."""
         f = self.search(n, generator, cond)
-        lam = 1.0 / float(self.config["beta"])
-        if self.config["greedy"]:
+        lam = 1.0 / self.cfg.beta
+        if self.cfg.greedy:
             leaves, sel_kl = f.best_leaf(), torch.zeros(n, dtype=torch.float64)
         else:
             leaves, sel_kl = f.descend(lam, generator)
@@ -257,7 +257,7 @@ class DTSAgent(ProxyGuidedAgent):
             return self._propose_local(n, generator, cond)
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
-        bs, out, sums = int(self.config["sample_batch"]), [], {}
+        bs, out, sums = self.cfg.sample_batch, [], {}
         for i in range(0, n, bs):
             m = min(bs, n - i)
             designs, stats = self.decode_batch(m, generator, None if cond is None else cond[i:i + m])
@@ -271,8 +271,8 @@ class DTSAgent(ProxyGuidedAgent):
     def improve(self) -> dict[str, float]:
         stats = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}
         self.round += 1
-        if self.config["greedy"]:
-            stats["kl_heuristic_log_rollouts"] = math.log(int(self.config["rollouts"]))
+        if self.cfg.greedy:
+            stats["kl_heuristic_log_rollouts"] = math.log(self.cfg.rollouts)
         return stats
 
 

@@ -174,7 +174,7 @@ class FINDAgent(OnlineFinetuneAgent):
         n = len(u)
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
-        bs, out = int(self.config["sample_batch"]), []
+        bs, out = self.cfg.sample_batch, []
         for i in range(0, n, bs):
             c = None if cond is None else cond[i:i + bs]
             tr = sample_trajectory(self.reference_eps, self.schedule, self.latents_from_noise(u[i:i + bs]),
@@ -193,7 +193,7 @@ class FINDAgent(OnlineFinetuneAgent):
     def draw_batch(self) -> dict[str, Tensor]:
         """A fresh batch from q_φ: whitened noises u (B, D), proxy rewards r (B,), log q_φ(u) (B,)."""
         self.reference.eval()  # round_steps() put the policy (= the frozen reference) in train mode
-        u = self.noise.sample(int(self.config["train_batch"]), self.generator)
+        u = self.noise.sample(self.cfg.train_batch, self.generator)
         designs = self.designs_from_noise(u, self.generator)
         with torch.no_grad():
             r = self.reward_of_designs(designs).double().cpu()
@@ -203,13 +203,13 @@ class FINDAgent(OnlineFinetuneAgent):
     def improve(self) -> dict[str, float]:
         if self.begin_round():
             self.batch = None
-        inner, beta = int(self.config["inner_steps"]), float(self.config["beta"])
+        inner, beta = self.cfg.inner_steps, self.cfg.beta
         for step in self.round_steps():
             if self.batch is None or step % inner == 0:
                 self.batch = self.draw_batch()
             b = self.batch
             loss, info = find_loss(self.noise, b["u"], b["r"], b["logq_old"], beta,
-                                   float(self.config["ratio_clip"]), self.config["clip_against"])
+                                   self.cfg.ratio_clip, self.cfg.clip_against)
             loss.backward()
             info["grad_norm"] = self.clip_and_step()
             self.record_step(info)

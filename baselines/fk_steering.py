@@ -163,15 +163,15 @@ class FKSteeringAgent(ProxyGuidedAgent):
         self.duplicates = 0  # exact duplicate proposals made by the final resampling (wasted queries)
 
     def analytic_path_kl(self) -> float:
-        return 0.0 if self.proxy is None or int(self.config["particles"]) == 1 else float("nan")
+        return 0.0 if self.proxy is None or self.cfg.particles == 1 else float("nan")
 
     @torch.no_grad()
     def steer(self, pops: int, generator: torch.Generator, cond: Any = None) -> tuple[Tensor, Tensor]:
         """(pops·P steered designs (pops·P, *design_shape) population-major, their final log-weights (pops, P);
         all zero where the last step resampled)."""
-        P, N, sched = int(self.config["particles"]), self.schedule.num_steps, self.schedule
-        steps = set(resampling_steps(N, int(self.config["resample_every"])))
-        w = ParticleWeights(pops, P, self.config["potential"], float(self.config["potential_scale"]))
+        P, N, sched = self.cfg.particles, self.schedule.num_steps, self.schedule
+        steps = set(resampling_steps(N, self.cfg.resample_every))
+        w = ParticleWeights(pops, P, self.cfg.potential, self.cfg.potential_scale)
         B = pops * P
         z = self.reference.initial_noise(B, generator, sched)
         for k in range(N):
@@ -183,7 +183,7 @@ class FKSteeringAgent(ProxyGuidedAgent):
                 continue
             final = k == N - 1
             w.weigh(self.reward(z if final else x_hat).double().cpu().reshape(pops, P), final)
-            due = w.due(self.config["final_resample"] if final else ("ess" if self.config["adaptive"] else "always"))
+            due = w.due(self.cfg.final_resample if final else ("ess" if self.cfg.adaptive else "always"))
             if not due.any():
                 continue
             anc = w.resample(due, generator)
@@ -198,12 +198,12 @@ class FKSteeringAgent(ProxyGuidedAgent):
     def propose(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         if n == 0:
             return torch.empty((0, *self.task.design_shape))
-        P = int(self.config["particles"])
+        P = self.cfg.particles
         if self.proxy is None or P == 1:  # plain pretrained samples
             return self._propose_local(n, generator, cond)
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
-        bs = max(1, int(self.config["sample_batch"]) // P)  # populations per batch
+        bs = max(1, self.cfg.sample_batch // P)  # populations per batch
         out = []
         if cond is None:
             pops = -(-n // P)
@@ -221,20 +221,20 @@ class FKSteeringAgent(ProxyGuidedAgent):
 
     def target_kl(self, generator: torch.Generator) -> float:
         """Self-normalised estimate of KL(p_ref·exp(λ r)/Z ‖ p_ref) from ``kl_samples`` pretrained samples."""
-        n = int(self.config["kl_samples"])
+        n = self.cfg.kl_samples
         designs = self._propose_local(n, generator)
-        bs = int(self.config["sample_batch"])
+        bs = self.cfg.sample_batch
         with torch.no_grad():
             r = torch.cat([self.reward_of_designs(designs[i:i + bs]) for i in range(0, n, bs)])
-        return tilted_target_kl(r.cpu(), float(self.config["potential_scale"]))
+        return tilted_target_kl(r.cpu(), self.cfg.potential_scale)
 
     def improve(self) -> dict[str, float]:
         stats = {f"proxy_{k}": v for k, v in self.refit_proxy().items()}
         self.round += 1
-        P, N = int(self.config["particles"]), self.schedule.num_steps
-        S = resampling_steps(N, int(self.config["resample_every"]))
+        P, N = self.cfg.particles, self.schedule.num_steps
+        S = resampling_steps(N, self.cfg.resample_every)
         stats["kl_resampling_bound"] = len(S) * math.log(P)
-        if int(self.config["kl_samples"]) > 0:
+        if self.cfg.kl_samples > 0:
             stats["target_kl"] = self.target_kl(self.generator)
         stats["final_duplicates"] = float(self.duplicates)
         return stats

@@ -68,19 +68,19 @@ class QLogNEIAgent(UnitCubeAgent):
         from botorch.optim import optimize_acqf
         from botorch.sampling import SobolQMCNormalSampler
 
-        c = self.config
+        c = self.cfg
         bounds = torch.stack([torch.zeros(self.dim), torch.ones(self.dim)]).double()
         picked: list[Tensor] = []
         with torch.random.fork_rng(), torch.enable_grad():  # the harness may call propose under no_grad
             torch.manual_seed(seed)
             acq = qLogNoisyExpectedImprovement(
                 self.model, X_baseline=self.X, prune_baseline=True,
-                sampler=SobolQMCNormalSampler(torch.Size([int(c["mc_samples"])]), seed=seed))
-            for i in range(0, n, int(c["q_chunk"])):
-                q = min(int(c["q_chunk"]), n - i)
+                sampler=SobolQMCNormalSampler(torch.Size([c.mc_samples]), seed=seed))
+            for i in range(0, n, c.q_chunk):
+                q = min(c.q_chunk, n - i)
                 acq.set_X_pending(torch.cat(picked) if picked else None)
-                x, _ = optimize_acqf(acq, bounds=bounds, q=q, num_restarts=int(c["num_restarts"]),
-                                     raw_samples=int(c["raw_samples"]),
-                                     options={"batch_limit": 5, "maxiter": int(c["maxiter"])})
+                x, _ = optimize_acqf(acq, bounds=bounds, q=q, num_restarts=c.num_restarts,
+                                     raw_samples=c.raw_samples,
+                                     options={"batch_limit": 5, "maxiter": c.maxiter})
                 picked.append(x.detach())
         return torch.cat(picked)

@@ -80,19 +80,19 @@ class RAFTAgent(OnlineFinetuneAgent):
         self.optimizer = self.make_optimizer()
         acp = self.policy.scheduler.alphas_cumprod
         T = int(self.policy.scheduler.config.num_train_timesteps)
-        rho, bs = float(self.config["keep_fraction"]), int(self.config["train_batch"])
+        rho, bs = self.cfg.keep_fraction, self.cfg.train_batch
         losses, kept_reward, all_reward = [], [], []
-        I, U = int(self.config["iterations"]), int(self.config["updates_per_round"])
+        I, U = self.cfg.iterations, self.cfg.updates_per_round
         for it in range(I):
             # 1. sample from the current policy
             self.policy.eval()
-            trajs = self.sample_batched(int(self.config["samples_per_iteration"]), self.generator)
+            trajs = self.sample_batched(self.cfg.samples_per_iteration, self.generator)
             z = torch.cat([tr.final for tr in trajs]).detach()
             conds = [c for tr in trajs for c in tr.cond] if trajs[0].cond is not None else None
             # 2. select by the optimistic proxy
             with torch.no_grad():
                 r = torch.cat([self.reward(z[i:i + bs]) for i in range(0, len(z), bs)]).detach().cpu()
-            keep = raft_select(r, rho, self.config["selection"])
+            keep = raft_select(r, rho, self.cfg.selection)
             x0 = z[keep.to(z.device)]
             cond = None if conds is None else [conds[i] for i in keep.tolist()]
             kept_reward.append(float(r[keep].mean()))

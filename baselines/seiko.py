@@ -85,7 +85,7 @@ class SEIKOAgent(OnlineFinetuneAgent):
 
     def frozen_kl_reference(self) -> torch.nn.Module:
         """This round's KL reference: a frozen copy of the policy p^(i-1), or the pretrained model."""
-        if self.config["kl_reference"] == "previous":
+        if self.cfg.kl_reference == "previous":
             return copy.deepcopy(self.policy).requires_grad_(False).eval()
         return self.reference
 
@@ -118,18 +118,18 @@ class SEIKOAgent(OnlineFinetuneAgent):
         """(loss, r̂⁺(x_N) (B,), kl): loss = -mean_b r̂⁺(x_N) + kl_weight · Σ_k mean_b mean_d KL_k."""
         xN, kl = self.chain_with_kl(x0, noises, cond, mask)
         r = self.reward(xN)
-        return -r.mean() + float(self.config["kl_weight"]) * kl, r, kl
+        return -r.mean() + self.cfg.kl_weight * kl, r, kl
 
     def improve(self) -> dict[str, Any]:
         """One SEIKO round: refit r̂⁺; freeze this round's KL reference; per update,
         run the chain with gradient, loss = -r̂⁺(x_N) + kl_weight · Σ_k KL_k, step."""
-        B = int(self.config["train_batch"])
+        B = self.cfg.train_batch
         if self.begin_round():
             self.kl_model = self.frozen_kl_reference()
         for _ in self.round_steps():
             x0, noises, cond = draw_noise(self, B)
             mask = None
-            if self.config["truncation"] == "per_step":
+            if self.cfg.truncation == "per_step":
                 mask = per_step_truncation_mask(B, self.schedule.num_steps, self.generator)
             loss, r, kl = self.seiko_loss(x0, noises, cond, mask)
             if loss.requires_grad:  # the per-step redraw can detach every step (prob. prod_k (N-k)/(N+1)); then no update

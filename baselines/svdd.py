@@ -77,12 +77,12 @@ class SVDDAgent(ProxyGuidedAgent):
 
     def analytic_path_kl(self) -> float:
         """J·(log M − (M−1)/M) nats for α = 0 (0 before the first proxy); NaN for α > 0 (no closed form)."""
-        M, N = int(self.config["candidates"]), self.schedule.num_steps
+        M, N = self.cfg.candidates, self.schedule.num_steps
         if self.proxy is None or M == 1:
             return 0.0
-        if float(self.config["temperature"]) > 0:
+        if self.cfg.temperature > 0:
             return float("nan")
-        J = N if self.config["select_last"] else N - 1
+        J = N if self.cfg.select_last else N - 1
         return J * best_of_n_kl(M)
 
     def value(self, z: Tensor, k_next: int, cond: Any = None) -> tuple[Tensor, Tensor]:
@@ -96,8 +96,8 @@ class SVDDAgent(ProxyGuidedAgent):
     @torch.no_grad()
     def decode_batch(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         """n value-guided designs (n, *design_shape)."""
-        M, N, sched = int(self.config["candidates"]), self.schedule.num_steps, self.schedule
-        alpha = float(self.config["temperature"])
+        M, N, sched = self.cfg.candidates, self.schedule.num_steps, self.schedule
+        alpha = self.cfg.temperature
         shape = tuple(self.reference.latent_shape)
         z = self.reference.initial_noise(n, generator, sched)
         eps = None
@@ -109,7 +109,7 @@ class SVDDAgent(ProxyGuidedAgent):
             xi = torch.randn((n, M, *shape), generator=generator, dtype=z.dtype).to(z.device)
             s = s.unsqueeze(1) if s.ndim else s  # a scalar for an int step
             cands = (mu.unsqueeze(1) + s * xi).reshape(n * M, *shape)
-            if k == N - 1 and not self.config["select_last"]:
+            if k == N - 1 and not self.cfg.select_last:
                 return self.policy.decode(cands.reshape(n, M, *shape)[:, 0])
             v, eps_c = self.value(cands, k + 1, cond_m)
             pick = svdd_select(v.reshape(n, M).cpu(), alpha, generator).to(z.device)
@@ -123,9 +123,9 @@ class SVDDAgent(ProxyGuidedAgent):
             return torch.empty((0, *self.task.design_shape))
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
-        if self.proxy is None or int(self.config["candidates"]) == 1:  # plain pretrained samples
+        if self.proxy is None or self.cfg.candidates == 1:  # plain pretrained samples
             return self._propose_local(n, generator, cond)
-        bs = int(self.config["sample_batch"])
+        bs = self.cfg.sample_batch
         return torch.cat([self.decode_batch(min(bs, n - i), generator, None if cond is None else cond[i:i + bs])
                           for i in range(0, n, bs)]).detach()
 

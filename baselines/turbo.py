@@ -138,10 +138,10 @@ class TuRBOAgent(UnitCubeAgent):
                 self.model = fit_gp(self.X[self.local_start:], self.Y[self.local_start:])
 
     def _new_state(self, q: int) -> TurboState:
-        c = self.config
-        return TurboState(dim=self.dim, batch_size=max(1, q), length=float(c["length_init"]),
-                          length_min=float(c["length_min"]), length_max=float(c["length_max"]),
-                          success_tolerance=int(c["success_tolerance"]))
+        c = self.cfg
+        return TurboState(dim=self.dim, batch_size=max(1, q), length=c.length_init,
+                          length_min=c.length_min, length_max=c.length_max,
+                          success_tolerance=c.success_tolerance)
 
     def observe(self, designs: Tensor, values: Tensor) -> None:
         self.batch_start = len(self.Y)
@@ -191,7 +191,7 @@ class TuRBOAgent(UnitCubeAgent):
         centre = X[self.posterior_mean(X).argmax()]
         ls = self.model.covar_module.base_kernel.lengthscale.detach().reshape(-1).double()
         lower, upper = trust_region(centre, ls, self.state.length)
-        n_cand = int(self.config["n_candidates"]) or min(5000, max(2000, 200 * self.dim))
+        n_cand = self.cfg.n_candidates or min(5000, max(2000, 200 * self.dim))
         n_cand = max(n_cand, n)
         g = torch.Generator().manual_seed(seed)
         pert = lower + (upper - lower) * sobol(n_cand, self.dim, seed)

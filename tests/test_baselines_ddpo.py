@@ -117,7 +117,7 @@ def test_per_prompt_tracker_by_hand():
 def test_agent_uses_tracker_only_for_prompts():
     """Prompt lists go through the tracker (then clipped), unconditional batches through the batch version."""
     agent = DDPOAgent.__new__(DDPOAgent)
-    agent.config = {"adv_clip_max": 1.0}
+    agent.cfg = DDPOAgent.Settings(adv_clip_max=1.0)
     r = torch.tensor([0.0, 10.0, 1.0, 2.0])
     torch.testing.assert_close(agent.advantages(r, None), normalise_advantages(r.double(), 1.0).float())
     adv = agent.advantages(r, ["x", "x", "y", "y"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from sqdf_bbo.proxy import fit_proxy
+from sqdf_bbo.proxy import ProxySettings, fit_proxy, proxy_settings
 
 torch.set_num_threads(1)
 
@@ -19,7 +19,7 @@ def _data(n=300, d=4, noise=0.1, seed=0):
 def test_ucb_bonus_matches_numpy():
     x, y = _data()
     cfg = {"proxy": "ucb", "proxy_epochs": 5, "osm_alpha": 0.3, "osm_lambda": 1e-2, "osm_clipping": 1e9}
-    proxy, _ = fit_proxy(x, y, cfg, generator=torch.Generator().manual_seed(1))
+    proxy, _ = fit_proxy(x, y, proxy_settings(cfg), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         phi_d = proxy.net.phi((x - proxy.x_mean) / proxy.x_std)[0].double().numpy()
         xq = torch.rand(64, 4, generator=torch.Generator().manual_seed(2)) * 4 - 2
@@ -41,7 +41,7 @@ def test_ucb_bonus_matches_numpy():
 
 def test_bootstrap_heads_resample_and_max():
     x, y = _data(n=200)
-    proxy, stats = fit_proxy(x, y, {"proxy": "bootstrap", "proxy_heads": 4, "proxy_epochs": 20},
+    proxy, stats = fit_proxy(x, y, proxy_settings({"proxy": "bootstrap", "proxy_heads": 4, "proxy_epochs": 20}),
                              generator=torch.Generator().manual_seed(0))
     idx = proxy.resample_indices
     n_train = stats["n_train"]
@@ -63,8 +63,8 @@ def test_best_epoch_is_restored_not_live_reference():
     # tiny noisy data, high lr: validation error is not monotone, so best != last
     x, y = _data(n=60, noise=0.8, seed=3)
     cfg = {"proxy": "none", "proxy_epochs": 150, "proxy_lr": 2e-2, "proxy_batch": 16, "proxy_val_frac": 0.2}
-    best, sb = fit_proxy(x, y, dict(cfg, proxy_select="best"), generator=torch.Generator().manual_seed(0))
-    last, sl = fit_proxy(x, y, dict(cfg, proxy_select="last"), generator=torch.Generator().manual_seed(0))
+    best, sb = fit_proxy(x, y, proxy_settings(dict(cfg, proxy_select="best")), generator=torch.Generator().manual_seed(0))
+    last, sl = fit_proxy(x, y, proxy_settings(dict(cfg, proxy_select="last")), generator=torch.Generator().manual_seed(0))
     hist = best.val_mae_history
     assert hist == last.val_mae_history  # same seed -> same training path
     assert sb["best_epoch"] == int(np.argmin(hist)) and sb["best_epoch"] != len(hist) - 1
@@ -80,7 +80,7 @@ def test_best_epoch_is_restored_not_live_reference():
 
 def test_rank_correlation_logged_and_correct():
     x, y = _data(n=400, noise=0.05)
-    proxy, stats = fit_proxy(x, y, {"proxy": "bootstrap", "proxy_epochs": 60, "proxy_val_frac": 0.1},
+    proxy, stats = fit_proxy(x, y, proxy_settings({"proxy": "bootstrap", "proxy_epochs": 60, "proxy_val_frac": 0.1}),
                              generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         pred = proxy.predict_mean(x[360:]).numpy()
@@ -93,14 +93,14 @@ def test_rank_correlation_logged_and_correct():
 def test_gradient_original_units_and_continuation():
     x, y = _data(n=200)
     y_big = 100.0 + 10.0 * y
-    proxy, _ = fit_proxy(x, y_big, {"proxy": "bootstrap", "proxy_epochs": 30}, generator=torch.Generator().manual_seed(0))
+    proxy, _ = fit_proxy(x, y_big, proxy_settings({"proxy": "bootstrap", "proxy_epochs": 30}), generator=torch.Generator().manual_seed(0))
     xq = x[:8].clone().requires_grad_(True)
     out = proxy(xq)
     assert abs(float(out.detach().mean()) - float(y_big.mean())) < 3 * float(y_big.std())  # original units
     out.sum().backward()
     assert xq.grad is not None and xq.grad.abs().sum() > 0
     # continuing with 0 extra epochs on the same data reproduces the previous proxy exactly
-    again, _ = fit_proxy(x, y_big, {"proxy": "bootstrap", "proxy_epochs": 0}, previous=proxy,
+    again, _ = fit_proxy(x, y_big, proxy_settings({"proxy": "bootstrap", "proxy_epochs": 0}), previous=proxy,
                          generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(again(x[:20]), proxy(x[:20]))
@@ -109,10 +109,22 @@ def test_gradient_original_units_and_continuation():
 @pytest.mark.parametrize("bad", [{"proxy": "gp"}, {"proxy_select": "first"}, {"proxy_val_frac": 1.0},
                                  {"proxy_heads": 0}, {"proxy_lr": 0}])
 def test_bad_config_is_named(bad):
-    x, y = _data(n=20)
     key = next(iter(bad))
     with pytest.raises(ValueError, match=key):
-        fit_proxy(x, y, bad)
+        proxy_settings(bad)
+
+
+def test_settings_are_typed_and_checked_once_where_built():
+    """proxy_settings() coerces and range-checks a dict once (unknown keys refused); fit_proxy takes the typed
+    ProxySettings as it is and refuses a plain dict."""
+    s = proxy_settings({"proxy_heads": "3", "proxy_lr": 1, "proxy_select": "last"})
+    assert isinstance(s, ProxySettings) and (s.proxy_heads, s.proxy_lr, s.proxy_select) == (3, 1.0, "last")
+    assert proxy_settings() == ProxySettings()
+    with pytest.raises(ValueError, match="unknown setting.*'lr'.*for the proxy"):
+        proxy_settings({"lr": 1e-3})
+    x, y = _data(n=20)
+    with pytest.raises(TypeError, match="ProxySettings"):
+        fit_proxy(x, y, {"proxy_epochs": 1})
 
 
 def test_laion_architecture_matches_the_oracle_head():
@@ -136,8 +148,8 @@ def test_laion_proxy_fits_and_validates_without_dropout():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 12, generator=g)
     y = (X[:, 0] - 0.5 * X[:, 1]).double()
-    proxy, stats = fit_proxy(X, y, {"proxy": "bootstrap", "proxy_arch": "laion", "proxy_epochs": 30,
-                                    "proxy_batch": 64}, generator=g)
+    proxy, stats = fit_proxy(X, y, proxy_settings({"proxy": "bootstrap", "proxy_arch": "laion", "proxy_epochs": 30,
+                                                   "proxy_batch": 64}), generator=g)
     assert not proxy.training and stats["val_spearman"] > 0.8
     with pytest.raises(ValueError, match="proxy_arch='resnet' must be one of"):
-        fit_proxy(X, y, {"proxy_arch": "resnet"})
+        proxy_settings({"proxy_arch": "resnet"})

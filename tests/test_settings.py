@@ -90,3 +90,33 @@ def test_batch_size_above_budget(tmp_path):
                         "--out", str(tmp_path / "o"), "--set", "run.batch_size=64"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip() == "error: run.batch_size=64 must be <= the budget 24"
     assert not (tmp_path / "o").exists()
+
+
+def test_agents_read_typed_settings_and_give_the_proxy_its_own():
+    """self.cfg is the agent's Settings instance holding exactly self.config's (coerced) values; the proxy gets
+    them as a ProxySettings. An untyped plug-in's proxy keys are checked (and missing ones defaulted) there."""
+    from dataclasses import fields
+
+    from sqdf_bbo.agents.online import ProxyGuidedAgent
+    from sqdf_bbo.proxy import ProxySettings
+
+    info = make_task("levy").info
+    cls = resolve_method("best-of-n")
+    agent = cls(info, {"num_steps": "4", "proxy_heads": "2", "oversample": 3.0, "proxy_lr": 1})
+    assert type(agent.cfg) is cls.Settings and vars(agent.cfg) == agent.config
+    assert (agent.cfg.num_steps, agent.cfg.oversample, agent.cfg.proxy_lr) == (4, 3, 1.0)
+    assert type(agent.cfg.oversample) is int and type(agent.cfg.proxy_lr) is float
+    ps = agent.proxy_settings()
+    assert type(ps) is ProxySettings
+    assert {f.name: getattr(ps, f.name) for f in fields(ProxySettings)} == {
+        f.name: agent.config[f.name] for f in fields(ProxySettings)}
+
+    class Plain(ProxyGuidedAgent):  # a plug-in with a plain dict: no proxy_hidden, a string proxy_heads
+        default_config = dict({k: v for k, v in ProxyGuidedAgent.default_config.items() if k != "proxy_hidden"},
+                              proxy_heads="3")
+
+    plain = Plain(info, {"num_steps": 4})
+    assert Plain.typed_settings() is None and plain.cfg.proxy_heads == "3"
+    assert plain.proxy_settings() == ProxySettings(proxy_heads=3)
+    with pytest.raises(ValueError, match="setting proxy_heads=0 is out of range"):
+        Plain(info, {"num_steps": 4, "proxy_heads": 0}).proxy_settings()

@@ -48,5 +48,5 @@ def test_agent_kl_eta_and_proposals():
         r_svdd = agent.reward_of_designs(agent.propose(64, torch.Generator().manual_seed(3))).mean()
         r_pre = agent.reward_of_designs(agent.policy.decode(agent.sample(64, torch.Generator().manual_seed(3)).final)).mean()
     assert r_svdd > r_pre
-    agent.config["temperature"] = 0.5
+    agent.cfg.temperature = 0.5
     assert math.isnan(agent.analytic_path_kl())

@@ -235,7 +235,7 @@ class DiffusionAgent(Agent):
             self.reference.requires_grad_(False).eval()
             self.policy = copy.deepcopy(self.reference)
         self.schedule = DDIMSchedule.from_scheduler(
-            self.reference.scheduler, int(self.config["num_steps"]), float(self.config["eta"])
+            self.reference.scheduler, self.cfg.num_steps, self.cfg.eta
         )
         self.generator = torch.Generator().manual_seed(self.seed)  # the agent's own randomness
         self.designs: list[Tensor] = []
@@ -260,7 +260,7 @@ class DiffusionAgent(Agent):
     def sample_batched(self, n: int, generator: torch.Generator, cond: Any = None, **kw) -> list[Trajectory]:
         """n trajectories in chunks of ``sample_batch``; ``cond`` (n conditions or None) is split with them,
         other keyword arguments go to :meth:`sample`."""
-        bs = int(self.config["sample_batch"])
+        bs = self.cfg.sample_batch
         return [self.sample(min(bs, n - i), generator, cond=None if cond is None else cond[i:i + bs], **kw)
                 for i in range(0, n, bs)]
 
@@ -276,7 +276,7 @@ class DiffusionAgent(Agent):
         included), so batch-sized calls reproduce one large call. None for subclasses that propose
         differently (they override propose or _propose_local) and under data parallelism."""
         own = type(self).propose is DiffusionAgent.propose and type(self)._propose_local is DiffusionAgent._propose_local
-        return int(self.config["sample_batch"]) if own and not self.dp.distributed else None
+        return self.cfg.sample_batch if own and not self.dp.distributed else None
 
     def _propose_local(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         """n decoded policy samples (n, *design_shape), no grad; ``cond``: n conditions or None (drawn)."""
@@ -302,11 +302,11 @@ class DiffusionAgent(Agent):
             return
         P = dp.world_size
         for key in self.PER_PROCESS_KEYS:
-            v = int(self.config[key])
+            v = getattr(self.cfg, key)
             if v % P:
                 raise ValueError(f"{key}={v} must be divisible by the number of processes {P} "
                                  "(each process takes an equal share)")
-            self.config[key] = v // P
+            self.config.update({key: v // P})  # both views of the settings: the plain dict and the typed one
             setattr(self.cfg, key, v // P)
         self.generator = dp.local_generator(self.seed)
         self.dp_world_size, self.dp_rank = P, dp.rank

@@ -19,14 +19,14 @@ one beta means the same on every task.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
 from sqdf_bbo.agents.base import DiffusionAgent
 from sqdf_bbo.diffusion import Trajectory
-from sqdf_bbo.proxy import ProxySettings
+from sqdf_bbo.proxy import ProxySettings, proxy_settings
 from sqdf_bbo.settings import setting
 from sqdf_bbo.tasks.base import TaskInfo
 
@@ -50,8 +50,14 @@ class ProxyGuidedAgent(DiffusionAgent):
         self.reward_scale: Optional[float] = None
         self.round = 0
 
-    def proxy_config(self) -> dict:
-        return {k: v for k, v in self.config.items() if k.startswith(("proxy", "osm_"))}
+    def proxy_settings(self) -> ProxySettings:
+        """The proxy's settings as one typed value, taken from this agent's settings (checked when they were
+        resolved, so not again here). An untyped plug-in's plain config is checked here instead, its
+        missing proxy keys taking the defaults."""
+        if self.typed_settings() is not None:
+            return ProxySettings(**{f.name: getattr(self.cfg, f.name) for f in fields(ProxySettings)})
+        return proxy_settings({f.name: getattr(self.cfg, f.name) for f in fields(ProxySettings)
+                               if hasattr(self.cfg, f.name)})
 
     def build_for_checkpoint(self, path: str, desc: dict):
         """An unfitted proxy of the configured architecture for a saved one (its weights are loaded next)."""
@@ -59,15 +65,15 @@ class ProxyGuidedAgent(DiffusionAgent):
             from sqdf_bbo.proxy import ProxyModel
             from sqdf_bbo.proxy.mlp import EnsembleMLP
 
-            c, F = self.proxy_config(), int(self.task.feature_dim)
-            heads = int(c["proxy_heads"]) if c["proxy"] == "bootstrap" else 1
-            net = EnsembleMLP(heads, F, hidden=int(c["proxy_hidden"]), arch=c.get("proxy_arch", "mlp"))
-            return ProxyModel(net, c["proxy"], torch.zeros(F), torch.ones(F), 0.0, 1.0)
+            s, F = self.proxy_settings(), int(self.task.feature_dim)
+            heads = s.proxy_heads if s.proxy == "bootstrap" else 1
+            net = EnsembleMLP(heads, F, hidden=s.proxy_hidden, arch=s.proxy_arch)
+            return ProxyModel(net, s.proxy, torch.zeros(F), torch.ones(F), 0.0, 1.0)
         return super().build_for_checkpoint(path, desc)
 
     def observe(self, designs: Tensor, values: Tensor) -> None:
         """Store proxy features (not designs: 15k SD images would be ~48 GB) and observed values."""
-        bs = int(self.config["sample_batch"])
+        bs = self.cfg.sample_batch
         with torch.no_grad():
             feats = torch.cat([self.task.features(designs[i:i + bs].float()).detach().cpu()
                                for i in range(0, len(designs), bs)])
@@ -84,7 +90,7 @@ class ProxyGuidedAgent(DiffusionAgent):
         if self.reward_scale is None:
             self.reward_offset = float(values.mean())
             self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
-        self.proxy, stats = fit_proxy(feats, values, self.proxy_config(), previous=self.proxy,
+        self.proxy, stats = fit_proxy(feats, values, self.proxy_settings(), previous=self.proxy,
                                       generator=self.generator)
         self.proxy.eval().requires_grad_(False)
         stats["dropped_nonfinite"] = dropped
@@ -117,14 +123,14 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
-        rank = int(self.config["lora_rank"])
+        rank = self.cfg.lora_rank
         self.policy.requires_grad_(False)
         if rank > 0 and self.policy.lora_targets():
             self.policy.add_lora(rank)
         else:
             self.policy.requires_grad_(True)
         self.policy.train()
-        if "beta" in self.config:  # the KL-scale mapping (kl_scale.py) assumed D = the task's latent elements
+        if hasattr(self.cfg, "beta"):  # the KL-scale mapping (kl_scale.py) assumed D = the task's latent elements
             from sqdf_bbo.agents.kl_scale import latent_elements
 
             D, shape = latent_elements(task), tuple(self.reference.latent_shape)
@@ -186,7 +192,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         """As DiffusionAgent.sample_batched, merging the LoRA weights once for all chunks."""
         if kw.get("grad", False):
             return super().sample_batched(n, generator, cond=cond, **kw)
-        bs = int(self.config["sample_batch"])
+        bs = self.cfg.sample_batch
         pol = self.sampling_policy()
         return [self._sample_with(pol, min(bs, n - i), generator, cond=None if cond is None else cond[i:i + bs], **kw)
                 for i in range(0, n, bs)]
@@ -196,8 +202,8 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         return [p for p in self.policy.parameters() if p.requires_grad]
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.trainable_parameters(), lr=float(self.config["lr"]),
-                                 betas=(0.9, 0.999), eps=1e-8, weight_decay=float(self.config["weight_decay"]))
+        return torch.optim.AdamW(self.trainable_parameters(), lr=self.cfg.lr,
+                                 betas=(0.9, 0.999), eps=1e-8, weight_decay=self.cfg.weight_decay)
 
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch",)
 
@@ -211,7 +217,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         Under data parallelism the gradients are first averaged over processes (each process's loss
         is a mean over its equal share), so every process takes the same step."""
         self.dp.all_reduce_grads(self.trainable_parameters())
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), float(self.config["max_grad_norm"]))
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
@@ -235,7 +241,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         round continues at the next step and returns the same statistics as an uninterrupted one."""
         p = self.round_progress
         self.policy.train()
-        while p["done"] < int(self.config["updates_per_round"]):
+        while p["done"] < self.cfg.updates_per_round:
             yield p["done"]
             p["done"] += 1
             self.report_step(p["done"])  # the runner may checkpoint here (Agent.step_callback)
@@ -253,7 +259,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         is marked open with one step to go, so improve() neither refits the proxy nor starts a new AdamW
         nor redoes its start-of-round work. Returns improve()'s statistics, whose step means are over
         ``updates_per_round`` (so they are that step's own values when it is 1); ``round`` is unchanged."""
-        n = int(self.config["updates_per_round"])
+        n = self.cfg.updates_per_round
         self.round_progress = {"stats": {}, "sums": {}, "done": max(n - 1, 0)}
         round_before = self.round
         stats = self.improve()
@@ -262,7 +268,7 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
 
     def end_round(self) -> dict[str, Any]:
         """Close the round: the proxy refit's statistics and the mean of every recorded step statistic."""
-        p, n = self.round_progress, int(self.config["updates_per_round"])
+        p, n = self.round_progress, self.cfg.updates_per_round
         self.round_progress = None
         self.round += 1
         return dict(p["stats"], **{k: v / max(n, 1) for k, v in p["sums"].items()})

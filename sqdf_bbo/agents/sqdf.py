@@ -168,12 +168,12 @@ class SQDFAgent(OnlineFinetuneAgent):
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
-        c = self.config
+        c = self.cfg
         self.kl_ref = self.reference
         self.cm = None
-        self.q_estimator_used = c["q_estimator"]
+        self.q_estimator_used = c.q_estimator
         self.q_fallback_reason = ""
-        if c["q_estimator"] == "cm":
+        if c.q_estimator == "cm":
             from sqdf_bbo.consistency import find_consistency_model
 
             self.cm, reason = find_consistency_model(task, self.reference, self.schedule.num_steps)
@@ -183,13 +183,13 @@ class SQDFAgent(OnlineFinetuneAgent):
                       "falling back to q_estimator=tweedie (the 'w/o CM' variant)", flush=True)
         self._fresh: list[tuple[Tensor, Tensor, Any]] = []  # no-buffer mode: pre-rolled pairs
         self._updates_in_round = 0
-        self.buffer: Optional[TrajectoryBuffer] = None if c["buffer"] == "none" else self._make_buffer(c["buffer_dir"])
+        self.buffer: Optional[TrajectoryBuffer] = None if c.buffer == "none" else self._make_buffer(c.buffer_dir)
 
     def _make_buffer(self, directory: Optional[str]) -> TrajectoryBuffer:
-        c = self.config
-        return TrajectoryBuffer(int(c["buffer_size"]), self.schedule.num_steps, self.reference.latent_shape,
-                                storage=c["buffer_storage"], directory=directory, per_fallback="uniform",
-                                per_priority=c["per_priority"])
+        c = self.cfg
+        return TrajectoryBuffer(c.buffer_size, self.schedule.num_steps, self.reference.latent_shape,
+                                storage=c.buffer_storage, directory=directory, per_fallback="uniform",
+                                per_priority=c.per_priority)
 
     PER_PROCESS_KEYS: ClassVar[tuple[str, ...]] = ("train_batch", "on_policy_batch", "buffer_size")
     #: the consistency model is loaded from committed weights by __init__ (frozen)
@@ -199,7 +199,7 @@ class SQDFAgent(OnlineFinetuneAgent):
         """As the base class's; each process keeps its own buffer of 1/P of ``buffer_size``."""
         super().setup_data_parallel(dp)
         if self.buffer is not None:
-            d = self.config["buffer_dir"]
+            d = self.cfg.buffer_dir
             self.buffer = self._make_buffer(None if d is None else os.path.join(str(d), f"rank{dp.rank}"))
 
     # ---- pieces of the loss ------------------------------------------------------------------------
@@ -225,7 +225,7 @@ class SQDFAgent(OnlineFinetuneAgent):
         elif est == "tweedie":
             f = self.schedule.predict_x0(zs, self.reference_eps(zs, t, cs), kn)
         else:
-            f = ddim_n_predict(self.reference_eps, self.schedule, zs, kn, int(self.config["ddim_n_steps"]), cs)
+            f = ddim_n_predict(self.reference_eps, self.schedule, zs, kn, self.cfg.ddim_n_steps, cs)
         out = z_next.clone()
         out[idx.to(z_next.device)] = f.to(out.dtype)
         return out
@@ -249,11 +249,11 @@ class SQDFAgent(OnlineFinetuneAgent):
         if noise is None:
             noise = torch.randn(z.shape, generator=self.generator, dtype=z.dtype).to(z.device)
         z_next = mu_p + s * noise
-        kl = kl_tilde(mu_p, mu_r, s, self.config["kl_reduction"])
+        kl = kl_tilde(mu_p, mu_r, s, self.cfg.kl_reduction)
         r = self.reward(self.predict_clean(z_next, k, cond))
-        disc = torch.as_tensor(float(self.config["gamma"]), dtype=torch.float64) ** (N - 1 - k).double()
+        disc = torch.as_tensor(self.cfg.gamma, dtype=torch.float64) ** (N - 1 - k).double()
         q = disc.to(r.dtype).to(r.device) * r
-        per = -(q - float(self.config["alpha"]) * kl)
+        per = -(q - self.cfg.alpha * kl)
         if weights is not None:
             per = per * weights.to(per.dtype).to(per.device)
         loss = per.mean()
@@ -269,8 +269,8 @@ class SQDFAgent(OnlineFinetuneAgent):
     def collect_pairs(self) -> tuple[Tensor, Tensor, Any, Optional[Tensor], dict[str, float]]:
         """(z_k (B, *shape), k (B,), cond, importance weights or None, stats) for one update."""
         N = self.schedule.num_steps
-        B = int(self.config["train_batch"])
-        every = int(self.config["fill_every"])
+        B = self.cfg.train_batch
+        every = self.cfg.fill_every
         fill = self._updates_in_round % every == 0
         self._updates_in_round += 1
         if self.buffer is None:
@@ -286,7 +286,7 @@ class SQDFAgent(OnlineFinetuneAgent):
             return z, k, cond, None, {"n_new": float(B)}
         n_new = 0
         if fill or len(self.buffer) < B:
-            n_new = int(self.config["on_policy_batch"]) * every
+            n_new = self.cfg.on_policy_batch * every
             if len(self.buffer) < B:
                 n_new = max(n_new, B - len(self.buffer))
         if n_new:
@@ -294,11 +294,11 @@ class SQDFAgent(OnlineFinetuneAgent):
             with torch.no_grad():
                 r = self.reward(traj.final)
             self.buffer.add(traj.latents[:, :N], r, tag=self.global_step, conds=_split_conds(traj.cond, n_new))
-        method = self.config["buffer"]
-        slots, k, probs = self.buffer.sample(B, method, self.generator, gamma=float(self.config["gamma"]))
+        method = self.cfg.buffer
+        slots, k, probs = self.buffer.sample(B, method, self.generator, gamma=self.cfg.gamma)
         z, conds = self.buffer.get(slots, k)
         weights = None
-        if self.config["per_importance_weight"] and probs is not None:
+        if self.cfg.per_importance_weight and probs is not None:
             w = 1.0 / (len(self.buffer) * N * probs)
             weights = w / w.mean()
         param = next(self.reference.parameters())
@@ -311,9 +311,9 @@ class SQDFAgent(OnlineFinetuneAgent):
         t0 = time.time()
         if self.begin_round():
             self._fresh, self._updates_in_round = [], 0
-            if self.buffer is not None and bool(self.config["buffer_reset_per_round"]):
+            if self.buffer is not None and self.cfg.buffer_reset_per_round:
                 self.buffer.reset()
-            if self.config["kl_reference"] == "previous":  # p^(i-1): this round's frozen starting policy
+            if self.cfg.kl_reference == "previous":  # p^(i-1): this round's frozen starting policy
                 self.kl_ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         for _ in self.round_steps():
             z, k, cond, weights, pair_stats = self.collect_pairs()

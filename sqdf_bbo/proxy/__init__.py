@@ -1,9 +1,13 @@
 """Optimistic proxy reward models on a task's feature map (as in the official SQDF and SEIKO code).
 
-    proxy, stats = fit_proxy(features, values, config, previous=None, generator=None)
+    settings = proxy_settings({"proxy": "ucb", "proxy_epochs": 50})  # checked once; or an agent's
+    proxy, stats = fit_proxy(features, values, settings, previous=None, generator=None)
     r_plus = proxy(feats)        # (B, F) -> (B,) optimistic value in the ORIGINAL value units
 
-Optimism (``config["proxy"]``):
+The settings are a :class:`ProxySettings` (typed, coerced and range-checked when built: by
+:func:`proxy_settings` from a dict, or as part of an agent's settings, which inherit these fields).
+
+Optimism (``settings.proxy``):
 - ``bootstrap``: ``proxy_heads`` MLP heads, head h trained on its own with-replacement resample
   (size n_train) of the training split; optimistic value = max over heads;
 - ``ucb``: one MLP head plus min(osm_alpha * sqrt(phi^T (Sigma + osm_lambda I)^{-1} phi), osm_clipping),
@@ -18,7 +22,7 @@ validation MAE (the official code keeps a live reference and so ends at the last
 reproduces that). Targets are standardised with the training split's mean/std, inputs with the
 feature mean/std of the first fit. With ``previous`` (a proxy from an earlier round with the same
 architecture) training continues from its weights, as the official proxy is never re-initialised.
-Extra optional keys: ``proxy_arch`` (``mlp``, default: F -> hidden -> hidden -> 16 -> 1 with SiLU, so a
+Architecture: ``proxy_arch`` (``mlp``, default: F -> hidden -> hidden -> 16 -> 1 with SiLU, so a
 fit of ~2000 points takes a few seconds on one CPU core; ``laion``: the oracle head's architecture
 F -> 1024 -> 128 -> 64 -> 16 -> 1 with dropout and no activations, as the official code, the default of
 the SD tier) and ``proxy_hidden`` (the ``mlp`` width, default 128).
@@ -39,12 +43,14 @@ from torch import nn
 from sqdf_bbo.proxy.bootstrap import bootstrap_indices
 from sqdf_bbo.proxy.mlp import ARCHS, EnsembleMLP
 from sqdf_bbo.proxy.ucb import precision_matrix, ucb_bonus
-from sqdf_bbo.settings import defaults, resolve, setting
+from sqdf_bbo.settings import resolve, setting
 
 Tensor = torch.Tensor
 
 PROXY_KINDS = ("bootstrap", "ucb", "none")
 SELECT_KINDS = ("best", "last")
+
+
 @dataclass
 class ProxySettings:
     """The proxy's settings: the one source of their defaults (agents inherit these fields)."""
@@ -66,7 +72,10 @@ class ProxySettings:
                               choices=ARCHS)
 
 
-DEFAULTS = defaults(ProxySettings)
+def proxy_settings(overrides: Optional[dict] = None) -> ProxySettings:
+    """A :class:`ProxySettings` from a dict of proxy keys over the defaults, each coerced to its type and
+    range-checked (one-line ValueError naming the key; unknown keys are refused with the allowed list)."""
+    return ProxySettings(**resolve(ProxySettings, dict(overrides or {}), owner="the proxy"))
 
 
 class ProxyModel(nn.Module):
@@ -118,11 +127,6 @@ class ProxyModel(nn.Module):
         return self.y_mean + self.y_std * z
 
 
-def _check_config(config: dict) -> dict:
-    """The proxy keys of ``config`` (others ignored) over the defaults, coerced and range-checked."""
-    return resolve(ProxySettings, {k: v for k, v in config.items() if k in DEFAULTS})
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (nan when fewer than 3 points or a constant input)."""
     from scipy.stats import spearmanr
@@ -133,16 +137,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional[ProxyModel] = None,
+def fit_proxy(features: Tensor, values: Tensor, settings: ProxySettings, previous: Optional[ProxyModel] = None,
               generator: Optional[torch.Generator] = None) -> tuple[ProxyModel, dict[str, Any]]:
     """Fit the optimistic proxy on (features (n, F), values (n,)) in query order; see the module doc.
+    ``settings``: a :class:`ProxySettings`, already checked (:func:`proxy_settings` builds one from a dict).
 
     Returns (proxy in eval mode, stats) with stats: n_train, n_val, train_mse (standardised), val_mae
     (original units, selected epoch), best_epoch, val_spearman (mean prediction vs held-out values),
     val_spearman_optimistic, fit_s.
     """
     t0 = time.time()
-    cfg = _check_config(config)
+    if not isinstance(settings, ProxySettings):
+        raise TypeError(f"fit_proxy takes a ProxySettings (sqdf_bbo.proxy.proxy_settings(dict) builds one), "
+                        f"got {type(settings).__name__}")
+    cfg = settings
     feats = torch.as_tensor(features).detach().float().reshape(len(features), -1)
     y = torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1)
     n = feats.shape[0]
@@ -153,11 +161,11 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
     if not (torch.isfinite(feats).all() and torch.isfinite(y).all()):
         raise ValueError("fit_proxy got non-finite features or values")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    kind = cfg["proxy"]
-    heads = int(cfg["proxy_heads"]) if kind == "bootstrap" else 1
+    kind = cfg.proxy
+    heads = cfg.proxy_heads if kind == "bootstrap" else 1
 
-    n_val = int(math.floor(float(cfg["proxy_val_frac"]) * n))
-    if float(cfg["proxy_val_frac"]) > 0 and n_val == 0 and n >= 10:
+    n_val = int(math.floor(cfg.proxy_val_frac * n))
+    if cfg.proxy_val_frac > 0 and n_val == 0 and n >= 10:
         n_val = 1
     n_tr = n - n_val
     x_tr, y_tr, x_val, y_val = feats[:n_tr], y[:n_tr], feats[n_tr:], y[n_tr:]
@@ -165,7 +173,7 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
     y_std = float(y_tr.std()) if n_tr > 1 and float(y_tr.std()) > 0 else 1.0
 
     F = feats.shape[1]
-    net = EnsembleMLP(heads, F, hidden=int(cfg["proxy_hidden"]), generator=g, arch=cfg["proxy_arch"])
+    net = EnsembleMLP(heads, F, hidden=cfg.proxy_hidden, generator=g, arch=cfg.proxy_arch)
     same = (isinstance(previous, ProxyModel) and previous.net.arch() == net.arch())
     if same:
         net.load_state_dict(previous.net.state_dict())
@@ -174,7 +182,7 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
         x_mean = feats.mean(0)
         x_std = feats.std(0) if n > 1 else torch.ones(F)
         x_std = torch.where(x_std > 1e-8, x_std, torch.ones_like(x_std))
-    model = ProxyModel(net, kind, x_mean, x_std, y_mean, y_std, cfg["osm_alpha"], cfg["osm_clipping"])
+    model = ProxyModel(net, kind, x_mean, x_std, y_mean, y_std, cfg.osm_alpha, cfg.osm_clipping)
 
     xs_tr = model.standardise(x_tr)
     ys_tr = ((y_tr - y_mean) / y_std).float()
@@ -185,12 +193,12 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
         idx = torch.arange(n_tr).unsqueeze(0)
     model.resample_indices = idx
 
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["proxy_lr"]))
-    bs = int(cfg["proxy_batch"])
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.proxy_lr)
+    bs = cfg.proxy_batch
     best_mae, best_epoch, best_state = float("inf"), -1, None
     history: list[float] = []
     last_mse = float("nan")
-    for epoch in range(int(cfg["proxy_epochs"])):
+    for epoch in range(cfg.proxy_epochs):
         order = torch.gather(idx, 1, torch.argsort(torch.rand(idx.shape, generator=g), dim=1))
         net.train()
         tot, cnt = 0.0, 0
@@ -211,18 +219,18 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
             history.append(mae)
             if mae < best_mae:
                 best_mae, best_epoch = mae, epoch
-                if cfg["proxy_select"] == "best":
+                if cfg.proxy_select == "best":
                     best_state = copy.deepcopy(net.state_dict())  # a real copy, not a live reference
-    if cfg["proxy_select"] == "best" and best_state is not None:
+    if cfg.proxy_select == "best" and best_state is not None:
         net.load_state_dict(best_state)
     model.val_mae_history = history
     model.eval()
     with torch.no_grad():
         if kind == "ucb":
             phi_all = net.phi(model.standardise(feats))[0]
-            model.precision = precision_matrix(phi_all, float(cfg["osm_lambda"]))
+            model.precision = precision_matrix(phi_all, cfg.osm_lambda)
         stats: dict[str, Any] = {"n_train": n_tr, "n_val": n_val, "train_mse": last_mse,
-                                 "best_epoch": best_epoch if cfg["proxy_select"] == "best" else len(history) - 1}
+                                 "best_epoch": best_epoch if cfg.proxy_select == "best" else len(history) - 1}
         if n_val > 0:
             mean_val = model.predict_mean(x_val).double()
             opt_val = model(x_val).double()
@@ -240,4 +248,4 @@ def fit_proxy(features: Tensor, values: Tensor, config: dict, previous: Optional
 
 
 __all__ = ["fit_proxy", "ProxyModel", "EnsembleMLP", "precision_matrix", "ucb_bonus", "bootstrap_indices",
-           "spearman", "PROXY_KINDS", "ProxySettings"]
+           "spearman", "PROXY_KINDS", "ProxySettings", "proxy_settings"]

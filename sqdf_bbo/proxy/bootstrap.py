@@ -6,9 +6,8 @@ import torch
 
 
 def bootstrap_indices(n_train: int, heads: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(heads, n_train) long indices into the training split, drawn uniformly with replacement."""
+    """(heads, n_train) long indices into the training split, drawn uniformly with replacement (``heads``:
+    the ``proxy_heads`` setting, range-checked when the settings were built)."""
     if n_train < 1:
         raise ValueError(f"bootstrap needs at least one training point, got n_train={n_train}")
-    if heads < 1:
-        raise ValueError(f"proxy_heads must be >= 1, got {heads}")
     return torch.randint(0, n_train, (heads, n_train), generator=generator)

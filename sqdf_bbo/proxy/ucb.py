@@ -12,9 +12,8 @@ Tensor = torch.Tensor
 
 
 def precision_matrix(phi_data: Tensor, lam: float) -> Tensor:
-    """(Sigma + lam I)^{-1} from data features phi_data (n, m); float64, shape (m, m)."""
-    if lam < 0:
-        raise ValueError(f"osm_lambda must be >= 0, got {lam}")
+    """(Sigma + lam I)^{-1} from data features phi_data (n, m); float64, shape (m, m). ``lam``: the
+    ``osm_lambda`` setting (>= 0, range-checked when the settings were built)."""
     phi = phi_data.double()
     n, m = phi.shape
     if n < 2:
