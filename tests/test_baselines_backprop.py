@@ -257,6 +257,6 @@ def test_gradient_checkpointing_changes_nothing_but_cost(cls, cfg):
     assert grads[True].keys() == grads[False].keys()
     for name, g in grads[True].items():
         assert torch.equal(g, grads[False][name]), name
-    auto = lambda tier: uses_checkpointing(SimpleNamespace(config={"checkpoint": "auto"},  # noqa: E731
+    auto = lambda tier: uses_checkpointing(SimpleNamespace(cfg=SimpleNamespace(checkpoint="auto"),  # noqa: E731
                                                            task=SimpleNamespace(tier=tier)))
     assert [auto(t) for t in ("synthetic", "image", "sd")] == [False, True, True]
