@@ -1,9 +1,9 @@
 """DRaFT (Clark et al. 2023): DRaFT (full), DRaFT-K, DRaFT-1 and DRaFT-LV (after the paper).
 
-- ``DRaFTAgent`` (``draft``): backprop through all N sampler steps, loss -mean_b r̂⁺(x_N), fixed noises.
+- ``DRAFT`` (``draft``, a preset of DRaFT-K with K = 'all'): backprop through all N sampler steps, loss -mean_b r̂⁺(x_N), fixed noises.
 - ``DRaFTKAgent`` (``draft-k``): stop-gradient on x_{N-K}: model outputs at steps k < N-K are detached, so
   only the last K model calls get gradient (``K`` default 2; any 1 <= K <= N via ``--set K=...``).
-- ``DRaFT1Agent`` (``draft-1``): K = 1.
+- ``DRAFT_1`` (``draft-1``): the preset K = 1 of DRaFT-K.
 - ``DRaFTLVAgent`` (``draft-lv``): K = 1 with ``n_lv`` re-noisings of the last step *re-running the model*,
   as in the paper: x̄ = stopgrad(x_N) from a no-grad chain; for i = 1..n: x̃_i = √a_{N-1} x̄ + √(1-a_{N-1}) ε_i,
   x̂_i = μ^θ_{N-1}(x̃_i) + s_{N-1} ξ_i; loss = -(1/n) Σ_i mean_b r̂⁺(x̂_i). (SQDF's ``draftlv`` reuses the
@@ -28,6 +28,7 @@ from baselines._common import (CHECKPOINT_DOC, BaselineSettings, Checkpointing, 
     check_positive_int, draw_noise, truncated_chain)
 from sqdf_bbo.agents.online import OnlineFinetuneAgent
 from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory
+from sqdf_bbo.registry import preset
 from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
@@ -111,20 +112,13 @@ class DRaFTKAgent(OnlineFinetuneAgent):
         return self.end_round()
 
 
-class DRaFTAgent(DRaFTKAgent):
-    """DRaFT: full backprop through all N steps (K = N)."""
-
-    @dataclass
-    class Settings(DRaFTKAgent.Settings):
-        K: Union[int, str, None] = setting("all", "last steps with gradient: 'all' (full backprop) or an integer")
-
-
-class DRaFT1Agent(DRaFTKAgent):
-    """DRaFT-1: gradient through the last sampler step only."""
-
-    @dataclass
-    class Settings(DRaFTKAgent.Settings):
-        K: Union[int, str, None] = setting(1, "last steps with gradient (DRaFT-1: 1)")
+#: DRaFT (``draft``): full backprop through all N steps, and DRaFT-1 (``draft-1``): the last step only;
+#: presets of DRaFT-K (the ``sqdf_bbo.methods`` entry points name them)
+DRAFT = preset(DRaFTKAgent, "DRaFTAgent",
+               K=setting("all", "last steps with gradient: 'all' (full backprop) or an integer"))
+DRAFT_1 = preset(DRaFTKAgent, "DRaFT1Agent", K=setting(1, "last steps with gradient (DRaFT-1: 1)"))
+DRaFTAgent = DRAFT.agent_class()
+DRaFT1Agent = DRAFT_1.agent_class()
 
 
 class DRaFTLVAgent(OnlineFinetuneAgent):

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from sqdf_bbo.agents.online import ProxyGuidedAgent
+from sqdf_bbo.registry import preset
 from sqdf_bbo.settings import setting
 
 Tensor = torch.Tensor
@@ -276,9 +277,6 @@ class DTSAgent(ProxyGuidedAgent):
         return stats
 
 
-class DTSStarAgent(DTSAgent):
-    """DTS*: greedy selection, the best leaf of each tree as the design."""
-
-    @dataclass
-    class Settings(DTSAgent.Settings):
-        greedy: bool = setting(True, "DTS*: greedy selection and the best leaf as the output (no target KL)")
+#: DTS* (``dts-star``): greedy selection, the best leaf of each tree as the design; a preset of DTS
+DTS_STAR = preset(DTSAgent, "DTSStarAgent", greedy=True)
+DTSStarAgent = DTS_STAR.agent_class()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from baselines._testing import GaussianExactEps, TinyEps, one_update, ready_agent
+from fake_agents import GaussianExactEps, TinyEps, one_update, ready_agent
 from baselines.adjoint_matching import AdjointMatchingAgent, adjoint_matching_loss, lean_adjoint
 from baselines.seiko import SEIKOAgent, seiko_step_kl
 from sqdf_bbo.diffusion import DDIMSchedule, path_kl, sample_trajectory

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from baselines._common import truncated_chain
-from baselines._testing import PerStepEps, TinyEps, hand_ddim_mean, one_update, ready_agent
+from fake_agents import PerStepEps, TinyEps, hand_ddim_mean, one_update, ready_agent
 from baselines.alignprop import AlignPropAgent, draw_cut
 from baselines.draft import DRaFT1Agent, DRaFTAgent, DRaFTKAgent, DRaFTLVAgent, draft_lv_samples
 from sqdf_bbo.diffusion import DDIMSchedule

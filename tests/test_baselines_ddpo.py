@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines._testing import PerStepEps, TinyEps, hand_ddim_mean, one_update, ready_agent
+from fake_agents import PerStepEps, TinyEps, hand_ddim_mean, one_update, ready_agent
 from baselines.ddpo import (DDPOAgent, DDPOSFAgent, normalise_advantages, ppo_loss, sf_loss,
                             step_log_probs)
 from sqdf_bbo.diffusion import DDIMSchedule, sample_trajectory

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from baselines._testing import TinyEps, hand_ddim_mean, ready_agent
+from fake_agents import TinyEps, hand_ddim_mean, ready_agent
 from baselines.d3po import (OFFICIAL, D3POAgent, clamped_log_ratio, common_beta, d3po_step_losses,
                            dpo_temperature, preference, step_log_probs)
 from sqdf_bbo.diffusion import DDIMSchedule, log_prob, sample_trajectory

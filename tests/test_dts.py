@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from baselines._testing import GaussianExactEps, tiny_task
+from fake_agents import GaussianExactEps, tiny_task
 from baselines.dts import DTSAgent, DTSStarAgent, Forest, soft_mean
 from sqdf_bbo.diffusion import DDIMSchedule
 from sqdf_bbo.tasks import make_task

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from baselines._testing import GaussianExactEps, tiny_task
+from fake_agents import GaussianExactEps, tiny_task
 from baselines.find import (FINDAgent, InitialNoise, find_loss, gaussian_kl_to_standard, initial_affine,
                             leave_one_out_advantage)
 from sqdf_bbo.diffusion import DDIMSchedule

@@ -154,3 +154,94 @@ def test_the_library_never_imports_benchmarks():
            for top in ("sqdf_bbo", "baselines") for f in (ROOT / top).rglob("*.py")
            for name, line in imported_modules(f) if name == "benchmarks" or name.startswith("benchmarks.")]
     assert not bad, bad
+
+
+def test_the_library_never_imports_baselines_and_backbones_import_no_oracle():
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {name}" for f in PKG.rglob("*.py")
+           for name, line in imported_modules(f) if name == "baselines" or name.startswith("baselines.")]
+    assert not bad, bad
+    oracles = import_graph()["backbones"].get("oracles")
+    assert not oracles, f"sqdf_bbo/backbones imports sqdf_bbo/oracles: {oracles}"
+
+
+def test_no_string_registry_of_baselines_modules_in_the_library():
+    """Built-in methods are entry points (pyproject.toml), not a table of module names in the code."""
+    import re
+
+    pattern = re.compile(r"""["']baselines[.:]""")
+    bad = [f"{f.relative_to(ROOT)}:{i}" for f in PKG.rglob("*.py")
+           for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not bad, bad
+
+
+def test_consistency_knows_no_task_or_tier_names():
+    from sqdf_bbo.tasks import list_tasks
+
+    text = (PKG / "consistency.py").read_text(encoding="utf-8")
+    names = set(list_tasks()) | {"synthetic", "image", "sd", "-manifold"}
+    assert not [n for n in names if f'"{n}"' in text or f"'{n}'" in text]
+
+
+def test_every_registered_name_resolves():
+    """Each entry point of sqdf_bbo.methods / sqdf_bbo.tasks imports and is an agent class / a factory."""
+    import importlib.metadata
+
+    from sqdf_bbo import registry
+    from sqdf_bbo.agents import Agent, available_methods
+
+    groups = {g: [ep.name for ep in importlib.metadata.entry_points(group=g)]
+              for g in (registry.METHOD_GROUP, registry.TASK_GROUP)}
+    assert {"sqdf", "random", "pretrained", "draft-1", "dts-star"} <= set(groups[registry.METHOD_GROUP])
+    assert {"levy-manifold", "aesthetic", "aesthetic-sd"} <= set(groups[registry.TASK_GROUP])
+    for name in registry.method_names():
+        cls = registry.get_method(name)
+        assert isinstance(cls, type) and issubclass(cls, Agent), name
+    for name in registry.task_names():
+        assert callable(registry.get_task(name)), name
+    assert available_methods() == registry.method_names()
+
+
+def test_a_missing_method_fails_loudly_and_a_name_has_one_target():
+    import pytest
+
+    from sqdf_bbo import registry
+    from sqdf_bbo.agents import available_methods, resolve_method
+
+    registry.METHODS["ghost"] = "no_such_package.ghost:GhostAgent"
+    try:
+        with pytest.raises(ImportError, match="ghost"):
+            available_methods()
+        with pytest.raises(ValueError, match="ghost"):
+            resolve_method("ghost")
+    finally:
+        del registry.METHODS["ghost"]
+    sqdf = registry.get_method("sqdf")
+    registry.register_method("sqdf", sqdf)  # the same target again: nothing happens
+    with pytest.raises(registry.RegistryError, match="already registered") as e:
+        registry.register_method("sqdf", registry.get_method("random"))
+    assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(registry.RegistryError, match="already registered"):
+        registry.register_method("draft-1", registry.get_method("draft-k"), K=2)
+    registry.register_method("draft-1", registry.get_method("draft-1").registry_preset)  # the same preset
+    assert registry.get_method("sqdf") is sqdf
+
+
+def test_a_preset_is_its_base_class_with_other_defaults():
+    import dataclasses
+
+    from sqdf_bbo import registry
+    from sqdf_bbo.settings import defaults
+
+    base = registry.get_method("draft-k")
+    for name, changed in (("draft-1", {"K": 1}), ("draft", {"K": "all"})):
+        cls = registry.get_method(name)
+        assert issubclass(cls, base) and cls.improve is base.improve
+        assert [f.name for f in dataclasses.fields(cls.Settings)] == [f.name for f in dataclasses.fields(base.Settings)]
+        assert defaults(cls.Settings) == {**defaults(base.Settings), **changed}
+    registry.register_method("draft-3-test", base, K=3)
+    try:
+        cls = registry.get_method("draft-3-test")
+        assert defaults(cls.Settings)["K"] == 3 and cls.__name__ == base.__name__
+        assert registry.get_method("draft-3-test") is cls  # built once
+    finally:
+        registry.unregister_method("draft-3-test")

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from baselines._testing import TinyEps
+from fake_agents import TinyEps
 from baselines.rlcm import (RLCMAgent, batch_advantages, chain_grid, chain_log_probs, consistency_denoise,
                             consistency_problem, ppo_clipped_loss, sample_chains)
 from sqdf_bbo.consistency import ConsistencyModel

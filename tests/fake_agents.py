@@ -1,4 +1,4 @@
-"""Tiny float64 backbones and a fake task for the baseline tests (not used at run time)."""
+"""Tiny float64 backbones and a fake task for the baseline tests (test doubles: tests import them as `fake_agents`)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
