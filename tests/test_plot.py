@@ -90,5 +90,5 @@ def test_a_broken_builtin_method_fails_loudly(monkeypatch):
     from sqdf_bbo.agents import METHODS, available_methods
 
     monkeypatch.setitem(METHODS, "ghost", "baselines.ghost:GhostAgent")
-    with pytest.raises(ImportError, match="built-in method 'ghost'"):
+    with pytest.raises(ImportError, match="registered method 'ghost'"):
         available_methods()

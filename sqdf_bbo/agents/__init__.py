@@ -15,7 +15,7 @@ def available_methods() -> list[str]:
         try:
             registry.get_method(name)
         except (ImportError, registry.RegistryError) as e:
-            raise ImportError(f"method {name!r} ({METHODS[name]}) cannot be imported: {e}") from e
+            raise ImportError(f"registered method {name!r} cannot be imported: {e}") from e
     return names
 
 
