@@ -128,18 +128,7 @@ def task_defaults(info) -> dict:
     ``batch_size`` (``info.run_defaults``), ``agent`` (``info.agent_defaults``) and ``consistency``
     (``info.make_consistency_model``), each key present only where its field is set (not None, a non-empty
     ``agent_defaults``). Every existing task's id is unchanged by the move to typed fields."""
-    out: dict = {}
-    if info.num_steps is not None:
-        out["num_steps"] = info.num_steps
-    if info.run_defaults.n_eval is not None:
-        out["n_eval"] = info.run_defaults.n_eval
-    if info.run_defaults.batch_size is not None:
-        out["batch_size"] = info.run_defaults.batch_size
-    if info.agent_defaults:
-        out["agent"] = info.agent_defaults
-    if info.make_consistency_model is not None:
-        out["consistency"] = info.make_consistency_model  # enters the id as its type name only
-    return out
+    return info.legacy_defaults()  # the consistency factory enters the id as its type name only
 
 
 def task_settings(task, overrides: dict) -> dict:
