@@ -49,7 +49,7 @@ def test_parse_helpers():
 
 @pytest.mark.parametrize("extra, message", [
     (["--tasks", "ackley,nope"], "unknown task(s) 'nope'; allowed: ackley"),
-    (["--methods", "pretrained,nope"], "unknown method 'nope'. Available methods: pretrained"),
+    (["--methods", "pretrained,nope"], "unknown method 'nope'. Available methods: adjoint-matching, "),
     (["--set", "lr=0.1"], "unknown setting(s) 'lr' for method PretrainedAgent"),
     (["--set", "run.foo=1"], "unknown run setting 'foo'"),
     (["--set", "task.bogus=1"], "unknown override(s) 'bogus' for task 'ackley'"),

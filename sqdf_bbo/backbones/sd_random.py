@@ -140,6 +140,7 @@ class _AestheticHeadLayout(torch.nn.Module):
     def __init__(self, input_dim: int):
         super().__init__()
         nn = torch.nn
+        self.input_dim = int(input_dim)  # read by the oracle's loader as for its own head
         self.layers = nn.Sequential(nn.Linear(input_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
                                     nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
 
