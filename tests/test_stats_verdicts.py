@@ -359,7 +359,7 @@ def test_run_verdicts_table_by_hand(tmp_path, capsys):
     assert sentences[0].startswith("- sqdf is above a: its best normalised_score within 10 nats is higher by 0.4")
     assert sentences[2].startswith("- sqdf is below c:") and "lower by 1 " in sentences[2]
     assert "undecided" in sentences[1] and "2 common seed" not in sentences[1]
-    assert "1 common seed(s)" in sentences[3] and sentences[-1] == "- No per-seed value (left out): bo."
+    assert "1 common seed(s)" in sentences[3] and sentences[-1] == "- No per-seed value (no path KL, so no frontier; left out): bo."
     # without a KL budget sqdf has two runs per seed: that needs --kl or one grid point
     with pytest.raises(SystemExit, match="several runs"):
         fr_md.run_verdicts(_runs(), "sqdf")
@@ -384,3 +384,21 @@ def test_run_verdicts_table_by_hand(tmp_path, capsys):
     _runs().drop(columns="path_kl").to_csv(csv, index=False)
     with pytest.raises(SystemExit, match="lacks path_kl"):
         fr_md.main([str(csv), "--run-verdicts", "sqdf", "--kl", "10"])
+
+
+def test_verdict_summary_is_the_per_task_tables_as_one_matrix(tmp_path, capsys):
+    runs = pd.concat([_runs(), _runs().assign(task="u")])
+    text = fr_md.verdict_summary(runs, "sqdf", kl=10.0)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    cells = {c[0]: c[1:] for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in rows)}
+    assert "| method | t | u |" in text
+    # the same verdicts, effects and Holm p as the per-task tables; methods with an "above" first
+    assert list(cells) == ["a", "b", "d", "c"]
+    assert cells["a"] == [f"**above** +0.4 ({2 * P_A:.3f})"] * 2
+    assert cells["c"] == [f"**below** -1 ({3 * P_C:.3f})"] * 2
+    assert cells["d"] == ["undecided (1 seed)"] * 2
+    assert "2 above, 2 below, 4 undecided." in text and "no path KL): bo." in text
+    csv = tmp_path / "runs.csv"
+    runs.to_csv(csv, index=False)
+    fr_md.main([str(csv), "--run-verdicts", "sqdf", "--kl", "10", "--summary"])
+    assert capsys.readouterr().out.strip() == text.strip()

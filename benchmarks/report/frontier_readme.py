@@ -175,23 +175,12 @@ def verdict_sentence(reference: str, v: stats.Verdict, what: str, alpha: float =
             f"({ci}; {stat}).")
 
 
-def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_score", kl: Optional[float] = None,
-                 per_seed: Optional[Callable[[pd.DataFrame], pd.Series]] = None, test: str = "t",
-                 alpha: float = 0.05) -> str:
-    """Per task (and budget, when the runs have one), a Markdown table of ``reference`` against each other
-    method (the pretrained model left out): verdict, effect = mean over common seeds of reference - other
-    with its 95 % t-interval, p, Holm-adjusted p, common seeds; then one sentence per row.
-
-    ``per_seed(method_runs) -> Series indexed by seed`` overrides the default :func:`seed_values` (``metric``,
-    ``kl``), so any per-seed metric (e.g. a per-seed area under the frontier) can be compared.
-    """
-    if per_seed is None:
-        per_seed = partial(seed_values, metric=metric, kl=kl)
-        what = f"best {metric} within {kl:g} nats" if kl is not None else metric
-    else:
-        what = getattr(per_seed, "__name__", "per-seed metric")
+def _task_verdicts(runs: pd.DataFrame, reference: str, per_seed: Callable[[pd.DataFrame], pd.Series], test: str,
+                   alpha: float) -> list[tuple[str, list[stats.Verdict], list[str]]]:
+    """Per task (and budget, when the runs have one): (title, verdict rows sorted by effect, methods without
+    a per-seed value). The pretrained model is left out; tasks without ``reference`` are skipped."""
     keys = ["task", "budget"] if "budget" in runs.columns else ["task"]
-    lines = []
+    out = []
     for key, g in runs.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         g = g[g["method"] != "pretrained"]
@@ -207,8 +196,33 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
                 empty.append(m)
         rows = sorted(stats.verdict_table(ref, others, test, alpha),  # tested rows by effect, then untested
                       key=lambda v: (v.n_seeds < 2, -v.effect if not math.isnan(v.effect) else 0.0, v.other))
-        title = str(key[0]) + (f" (budget {key[1]})" if len(key) > 1 else "")
-        test_name = "paired t-test" if test == "t" else "exact sign-flip test"
+        out.append((str(key[0]) + (f" (budget {key[1]})" if len(key) > 1 else ""), rows, empty))
+    if not out:
+        raise SystemExit(f"error: no task in the runs has method {reference!r}")
+    return out
+
+
+def _per_seed_and_name(metric: str, kl: Optional[float], per_seed) -> tuple[Callable, str]:
+    if per_seed is None:
+        return (partial(seed_values, metric=metric, kl=kl),
+                f"best {metric} within {kl:g} nats" if kl is not None else metric)
+    return per_seed, getattr(per_seed, "__name__", "per-seed metric")
+
+
+def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_score", kl: Optional[float] = None,
+                 per_seed: Optional[Callable[[pd.DataFrame], pd.Series]] = None, test: str = "t",
+                 alpha: float = 0.05) -> str:
+    """Per task (and budget, when the runs have one), a Markdown table of ``reference`` against each other
+    method (the pretrained model left out): verdict, effect = mean over common seeds of reference - other
+    with its 95 % t-interval, p, Holm-adjusted p, common seeds; then one sentence per row.
+
+    ``per_seed(method_runs) -> Series indexed by seed`` overrides the default :func:`seed_values` (``metric``,
+    ``kl``), so any per-seed metric (e.g. a per-seed area under the frontier) can be compared.
+    """
+    per_seed, what = _per_seed_and_name(metric, kl, per_seed)
+    test_name = "paired t-test" if test == "t" else "exact sign-flip test"
+    lines = []
+    for title, rows, empty in _task_verdicts(runs, reference, per_seed, test, alpha):
         lines += [f"**{title}**: {reference} against each method on {what}, per seed, paired over common seeds "
                   f"({test_name}, Holm across the table, alpha = {alpha:g})", "",
                   markdown_table(["method", "verdict", "effect [95 % CI]", "p", "p (Holm)", "seeds"],
@@ -217,10 +231,53 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
                   ""]
         lines += [f"- {verdict_sentence(reference, v, what, alpha)}" for v in rows]
         if empty:
-            lines.append(f"- No per-seed value (left out): {', '.join(empty)}.")
+            lines.append(f"- No per-seed value (no path KL, so no frontier; left out): {', '.join(empty)}.")
         lines.append("")
-    if not lines:
-        raise SystemExit(f"error: no task in the runs has method {reference!r}")
+    return "\n".join(lines)
+
+
+def summary_cell(v: stats.Verdict) -> str:
+    """'above +0.072 (0.048)': the verdict, the mean paired difference and the Holm-adjusted p."""
+    if v.n_seeds < 2:
+        return f"undecided ({v.n_seeds} seed)"
+    word = f"**{v.verdict}**" if v.verdict != "undecided" else v.verdict
+    return f"{word} {_num(v.effect, True)} ({_p(v.p_holm)})"
+
+
+def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalised_score", kl: Optional[float] = None,
+                    per_seed: Optional[Callable[[pd.DataFrame], pd.Series]] = None, test: str = "t",
+                    alpha: float = 0.05) -> str:
+    """The verdicts of :func:`run_verdicts` as one matrix, a row per method and a column per task; each cell is
+    :func:`summary_cell`; a last line counts above / below / undecided and names the seeds."""
+    per_seed, what = _per_seed_and_name(metric, kl, per_seed)
+    tasks = _task_verdicts(runs, reference, per_seed, test, alpha)
+    cells: dict[str, dict[str, str]] = {}
+    counts = {"above": 0, "below": 0, "undecided": 0}
+    seeds = set()
+    left_out = set()
+    for title, rows, empty in tasks:
+        for v in rows:
+            cells.setdefault(v.other, {})[title] = summary_cell(v)
+            counts[v.verdict if v.n_seeds >= 2 else "undecided"] += 1
+            seeds.add(v.n_seeds)
+        left_out |= set(empty)
+    order = sorted(cells, key=lambda m: (-sum(c.startswith("**above") for c in cells[m].values()),
+                                         sum(c.startswith("**below") for c in cells[m].values()), m))
+    test_name = "paired t-test" if test == "t" else "exact sign-flip test"
+    n = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}–{max(seeds)}"
+    suffixes = {t[t.find(" ("):] if " (" in t else "" for t, _, _ in tasks}
+    if len(suffixes) == 1 and suffixes != {""}:  # one budget: say it once, not in every column
+        suffix = suffixes.pop()
+        tasks = [(t[: -len(suffix)], rows, empty) for t, rows, empty in tasks]
+        cells = {m: {k[: -len(suffix)]: c for k, c in row.items()} for m, row in cells.items()}
+        what = f"{what}{suffix}"
+    lines = [f"{reference} against each method on {what} (per seed; cell: verdict, mean paired difference "
+             f"{reference} − method, Holm-adjusted p; {test_name} over {n} common seeds, Holm across each task's "
+             f"column, alpha = {alpha:g})", "",
+             markdown_table(["method", *(t for t, _, _ in tasks)],
+                            [[m, *(cells[m].get(t, "–") for t, _, _ in tasks)] for m in order]), "",
+             f"{counts['above']} above, {counts['below']} below, {counts['undecided']} undecided."
+             + (f" Not on the KL axis (no path KL): {', '.join(sorted(left_out))}." if left_out else ""), ""]
     return "\n".join(lines)
 
 
@@ -285,6 +342,8 @@ def main(argv=None) -> None:
     p.add_argument("--kl", type=float, default=None,
                    help="with --run-verdicts: per seed, the best --metric over runs with path KL <= KL nats")
     p.add_argument("--test", choices=("t", "signflip"), default="t", help="with --run-verdicts: the paired test")
+    p.add_argument("--summary", action="store_true",
+                   help="with --run-verdicts: one matrix (method x task) of the verdicts instead of a table per task")
     p.add_argument("--frontier", metavar="METRIC", default=None,
                    help="with --run-verdicts: compare the per-seed achievable-frontier metric (auf, or score_at_kl1, "
                         "score_at_kl10, score_at_kl100; benchmarks.report.frontier_stats.per_seed_frontier) instead of a column")
@@ -301,12 +360,14 @@ def main(argv=None) -> None:
     if args.run_verdicts is not None and args.frontier is not None:
         require(df, {"task", "method", "seed", "value", "path_kl", "eval_reward", "norm_low", "norm_high"},
                 args.leaderboard, "--frontier expects one row per run with the normalisation columns")
-        print(run_verdicts(df, args.run_verdicts, per_seed=frontier_metric(args.frontier), test=args.test))
+        show = verdict_summary if args.summary else run_verdicts
+        print(show(df, args.run_verdicts, per_seed=frontier_metric(args.frontier), test=args.test))
         return
     if args.run_verdicts is not None:
         need = {"task", "method", "seed", args.metric} | ({"path_kl"} if args.kl is not None else set())
         require(df, need, args.leaderboard, "--run-verdicts expects one row per run")
-        print(run_verdicts(df, args.run_verdicts, args.metric, args.kl, test=args.test))
+        show = verdict_summary if args.summary else run_verdicts
+        print(show(df, args.run_verdicts, args.metric, args.kl, test=args.test))
         return
     require(df, {"task", "method", "auf", "auf_ci_low", "auf_ci_high"}, args.leaderboard,
             "expected a table written by python -m benchmarks.run.frontier --leaderboard")
