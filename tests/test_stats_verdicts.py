@@ -402,3 +402,31 @@ def test_verdict_summary_is_the_per_task_tables_as_one_matrix(tmp_path, capsys):
     runs.to_csv(csv, index=False)
     fr_md.main([str(csv), "--run-verdicts", "sqdf", "--kl", "10", "--summary"])
     assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_earlier_findings_beside_todays_paired_verdicts(tmp_path, capsys):
+    runs = _runs().assign(norm_low=0.0, norm_high=10.0)  # score = eval_reward / 10 = normalised_score
+    findings = pd.DataFrame([
+        {"finding": "sqdf above a", "reference": "sqdf", "other": "a", "tasks": "t;gone", "metric": "score_at_kl2",
+         "earlier": "above (ranges apart)"},
+        {"finding": "sqdf above c", "reference": "sqdf", "other": "c", "tasks": "t", "metric": "score_at_kl2",
+         "earlier": "above (ranges apart)"},
+    ])
+    text = fr_md.earlier_findings(runs, findings)
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| earlier")]
+    # at 2 nats each seed's achievable score is its run's score (sqdf's 2-nat point is an envelope vertex), so
+    # the verdicts, effects and Holm p are those of the by-hand table (family a, b, c; d has one seed)
+    assert rows[0] == ["sqdf above a", "t", "score_at_kl2", "above (ranges apart)",
+                       f"**above** +0.4 ({2 * P_A:.3f}), 3 seeds", "same"]
+    assert rows[1][1] == "gone" and rows[1][4:] == ["no runs", "–"]
+    assert rows[2][4:] == [f"**below** -1 ({3 * P_C:.3f}), 3 seeds", "**changed**"]
+    assert "1 of 3 earlier verdicts changed." in text
+    runs_csv, f_csv = tmp_path / "runs.csv", tmp_path / "earlier.csv"
+    runs.to_csv(runs_csv, index=False)
+    findings.to_csv(f_csv, index=False)
+    fr_md.main([str(runs_csv), "--earlier", str(f_csv)])
+    assert capsys.readouterr().out.strip() == text.strip()
+    findings.drop(columns="earlier").to_csv(f_csv, index=False)
+    with pytest.raises(SystemExit, match="lacks earlier"):
+        fr_md.main([str(runs_csv), "--earlier", str(f_csv)])

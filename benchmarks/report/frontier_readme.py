@@ -281,6 +281,39 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
     return "\n".join(lines)
 
 
+EARLIER_COLUMNS = {"finding", "reference", "other", "tasks", "metric", "earlier"}
+
+
+def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t", alpha: float = 0.05) -> str:
+    """Each earlier finding (a row of ``findings``: the finding in words, reference and other method,
+    ``;``-separated tasks, the frontier metric ``auf`` / ``score_at_kl<K>``, the earlier verdict in words)
+    beside today's verdict on the per-run records: the same paired test, with Holm over the same family as
+    the full table of that metric and task (:func:`run_verdicts`), so the two never disagree."""
+    now: dict[tuple[str, str, str, str], stats.Verdict] = {}
+    for (metric, reference), _ in findings.groupby(["metric", "reference"], sort=True):
+        per_seed = frontier_metric(metric)
+        for title, rows, _ in _task_verdicts(runs, reference, per_seed, test, alpha):
+            task = title.split(" (budget")[0]
+            now.update({(metric, reference, task, v.other): v for v in rows})
+    out = []
+    for _, f in findings.iterrows():
+        for task in str(f["tasks"]).split(";"):
+            v = now.get((f["metric"], f["reference"], task, f["other"]))
+            cellv = "no runs" if v is None else (f"{summary_cell(v)}, {v.n_seeds} seeds")
+            changed = "–" if v is None else ("same" if f["earlier"].split()[0] == v.verdict else "**changed**")
+            out.append([f["finding"], task, f["metric"], f["earlier"], cellv, changed])
+    n_changed = sum(r[-1] == "**changed**" for r in out)
+    return "\n".join([f"Earlier findings (3 seeds, compared by whether the seeds' ranges overlapped) against today's "
+                      f"paired verdicts ({reference_list(findings)} − other; verdict, mean paired difference, "
+                      f"Holm-adjusted p):", "",
+                      markdown_table(["earlier finding", "task", "metric", "earlier", "now", ""], out), "",
+                      f"{n_changed} of {len(out)} earlier verdicts changed.", ""])
+
+
+def reference_list(findings: pd.DataFrame) -> str:
+    return ", ".join(sorted(set(findings["reference"])))
+
+
 #: per-grid-point columns shown by --near-kl when the frontier CSV has them: (column stem, header)
 NEAR_KL_COLUMNS = (("eval_reward", "eval reward"), ("path_kl", "path KL"), ("fd_phi", "FD (φ)"),
                    ("denoise_loss", "denoising loss"), ("n_valid", "valid designs"),
@@ -342,6 +375,9 @@ def main(argv=None) -> None:
     p.add_argument("--kl", type=float, default=None,
                    help="with --run-verdicts: per seed, the best --metric over runs with path KL <= KL nats")
     p.add_argument("--test", choices=("t", "signflip"), default="t", help="with --run-verdicts: the paired test")
+    p.add_argument("--earlier", metavar="CSV", default=None,
+                   help="the positional CSV has one row per run: print each earlier finding of CSV (columns finding, "
+                        "reference, other, tasks, metric, earlier) beside today's paired verdict")
     p.add_argument("--summary", action="store_true",
                    help="with --run-verdicts: one matrix (method x task) of the verdicts instead of a table per task")
     p.add_argument("--frontier", metavar="METRIC", default=None,
@@ -356,6 +392,16 @@ def main(argv=None) -> None:
         require(df, {"task", "method", "knob", "value", "n_seeds", "path_kl_mean", "eval_reward_mean"},
                 args.leaderboard, "--near-kl expects a table written by python -m benchmarks.run.frontier --csv")
         print(near_kl(df, args.near_kl, args.within))
+        return
+    if args.earlier is not None:
+        require(df, {"task", "method", "seed", "value", "path_kl", "eval_reward", "norm_low", "norm_high"},
+                args.leaderboard, "--earlier expects one row per run with the normalisation columns")
+        try:
+            findings = pd.read_csv(args.earlier)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: cannot read the earlier findings {args.earlier}: {e}") from None
+        require(findings, EARLIER_COLUMNS, args.earlier, "one row per earlier finding")
+        print(earlier_findings(df, findings, test=args.test))
         return
     if args.run_verdicts is not None and args.frontier is not None:
         require(df, {"task", "method", "seed", "value", "path_kl", "eval_reward", "norm_low", "norm_high"},
