@@ -4,7 +4,7 @@
 # value a natural patch gets), budget 1000 in 4 rounds, seeds 0-2, each method over the grid rule of
 # benchmarks/run/frontier.py (beta = 0.01, 0.1, 1, 10 for the KL-regularised methods and fk-steering; the knob an
 # agent class declares in `frontier_knob` -- raft's keep_fraction 0.03, 0.1, 0.25, 0.5, diffusion-nft's
-# nft_beta 0.1, 1, 10, 100; lr = default x 0.01, 0.1, 1, 10 for the other methods without a KL term) except
+# nft_beta 0.1, 1, 10, 100, rlcm's updates_per_round 2, 5, 10, 20; lr = default x 0.01, 0.1, 1, 10 for the other methods without a KL term) except
 # the candidate counts of best-of-n and svdd, capped at 2, 4, 16 for both: 64 candidates per proposal would
 # cost about an hour per run on one core (64 x 20 UNet steps per query). The BO peers ignore the image prior
 # and are not run. Resumable: re-running skips finished runs and continues interrupted ones, so it can be
@@ -22,12 +22,14 @@ set -euo pipefail
 OUT=${1:-runs/frontier_image}
 WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
-TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft)
-PEERS=(best-of-n svdd fk-steering)
+TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find d3po rlcm)
+PEERS=(best-of-n svdd fk-steering dts dts-star)
 METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}")
 PER_METHOD=()
 for m in "${TRAINED[@]}"; do
-    PER_METHOD+=(--set-for "$m" updates_per_round=10 --set-for "$m" proxy_epochs=30)
+    PER_METHOD+=(--set-for "$m" proxy_epochs=30)
+    # rlcm sweeps its number of updates per round (its frontier knob), so it does not get the common 10
+    [ "$m" = rlcm ] || PER_METHOD+=(--set-for "$m" updates_per_round=10)
 done
 for m in "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
