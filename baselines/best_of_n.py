@@ -69,13 +69,13 @@ class BestOfNAgent(ProxyGuidedAgent):
     def analytic_path_kl(self) -> float:
         """Path KL of the proposals to the pretrained model (nats): 0 before the first proxy exists."""
         N = self.cfg.oversample
-        if self.proxy is None or N == 1:
+        if not self.optimistic.fitted or N == 1:
             return 0.0
         return best_of_n_kl(N) if self.cfg.mode == "group" else math.log(N)
 
     def propose(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         N = self.cfg.oversample
-        if self.proxy is None or N == 1 or n == 0:
+        if not self.optimistic.fitted or N == 1 or n == 0:
             return self._propose_local(n, generator, cond)
         cand_cond = None if cond is None else [c for c in cond for _ in range(N)]
         cands = self._propose_local(N * n, generator, cand_cond)

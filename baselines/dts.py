@@ -192,7 +192,7 @@ class DTSAgent(ProxyGuidedAgent):
     def analytic_path_kl(self) -> float:
         """The tree's target-KL estimate λ·mean(r(output) − v̂(root)) of the last proposal call (0 before the
         first proxy; NaN for DTS*, which has no target)."""
-        if self.proxy is None:
+        if not self.optimistic.fitted:
             return 0.0
         return float("nan") if self.cfg.greedy else self.last_kl
 
@@ -254,7 +254,7 @@ class DTSAgent(ProxyGuidedAgent):
     def propose(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         if n == 0:
             return torch.empty((0, *self.task.design_shape))
-        if self.proxy is None:  # plain pretrained samples
+        if not self.optimistic.fitted:  # plain pretrained samples
             return self._propose_local(n, generator, cond)
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)

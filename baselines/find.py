@@ -158,7 +158,7 @@ class FINDAgent(OnlineFinetuneAgent):
 
     def analytic_path_kl(self) -> float:
         """KL(q_φ ‖ N(0, I)) nats: the exact path KL (transitions unchanged); 0 before the first proxy."""
-        return 0.0 if self.proxy is None else float(self.noise.kl().detach())
+        return 0.0 if not self.optimistic.fitted else float(self.noise.kl().detach())
 
     def latents_from_noise(self, u: Tensor) -> Tensor:
         """Chain start x_0 (n, *latent_shape) = m₀ + K u for whitened noise u (n, D)."""
@@ -185,7 +185,7 @@ class FINDAgent(OnlineFinetuneAgent):
     def propose(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         if n == 0:
             return torch.empty((0, *self.task.design_shape))
-        if self.proxy is None:  # q = the pretrained initial law: the plain pretrained samples
+        if not self.optimistic.fitted:  # q = the pretrained initial law: the plain pretrained samples
             return self._propose_local(n, generator, cond)
         return self.designs_from_noise(self.noise.sample(n, generator), generator, cond).detach()
 

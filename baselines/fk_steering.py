@@ -163,7 +163,7 @@ class FKSteeringAgent(ProxyGuidedAgent):
         self.duplicates = 0  # exact duplicate proposals made by the final resampling (wasted queries)
 
     def analytic_path_kl(self) -> float:
-        return 0.0 if self.proxy is None or self.cfg.particles == 1 else float("nan")
+        return 0.0 if not self.optimistic.fitted or self.cfg.particles == 1 else float("nan")
 
     @torch.no_grad()
     def steer(self, pops: int, generator: torch.Generator, cond: Any = None) -> tuple[Tensor, Tensor]:
@@ -199,7 +199,7 @@ class FKSteeringAgent(ProxyGuidedAgent):
         if n == 0:
             return torch.empty((0, *self.task.design_shape))
         P = self.cfg.particles
-        if self.proxy is None or P == 1:  # plain pretrained samples
+        if not self.optimistic.fitted or P == 1:  # plain pretrained samples
             return self._propose_local(n, generator, cond)
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)

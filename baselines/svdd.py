@@ -78,7 +78,7 @@ class SVDDAgent(ProxyGuidedAgent):
     def analytic_path_kl(self) -> float:
         """J·(log M − (M−1)/M) nats for α = 0 (0 before the first proxy); NaN for α > 0 (no closed form)."""
         M, N = self.cfg.candidates, self.schedule.num_steps
-        if self.proxy is None or M == 1:
+        if not self.optimistic.fitted or M == 1:
             return 0.0
         if self.cfg.temperature > 0:
             return float("nan")
@@ -123,7 +123,7 @@ class SVDDAgent(ProxyGuidedAgent):
             return torch.empty((0, *self.task.design_shape))
         if cond is None and self.task.sample_conditions:
             cond = self.task.sample_conditions(n, generator)
-        if self.proxy is None or self.cfg.candidates == 1:  # plain pretrained samples
+        if not self.optimistic.fitted or self.cfg.candidates == 1:  # plain pretrained samples
             return self._propose_local(n, generator, cond)
         bs = self.cfg.sample_batch
         return torch.cat([self.decode_batch(min(bs, n - i), generator, None if cond is None else cond[i:i + bs])

@@ -24,6 +24,39 @@ import torch
 Tensor = torch.Tensor
 
 
+def supports(agent) -> bool:
+    """Whether an agent can join a data-parallel run: it declares ``PER_PROCESS_KEYS`` and the
+    ``setup_data_parallel`` hook (every ``DiffusionAgent`` does)."""
+    return hasattr(agent, "PER_PROCESS_KEYS") and callable(getattr(agent, "setup_data_parallel", None))
+
+
+def join(agent, dp) -> None:
+    """Make ``agent`` one process of a data-parallel run of ``dp.world_size`` processes.
+
+    Divides every ``agent.PER_PROCESS_KEYS`` setting by P (it must divide evenly), so the processes' samples
+    together form the configured batch, gives the agent its own generator (seed * P + rank) and calls its
+    ``setup_data_parallel(dp)`` hook. Called again on an agent restored from a checkpoint, it only re-links
+    ``agent.dp`` (and refuses another rank or world size)."""
+    agent.dp = dp
+    done = getattr(agent, "dp_world_size", None)
+    if done is not None:
+        if (done, agent.dp_rank) != (dp.world_size, dp.rank):
+            raise ValueError(f"this agent was set up as rank {agent.dp_rank} of {done} processes; it cannot "
+                             f"continue as rank {dp.rank} of {dp.world_size} (relaunch with {done} processes)")
+        return
+    P = dp.world_size
+    for key in agent.PER_PROCESS_KEYS:
+        v = getattr(agent.cfg, key)
+        if v % P:
+            raise ValueError(f"{key}={v} must be divisible by the number of processes {P} "
+                             "(each process takes an equal share)")
+        agent.config.update({key: v // P})  # both views of the settings: the plain dict and the typed one
+        setattr(agent.cfg, key, v // P)
+    agent.generator = dp.local_generator(agent.seed)
+    agent.dp_world_size, agent.dp_rank = P, dp.rank
+    agent.setup_data_parallel(dp)
+
+
 class SingleProcess:
     """The one-process case of :class:`DataParallel` (same interface; every collective is the identity),
     so agent code calls ``self.dp.<collective>`` without branching on whether it runs data-parallel."""

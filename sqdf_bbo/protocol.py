@@ -128,7 +128,7 @@ def task_defaults(info) -> dict:
     ``batch_size`` (``info.run_defaults``), ``agent`` (``info.agent_defaults``) and ``consistency``
     (``info.make_consistency_model``), each key present only where its field is set (not None, a non-empty
     ``agent_defaults``). Every existing task's id is unchanged by the move to typed fields."""
-    return info.legacy_defaults()  # the consistency factory enters the id as its type name only
+    return info.defaults_dict()  # the consistency factory enters the id as its type name only
 
 
 def task_settings(task, overrides: dict) -> dict:

@@ -8,6 +8,7 @@ from torch import nn
 
 from sqdf_bbo.backbones.base import Backbone, default_scheduler
 from sqdf_bbo.tasks.base import TaskInfo
+from benchmarks.common.steps import one_more_step
 
 Tensor = torch.Tensor
 
@@ -77,7 +78,7 @@ class GaussianExactEps(Backbone):
 def tiny_task(make_backbone: Callable[[], Backbone], dim: int = 2, num_steps: int = 5) -> TaskInfo:
     """A TaskInfo around a test backbone; features = identity."""
     return TaskInfo(name="tiny", tier="test", design_shape=(dim,), make_backbone=make_backbone,
-                    features=lambda x: x, feature_dim=dim, defaults={"agent": {"num_steps": num_steps}})
+                    features=lambda x: x, feature_dim=dim, agent_defaults={"num_steps": num_steps})
 
 
 def ready_agent(cls, backbone_factory: Callable[[], Backbone], reward: Callable[[Tensor], Tensor],
@@ -87,17 +88,17 @@ def ready_agent(cls, backbone_factory: Callable[[], Backbone], reward: Callable[
     cfg = {"num_steps": num_steps, "lora_rank": 0, "train_batch": 4, "updates_per_round": 1}
     cfg.update(config or {})
     agent = cls(tiny_task(backbone_factory, dim, num_steps), cfg, seed)
-    agent.proxy = reward
-    agent.reward_offset, agent.reward_scale = 0.0, 1.0
+    agent.optimistic.model = reward
+    agent.optimistic.offset, agent.optimistic.scale = 0.0, 1.0
     agent.optimizer = agent.make_optimizer()
     return agent
 
 
 def one_update(agent) -> dict[str, float]:
     """Exactly one optimizer step of ``agent.improve()`` at the agent's current state
-    (``OnlineFinetuneAgent.one_more_step``); returns that step's statistics."""
+    (``benchmarks.common.steps.one_more_step``); returns that step's statistics."""
     assert agent.cfg.updates_per_round == 1, "one_update needs updates_per_round=1"
-    return agent.one_more_step()
+    return one_more_step(agent)
 
 
 def hand_ddim_mean(scheduler, num_steps: int, k: int, x: Tensor, eps: Tensor, eta: float = 1.0):
@@ -112,3 +113,37 @@ def hand_ddim_mean(scheduler, num_steps: int, k: int, x: Tensor, eps: Tensor, et
     x0 = (x - torch.sqrt(1 - a) * eps) / torch.sqrt(a)
     mu = torch.sqrt(a_prev) * x0 + torch.sqrt(1 - a_prev - s**2) * eps
     return mu, s, tau
+
+
+def improve_cut_and_resumed(fresh: Callable[[], Any], build: Callable[[], Any], cut_at: int, folder) -> tuple:
+    """Run one ``improve()`` whole, and once cut by a checkpoint after step ``cut_at`` and resumed.
+
+    ``fresh()`` builds an agent whose round is open (same state every call); ``build()`` builds the agent the
+    checkpoint is loaded into (as a resumed run does). The cut run saves ``state_tree()`` to ``folder`` from the
+    step callback after step ``cut_at`` and stops there. Returns (whole agent, its stats, resumed agent, its
+    stats), for the caller to compare."""
+    import pytest
+
+    from sqdf_bbo import checkpoint
+    from sqdf_bbo.harness.callbacks import StepCallback
+
+    whole = fresh()
+    stats_whole = whole.improve()
+
+    class Stop(Exception):
+        pass
+
+    cut = fresh()
+
+    def hook(done):
+        if done == cut_at:
+            checkpoint.save(folder, "agent", cut.state_tree())
+            raise Stop
+
+    cut.step_callback = StepCallback(hook)
+    with pytest.raises(Stop):
+        cut.improve()
+    desc, tensors = checkpoint.load(folder, "agent")
+    resumed = build()
+    resumed.load_state_tree(desc, tensors)
+    return whole, stats_whole, resumed, resumed.improve()

@@ -26,8 +26,8 @@ def _agent(cls, N: int, config: dict, seed: int = 0):
     sched0 = DDIMSchedule.from_scheduler(GaussianExactEps(torch.zeros(1), 1.0, torch.zeros(N)).scheduler, N, 1.0)
     m = torch.tensor([M0], dtype=torch.float64)
     agent = cls(tiny_task(lambda: GaussianExactEps(m, V0, sched0.timesteps), 1, N), {"num_steps": N, **config}, seed)
-    agent.proxy = LinearProxy()  # r = x_N in standardised units
-    agent.reward_offset, agent.reward_scale = 0.0, 1.0
+    agent.optimistic.model = LinearProxy()  # r = x_N in standardised units
+    agent.optimistic.offset, agent.optimistic.scale = 0.0, 1.0
     return agent
 
 

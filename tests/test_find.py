@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from fake_agents import GaussianExactEps, tiny_task
+from benchmarks.common.steps import one_more_step
+from fake_agents import GaussianExactEps, improve_cut_and_resumed, tiny_task
 from baselines.find import (FINDAgent, InitialNoise, find_loss, gaussian_kl_to_standard, initial_affine,
                             leave_one_out_advantage)
 from sqdf_bbo.diffusion import DDIMSchedule
-from sqdf_bbo.harness.callbacks import StepCallback
 from sqdf_bbo.tasks import make_task
 
 DIM, N = 2, 3
@@ -92,8 +92,8 @@ def _gaussian_agent(config: dict, c: torch.Tensor, seed: int = 0) -> FINDAgent:
     m = torch.tensor([0.3, -0.2], dtype=torch.float64)
     task = tiny_task(lambda: GaussianExactEps(m, 0.5, sched0.timesteps), DIM, N)
     agent = FINDAgent(task, {"num_steps": N, **config}, seed)
-    agent.proxy = LinearProxy(c)
-    agent.reward_offset, agent.reward_scale = 0.0, 1.0
+    agent.optimistic.model = LinearProxy(c)
+    agent.optimistic.offset, agent.optimistic.scale = 0.0, 1.0
     agent.optimizer = agent.make_optimizer()
     return agent
 
@@ -112,7 +112,7 @@ def test_training_converges_to_the_exact_tilt_on_a_linear_gaussian_chain():
         if step == 600:
             for grp in agent.optimizer.param_groups:
                 grp["lr"] = 0.005
-        agent.one_more_step()
+        one_more_step(agent)
         if step >= 700:
             trace.append(torch.cat([agent.noise.mu.detach(), agent.noise.log_sigma.detach()]))
     avg = torch.stack(trace).mean(0)
@@ -143,8 +143,6 @@ def test_whitening_reproduces_the_image_backbones_initial_noise():
 
 
 def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
-    from sqdf_bbo import checkpoint
-
     c = torch.tensor([1.0, -0.5], dtype=torch.float64)
     cfg = {"train_batch": 8, "inner_steps": 3, "updates_per_round": 7, "beta": 0.5}
 
@@ -153,26 +151,9 @@ def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
         a.round_progress = {"stats": {}, "sums": {}, "done": 0}  # the round is open (proxy fixed by hand)
         return a
 
-    whole = fresh()
-    stats_whole = whole.improve()
-
-    class Stop(Exception):
-        pass
-
-    cut = fresh()
-
-    def hook(done):
-        if done == 4:  # mid-batch: step 4 of 7 reuses the batch drawn at step 3
-            checkpoint.save(tmp_path, "agent", cut.state_tree())
-            raise Stop
-
-    cut.step_callback = StepCallback(hook)
-    with pytest.raises(Stop):
-        cut.improve()
-    desc, tensors = checkpoint.load(tmp_path, "agent")
-    resumed = _gaussian_agent(cfg, c, seed=3)
-    resumed.load_state_tree(desc, tensors)
-    stats_resumed = resumed.improve()
+    # cut mid-batch: step 4 of 7 reuses the batch drawn at step 3
+    whole, stats_whole, resumed, stats_resumed = improve_cut_and_resumed(
+        fresh, lambda: _gaussian_agent(cfg, c, seed=3), cut_at=4, folder=tmp_path)
     torch.testing.assert_close(resumed.noise.mu, whole.noise.mu, rtol=0, atol=0)
     torch.testing.assert_close(resumed.noise.log_sigma, whole.noise.log_sigma, rtol=0, atol=0)
     assert stats_resumed == pytest.approx(stats_whole)

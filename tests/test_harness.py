@@ -162,11 +162,6 @@ def test_round_steps_report_each_step_to_the_step_callback():
     assert "step_callback" not in agent.state_tree()  # the runner's object is never saved
     agent.step_callback = None
     assert StepCallback.of(None) is None
-    hooked = []
-    agent.update_hook = hooked.append  # the former name still works
-    agent.round_progress = {"stats": {}, "sums": {}, "done": 1}
-    list(agent.round_steps())
-    assert hooked == [2, 3]
 
 
 def test_the_evaluation_sampler_is_declared_by_the_agent():
@@ -195,16 +190,13 @@ def test_task_defaults_are_typed_and_the_former_dict_is_still_read_and_accepted(
     info = make_task("levy", num_steps=20).info
     assert info.run_defaults == RunDefaults(n_eval=256, batch_size=64)
     assert info.agent_defaults == {"num_steps": 20} and info.num_steps == 20
-    assert task_defaults(info) == info.defaults == {"num_steps": 20, "n_eval": 256, "batch_size": 64,
-                                                    "agent": {"num_steps": 20}}
+    assert task_defaults(info) == info.defaults_dict() == {"num_steps": 20, "n_eval": 256, "batch_size": 64,
+                                                           "agent": {"num_steps": 20}}
     image = make_task("aesthetic").info
-    assert callable(image.make_consistency_model) and task_defaults(image) == image.defaults
-    old = TaskInfo(name="t", tier="vector", design_shape=(2,), make_backbone=None, features=torch.nn.Identity(),
-                   feature_dim=2, defaults={"n_eval": 64, "batch_size": 16})
-    assert old.run_defaults == RunDefaults(64, 16) and old.agent_defaults == {} and task_defaults(old) == old.defaults
-    with pytest.raises(TypeError, match="unknown key"):
+    assert callable(image.make_consistency_model) and task_defaults(image) == image.defaults_dict()
+    with pytest.raises(TypeError, match="defaults"):  # the former untyped dict is gone: typed fields only
         TaskInfo(name="t", tier="vector", design_shape=(2,), make_backbone=None, features=None, feature_dim=2,
-                 defaults={"n_evals": 64})
+                 defaults={"n_eval": 64})
 
 
 def test_the_task_part_of_committed_protocol_ids_is_unchanged():

@@ -12,12 +12,11 @@ import math
 import pytest
 import torch
 
-from fake_agents import TinyEps
+from fake_agents import TinyEps, improve_cut_and_resumed
 from baselines.rlcm import (RLCMAgent, batch_advantages, chain_grid, chain_log_probs, consistency_denoise,
                             consistency_problem, ppo_clipped_loss, sample_chains)
 from sqdf_bbo.consistency import ConsistencyModel
 from sqdf_bbo.diffusion import log_prob
-from sqdf_bbo.harness.callbacks import StepCallback
 from sqdf_bbo.tasks import make_task
 from sqdf_bbo.tasks.base import TaskInfo
 
@@ -45,8 +44,8 @@ def _tiny_task(factory=None, name: str = "tiny", dim: int = DIM) -> TaskInfo:
 def _tiny_agent(config: dict, seed: int = 0, dim: int = DIM) -> RLCMAgent:
     agent = RLCMAgent(_tiny_task(lambda: _tiny_cm(grid=10, dim=dim), dim=dim),
                       {"cm_steps": 4, "lora_rank": 0, **config}, seed)
-    agent.proxy = FirstCoordinate()
-    agent.reward_offset, agent.reward_scale = 0.0, 1.0
+    agent.optimistic.model = FirstCoordinate()
+    agent.optimistic.offset, agent.optimistic.scale = 0.0, 1.0
     return agent
 
 
@@ -288,8 +287,6 @@ def test_the_agent_raises_the_proxy_reward_on_levy_manifold():
 
 
 def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
-    from sqdf_bbo import checkpoint
-
     cfg = {"train_batch": 8, "ppo_minibatch": 4, "updates_per_round": 5, "lr": 1e-2}
 
     def fresh():
@@ -298,26 +295,8 @@ def test_resume_mid_round_gives_the_uninterrupted_round(tmp_path):
         a.round_progress = {"stats": {}, "sums": {}, "done": 0}
         return a
 
-    whole = fresh()
-    stats_whole = whole.improve()
-
-    class Stop(Exception):
-        pass
-
-    cut = fresh()
-
-    def hook(done):
-        if done == 3:
-            checkpoint.save(tmp_path, "agent", cut.state_tree())
-            raise Stop
-
-    cut.step_callback = StepCallback(hook)
-    with pytest.raises(Stop):
-        cut.improve()
-    desc, tensors = checkpoint.load(tmp_path, "agent")
-    resumed = _tiny_agent(cfg, seed=3)
-    resumed.load_state_tree(desc, tensors)
-    stats_resumed = resumed.improve()
+    whole, stats_whole, resumed, stats_resumed = improve_cut_and_resumed(
+        fresh, lambda: _tiny_agent(cfg, seed=3), cut_at=3, folder=tmp_path)
     for p, q in zip(resumed.policy.parameters(), whole.policy.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert stats_resumed == pytest.approx(stats_whole)

@@ -76,13 +76,13 @@ def test_two_process_run(tmp_path, method_args):
     p0, p1 = a0.trainable_parameters(), a1.trainable_parameters()
     for x, y in zip(p0, p1):
         assert torch.equal(x, y)
-    for x, y in zip(a0.proxy.state_dict().values(), a1.proxy.state_dict().values()):
+    for x, y in zip(a0.optimistic.model.state_dict().values(), a1.optimistic.model.state_dict().values()):
         assert torch.equal(x, y)
     assert a0.global_step == 2 * 3 * (1 if method_args[1] == "sqdf" else 2)
     lora_b = [v for k, v in a0.policy.named_parameters() if "lora_B" in k]  # zero at initialisation
     assert lora_b and any(float(v.detach().abs().max()) > 0 for v in lora_b)
     # the processes sampled different noise: their observed datasets agree, their generators do not
-    assert torch.equal(torch.cat(a0.values), torch.cat(a1.values))
+    assert torch.equal(torch.cat(a0.optimistic.values), torch.cat(a1.optimistic.values))
     assert not torch.equal(a0.generator.get_state(), a1.generator.get_state())
 
 
@@ -122,7 +122,7 @@ from sqdf_bbo.agents import Agent  # noqa: E402
 
 
 class _NoDP(Agent):
-    """A plug-in agent without attach_data_parallel."""
+    """A plug-in agent without data-parallel support (sqdf_bbo.distributed.supports is False)."""
 
     def propose(self, n, generator):
         return torch.zeros(n, *self.task.design_shape)

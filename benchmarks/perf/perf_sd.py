@@ -6,7 +6,7 @@ same architecture, so the same FLOPs and memory as the real weights; nothing is 
 fused LCM-LoRA CM is stood in for by a frozen copy of the UNet (same cost).
 
 Per method it measures: sampling throughput (images/s of 50-step DDIM with CFG, decode included),
-fine-tuning steps/s (single optimizer steps of ``improve()`` after the round, ``agent.one_more_step()``), peak memory, and achieved TFLOP/s (FLOPs counted
+fine-tuning steps/s (single optimizer steps of ``improve()`` after the round, ``benchmarks.common.steps.one_more_step``), peak memory, and achieved TFLOP/s (FLOPs counted
 by ``torch.utils.flop_counter`` on one UNet call and on one update step) against the GPU's dense bf16
 peak. Writes ``results/perf_sd.csv`` (one row per method; ``--tiny`` writes ``results/perf_sd_tiny.csv``).
 
@@ -37,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.common.steps import one_more_step  # noqa: E402
 
 # dense bf16 peak TFLOP/s (no sparsity) by device-name substring
 BF16_PEAK = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
@@ -171,7 +173,7 @@ def run_method(method: str, task: PerfTask, args, device) -> dict:
     for _ in range(args.timed_steps):
         sync(device)
         t0 = time.perf_counter()
-        agent.one_more_step()
+        one_more_step(agent)
         sync(device)
         times.append(time.perf_counter() - t0)
     t_step = sum(times) / len(times)
@@ -182,7 +184,7 @@ def run_method(method: str, task: PerfTask, args, device) -> dict:
     prompts = task.info.sample_conditions(args.sample_batch, g)
     with torch.no_grad():
         f_unet = count_flops(lambda: bb(z, torch.full((args.sample_batch,), 501, device=device), prompts))
-    f_step = count_flops(agent.one_more_step)
+    f_step = count_flops(lambda: one_more_step(agent))
     images_per_s = n / t_sample
     unet_tflops_sampling = f_unet / args.sample_batch * args.steps * images_per_s / 1e12
     train_tflops = f_step / t_step / 1e12

@@ -100,7 +100,7 @@ class Agent:
 
     # ---- checkpoints (sqdf_bbo/checkpoint.py: safetensors + JSON, no pickle) --------------------------
     #: attributes __init__ rebuilds from (task, config, seed): never saved; a subclass adds its own
-    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "cfg", "seed", "dp", "update_hook",
+    CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("task", "config", "cfg", "seed", "dp",
                                                   "step_callback")
 
     def _skipped(self) -> set[str]:
@@ -152,15 +152,6 @@ class Agent:
         """Tell the runner that the round's ``done``-th optimizer step is finished (``round_steps`` does)."""
         if self.step_callback is not None:
             self.step_callback.step_done(int(done))
-
-    @property
-    def update_hook(self) -> Optional[Any]:
-        """The former name of the step callback, a function of the steps done (``step_callback.step_done``)."""
-        return None if self.step_callback is None else self.step_callback.step_done
-
-    @update_hook.setter
-    def update_hook(self, fn: Optional[Any]) -> None:
-        self.step_callback = None if fn is None else types.SimpleNamespace(step_done=fn)
 
     def evaluation_sampler(self, settings: Optional[dict] = None) -> Optional["EvaluationSampler"]:
         """What the harness's evaluation needs to draw this agent's samples itself (:class:`EvaluationSampler`),
@@ -217,8 +208,8 @@ class DiffusionAgent(Agent):
                              f"None), which method {cls.__name__} needs; use a method without one, e.g. 'random'")
         return super().resolve_config(task, overrides)
 
-    #: the data-parallel group: the stateless one-process identity unless the runner attaches a real
-    #: group (attach_data_parallel), so agent code calls self.dp.<collective> without branching
+    #: the data-parallel group: the stateless one-process identity unless the runner joins the agent to a
+    #: real group (sqdf_bbo.distributed.join), so agent code calls self.dp.<collective> without branching
     dp = SingleProcess()
     #: config keys counting samples per update or rollout; under data parallelism over P processes
     #: each process uses 1/P of the value, so the union over processes is the configured value
@@ -286,32 +277,6 @@ class DiffusionAgent(Agent):
             return torch.cat([self.policy.decode(tr.final) for tr in self.sample_batched(n, generator, cond=cond)])
 
     # ---- data parallelism (sqdf_bbo.distributed) ---------------------------------------------------
-    def attach_data_parallel(self, dp) -> None:
-        """Join a data-parallel run of ``dp.world_size`` processes (see sqdf_bbo.distributed).
-
-        Divides every :attr:`PER_PROCESS_KEYS` value by P (it must divide evenly) and gives this
-        process its own generator (seed * P + rank), so the processes' samples together form the
-        configured batch. Called again on an agent restored from a checkpoint, it only re-links ``dp``.
-        """
-        self.dp = dp
-        done = getattr(self, "dp_world_size", None)
-        if done is not None:
-            if (done, self.dp_rank) != (dp.world_size, dp.rank):
-                raise ValueError(f"this agent was set up as rank {self.dp_rank} of {done} processes; it cannot "
-                                 f"continue as rank {dp.rank} of {dp.world_size} (relaunch with {done} processes)")
-            return
-        P = dp.world_size
-        for key in self.PER_PROCESS_KEYS:
-            v = getattr(self.cfg, key)
-            if v % P:
-                raise ValueError(f"{key}={v} must be divisible by the number of processes {P} "
-                                 "(each process takes an equal share)")
-            self.config.update({key: v // P})  # both views of the settings: the plain dict and the typed one
-            setattr(self.cfg, key, v // P)
-        self.generator = dp.local_generator(self.seed)
-        self.dp_world_size, self.dp_rank = P, dp.rank
-        self.setup_data_parallel(dp)
-
     CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("reference", "schedule")
 
     def build_for_checkpoint(self, path: str, desc: dict) -> Any:
@@ -324,7 +289,8 @@ class DiffusionAgent(Agent):
         return None
 
     def setup_data_parallel(self, dp) -> None:
-        """Hook run once, when the agent first joins a data-parallel run (not on re-attach after resume)."""
+        """Hook run once, when the agent first joins a data-parallel run (``sqdf_bbo.distributed.join``; not
+        on re-attach after resume)."""
 
     def __getstate__(self):
         state = dict(self.__dict__)

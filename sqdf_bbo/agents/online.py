@@ -18,15 +18,16 @@ one beta means the same on every task.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
 from sqdf_bbo.agents.base import DiffusionAgent
+from sqdf_bbo.backbones.lora import merged_sampling_copy
 from sqdf_bbo.diffusion import Trajectory
 from sqdf_bbo.proxy import ProxySettings, proxy_settings
+from sqdf_bbo.proxy.optimistic import OptimisticReward
 from sqdf_bbo.settings import setting
 from sqdf_bbo.tasks.base import TaskInfo
 
@@ -34,9 +35,10 @@ Tensor = torch.Tensor
 
 
 class ProxyGuidedAgent(DiffusionAgent):
-    """A diffusion agent with the harness's optimistic proxy r̂⁺: stores proxy features and values of every
-    observation, refits r̂⁺ (``sqdf_bbo.proxy.fit_proxy``) and scores designs in standardised units.
-    Base of the fine-tuners (:class:`OnlineFinetuneAgent`) and of the inference-time methods."""
+    """A diffusion agent guided by the run's optimistic proxy r̂⁺ (``self.optimistic``, an
+    :class:`sqdf_bbo.proxy.optimistic.OptimisticReward` it owns): observations go to it as proxy features,
+    :meth:`refit_proxy` fits it, :meth:`reward_of_designs` scores designs in standardised units. Base of the
+    fine-tuners (:class:`OnlineFinetuneAgent`) and of the inference-time methods."""
 
     @dataclass
     class Settings(DiffusionAgent.Settings, ProxySettings):
@@ -44,10 +46,7 @@ class ProxyGuidedAgent(DiffusionAgent):
 
     def __init__(self, task: TaskInfo, config: Optional[dict] = None, seed: int = 0):
         super().__init__(task, config, seed)
-        self.proxy = None
-        self.feature_data: list[Tensor] = []  # proxy features of every observed design, (n_i, F) each
-        self.reward_offset: Optional[float] = None
-        self.reward_scale: Optional[float] = None
+        self.optimistic = OptimisticReward()
         self.round = 0
 
     def proxy_settings(self) -> ProxySettings:
@@ -72,36 +71,20 @@ class ProxyGuidedAgent(DiffusionAgent):
         return super().build_for_checkpoint(path, desc)
 
     def observe(self, designs: Tensor, values: Tensor) -> None:
-        """Store proxy features (not designs: 15k SD images would be ~48 GB) and observed values."""
+        """Store the designs' proxy features (computed in ``sample_batch`` chunks) and observed values."""
         bs = self.cfg.sample_batch
         with torch.no_grad():
             feats = torch.cat([self.task.features(designs[i:i + bs].float()).detach().cpu()
                                for i in range(0, len(designs), bs)])
-        self.feature_data.append(feats)
-        self.values.append(torch.as_tensor(values, dtype=torch.float64).cpu())
+        self.optimistic.add(feats, values)
 
     def refit_proxy(self) -> dict[str, float]:
-        from sqdf_bbo.proxy import fit_proxy
-
-        feats, values = torch.cat(self.feature_data), torch.cat(self.values)
-        finite = torch.isfinite(values) & torch.isfinite(feats.reshape(len(feats), -1)).all(dim=1)
-        dropped = int((~finite).sum())  # NaN / ±inf oracle answers carry no usable signal: the proxy ignores them
-        feats, values = feats[finite], values[finite]
-        if self.reward_scale is None:
-            self.reward_offset = float(values.mean())
-            self.reward_scale = float(values.std()) if len(values) > 1 and values.std() > 0 else 1.0
-        self.proxy, stats = fit_proxy(feats, values, self.proxy_settings(), previous=self.proxy,
-                                      generator=self.generator)
-        self.proxy.eval().requires_grad_(False)
-        stats["dropped_nonfinite"] = dropped
-        # one proxy for all processes: rank 0's (its stats are the ones logged)
-        self.dp.broadcast_parameters(list(self.proxy.parameters()) + list(self.proxy.buffers()))
-        return stats
+        """Refit r̂⁺ on every observation so far; the fit's statistics."""
+        return self.optimistic.refit(self.proxy_settings(), self.generator, self.dp)
 
     def reward_of_designs(self, designs: Tensor) -> Tensor:
         """Optimistic proxy reward of designs in standardised units, (B, *design_shape) -> (B,)."""
-        r = self.proxy(self.task.features(designs))
-        return (r - self.reward_offset) / self.reward_scale
+        return self.optimistic(self.task.features(designs))
 
     def reward(self, z: Tensor) -> Tensor:
         """Differentiable optimistic reward of final latents z (B, *latent_shape) -> (B,)."""
@@ -147,36 +130,15 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
     CHECKPOINT_SKIP: ClassVar[tuple[str, ...]] = ("_sampling_copy",)
 
     def sampling_policy(self) -> torch.nn.Module:
-        """The module used for no-grad sampling: for a small LoRA policy, a plain copy of the network (no
-        LoRA wrappers) holding the merged weights W + ΔW; otherwise the policy itself.
-
-        Same function as the policy, ~2x faster on CPU. The copy is built once and refreshed at every call:
-        the policy's weights are copied in and each LoRA layer's ΔW (peft's ``get_delta_weight``) is added
-        in place, the arithmetic of peft's ``merge()``, so it equals a freshly merged deep copy bit for bit
-        (a deep copy took ~0.1 s on the image tier and ran before every rollout). A module returned earlier
-        is refreshed too: use it before the next call."""
-        lora_layers = {name: m for name, m in self.policy.named_modules() if hasattr(m, "get_delta_weight")}
-        n_params = sum(p.numel() for p in self.policy.parameters())
-        if (not lora_layers or n_params > self.MERGE_FOR_SAMPLING_MAX_PARAMS
-                or any(m.lora_variant or any(m.lora_bias.values()) for m in lora_layers.values())):
-            return self.policy  # (DoRA-style variants and LoRA biases would need peft's own merge)
-        plain = getattr(self, "_sampling_copy", None)
-        if plain is None:
-            plain = copy.deepcopy(self.policy)
-            for name in lora_layers:  # unwrap: the wrapper's base layer takes its place
-                parent, _, child = name.rpartition(".")
-                setattr(plain.get_submodule(parent), child, plain.get_submodule(name).get_base_layer())
-            plain = self._sampling_copy = plain.eval().requires_grad_(False)
-        source = {k.replace(".base_layer.", "."): v for k, v in self.policy.state_dict().items() if ".lora_" not in k}
-        with torch.no_grad():
-            for key, target in plain.state_dict(keep_vars=True).items():
-                target.copy_(source[key])
-            for name, layer in lora_layers.items():
-                weight = plain.get_submodule(name).weight
-                for adapter in layer.active_adapters:
-                    if adapter in layer.lora_A:
-                        weight += layer.get_delta_weight(adapter)
-        return plain
+        """The module used for no-grad sampling: for a small LoRA policy, a plain copy of the network holding
+        the merged weights W + ΔW, refreshed at every call (``sqdf_bbo.backbones.lora.merged_sampling_copy``:
+        the same function, ~2x faster on CPU); otherwise the policy itself. A module returned earlier is
+        refreshed too: use it before the next call."""
+        module = merged_sampling_copy(self.policy, getattr(self, "_sampling_copy", None),
+                                      self.MERGE_FOR_SAMPLING_MAX_PARAMS)
+        if module is not self.policy:
+            self._sampling_copy = module
+        return module
 
     def _sample_with(self, pol, n: int, generator: torch.Generator, cond: Any = None, **kw) -> Trajectory:
         eps_fn = None if pol is self.policy else pol
@@ -253,18 +215,6 @@ class OnlineFinetuneAgent(ProxyGuidedAgent):
         for info in infos:
             for k, v in info.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-
-    def one_more_step(self) -> dict[str, Any]:
-        """Run one optimizer step of :meth:`improve` at the current state (benchmarks and tests): the round
-        is marked open with one step to go, so improve() neither refits the proxy nor starts a new AdamW
-        nor redoes its start-of-round work. Returns improve()'s statistics, whose step means are over
-        ``updates_per_round`` (so they are that step's own values when it is 1); ``round`` is unchanged."""
-        n = self.cfg.updates_per_round
-        self.round_progress = {"stats": {}, "sums": {}, "done": max(n - 1, 0)}
-        round_before = self.round
-        stats = self.improve()
-        self.round = round_before
-        return stats
 
     def end_round(self) -> dict[str, Any]:
         """Close the round: the proxy refit's statistics and the mean of every recorded step statistic."""

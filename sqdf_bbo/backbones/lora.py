@@ -198,6 +198,42 @@ def peft_copy(model: nn.Module) -> nn.Module:
 
 
 # ---- the image tier: peft's layers with a lean forward --------------------------------------------------
+def merged_sampling_copy(policy: nn.Module, previous: Optional[nn.Module] = None,
+                         max_params: int = 5_000_000) -> nn.Module:
+    """A plain copy of a LoRA network (no LoRA wrappers) holding the merged weights W + ΔW, for no-grad
+    sampling; ``policy`` itself when it has no LoRA layer, more than ``max_params`` parameters, or a LoRA
+    variant or bias (those need peft's own merge).
+
+    Same function as the policy, ~2x faster on CPU (one matmul per layer instead of three). ``previous``
+    (a copy this function returned for the same policy) is refreshed in place instead of deep-copying
+    again (a deep copy took ~0.1 s on the image tier): the policy's weights are copied in and each LoRA
+    layer's ``get_delta_weight`` is added, the arithmetic of peft's ``merge()``, so the result equals a
+    freshly merged deep copy bit for bit.
+    """
+    lora_layers = {name: m for name, m in policy.named_modules() if hasattr(m, "get_delta_weight")}
+    n_params = sum(p.numel() for p in policy.parameters())
+    if (not lora_layers or n_params > max_params
+            or any(m.lora_variant or any(m.lora_bias.values()) for m in lora_layers.values())):
+        return policy
+    plain = previous
+    if plain is None:
+        plain = copy.deepcopy(policy)
+        for name in lora_layers:  # unwrap: the wrapper's base layer takes its place
+            parent, _, child = name.rpartition(".")
+            setattr(plain.get_submodule(parent), child, plain.get_submodule(name).get_base_layer())
+        plain = plain.eval().requires_grad_(False)
+    source = {k.replace(".base_layer.", "."): v for k, v in policy.state_dict().items() if ".lora_" not in k}
+    with torch.no_grad():
+        for key, target in plain.state_dict(keep_vars=True).items():
+            target.copy_(source[key])
+        for name, layer in lora_layers.items():
+            weight = plain.get_submodule(name).weight
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    weight += layer.get_delta_weight(adapter)
+    return plain
+
+
 def _single_plain_adapter(layer, x: Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one active adapter of a peft layer if the lean path applies, else None (peft's forward runs)."""
     if args or kwargs or layer.disable_adapters or layer.merged:

@@ -29,6 +29,7 @@ from sqdf_bbo.harness.config import (PLUGIN_TIMEOUT_S, RESUME_MUTABLE, RUN_DEFAU
                                      resolve_run_settings, round_sizes, same_value)
 from sqdf_bbo.harness.evaluate import curve_summary, evaluate_policy
 from sqdf_bbo.harness.guard import agent_call, check_designs
+from sqdf_bbo import distributed
 from sqdf_bbo.harness import persist
 
 
@@ -220,32 +221,14 @@ class Run:
     # -- persistence --
     def config_record(self) -> dict:
         """config.json: the run's settings, its protocol id (sqdf_bbo/protocol.py), commit, versions, machine."""
-        import datetime as _dt
-
-        from sqdf_bbo import protocol
-
         c = self.config
-        rec = {
-            "task": c.task, "method": c.method, "budget": c.budget,
-            "seed": c.seed, "run": self.run_cfg, "round_sizes": self.sizes,
-            "agent": self.agent_config, "task_overrides": self.task_overrides,
-            "task_info": {"tier": self.task.info.tier, "design_shape": list(self.task.info.design_shape),
-                          "noise_std": self.task.noise_std, "optimal_value": self.task.optimal_value},
-            **({"world_size": self.world_size} if self.world_size > 1 else {}),
-            "versions": persist._versions(), "git_commit": persist._git_commit(),
-            "command": c.command if c.command is not None else "python -m sqdf_bbo.run " + " ".join(sys.argv[1:]),
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        # where the agent runs (isolation) is one of protocol.NON_RESULT_RUN_SETTINGS: not part of the id
-        return {**rec, **protocol.run_protocol(rec, self.task, self.agent_cls), **protocol.machine_record()}
+        command = c.command if c.command is not None else "python -m sqdf_bbo.run " + " ".join(sys.argv[1:])
+        return persist.config_record(c, self.run_cfg, self.sizes, self.agent_config, self.task_overrides, self.task,
+                                     self.agent_cls, self.world_size, command)
 
     def write_logs(self, st: RunState) -> None:
         with self.phase("logs"):
             self.folder.write_logs(st.queries, st.rounds)
-
-    @staticmethod
-    def _agent_stem(ckpt_id: int, rank: int) -> str:
-        return persist.agent_stem(ckpt_id, rank)
 
     def save_checkpoint(self, st: RunState, agent) -> None:
         """checkpoint/agent_rank{r}_ckpt{c}.{json,safetensors} (each process's agent and RNG states) first,
@@ -286,21 +269,6 @@ class Run:
             self._checkpoint_wall_s += self._last_checkpoint_t - t_start
         self.faults.after_checkpoint(R)  # tests: a kill right after it
 
-    def _check_checkpoint_identity(self, saved: Optional[dict]) -> None:
-        """Refuse a checkpoint written by another run (other task, method, budget, seed or settings)."""
-        where = f"cannot resume {str(self.dir)!r}: its checkpoint"
-        if not isinstance(saved, dict):
-            raise CLIError(f"{where} records no run identity (written before sqdf-bbo recorded one); finish the run "
-                           "with the version that started it, or start over")
-        mine = self.identity()
-        for key in ("task", "method", "budget", "seed"):
-            if saved.get(key) != mine[key]:
-                raise CLIError(f"{where} belongs to a run with {key} {saved.get(key)!r}, this run has {key} "
-                               f"{mine[key]!r} (a copied checkpoint?)")
-        if saved.get("settings_sha256") != mine["settings_sha256"]:
-            raise CLIError(f"{where} was written with other settings than config.json holds (an edited config.json "
-                           "or a copied checkpoint?)")
-
     def _new_agent(self):
         """The agent, built after the harness's own reference and evaluation objects, from a copy of the task
         description (TaskInfo.agent_copy): nothing it writes into reaches the harness."""
@@ -332,8 +300,8 @@ class Run:
             if saved_world != self.world_size:
                 raise CLIError(f"run folder {str(self.dir)!r} was started with {saved_world} process(es); "
                                f"resume it with {saved_world}, not {self.world_size}")
-            self._check_checkpoint_identity(checkpoint.decode(desc["identity"], "identity", tensors)
-                                            if "identity" in desc else None)
+            persist.check_identity(checkpoint.decode(desc["identity"], "identity", tensors)
+                                   if "identity" in desc else None, self.identity(), self.dir)
             st = checkpoint.decode(desc["run"], "run", tensors)
             adesc, atensors = checkpoint.load(folder, persist.agent_stem(st.ckpt_id, self.rank))
             agent = self._new_agent()
@@ -344,7 +312,7 @@ class Run:
                 own = adesc.get("harness_rng", adesc["rng"])  # the harness's own generators
                 return st, agent, checkpoint.decode(own, "harness_rng" if "harness_rng" in adesc else "rng", atensors)
             if self.dp is not None:
-                agent.attach_data_parallel(self.dp)
+                distributed.join(agent, self.dp)
             with agent_call(self.config.method, "load_state_tree (resume)"):
                 agent.load_state_tree(adesc["agent"]["v"], {k[len("agent."):] if k.startswith("agent.") else k: v
                                                             for k, v in atensors.items()})
@@ -447,10 +415,10 @@ class Run:
             self.journal.reset()
         agent = self._new_agent()
         if self.dp is not None:
-            if not hasattr(agent, "attach_data_parallel"):
+            if not distributed.supports(agent):
                 raise CLIError(f"method {c.method!r} does not support several processes "
-                               "(it has no attach_data_parallel); launch it as one process")
-            agent.attach_data_parallel(self.dp)
+                               "(it has no PER_PROCESS_KEYS / setup_data_parallel); launch it as one process")
+            distributed.join(agent, self.dp)
         st = RunState(env=env.get_state(), code_commit=persist._git_commit())
         t0 = time.time()
         if main:

@@ -192,6 +192,45 @@ class RunFolder:
             tmp.unlink()
 
 
+def config_record(config: RunConfig, run_cfg: dict, sizes: list, agent_config: dict, task_overrides: dict, task,
+                  agent_cls, world_size: int, command: str) -> dict:
+    """The run's config.json: task, method, budget, seed, the resolved run, agent and task settings, the round
+    sizes, the task's public facts, then its protocol id (sqdf_bbo/protocol.py), the code's commit and package
+    versions, the command and the machine."""
+    import datetime as _dt
+
+    from sqdf_bbo import protocol
+
+    rec = {
+        "task": config.task, "method": config.method, "budget": config.budget,
+        "seed": config.seed, "run": run_cfg, "round_sizes": sizes,
+        "agent": agent_config, "task_overrides": task_overrides,
+        "task_info": {"tier": task.info.tier, "design_shape": list(task.info.design_shape),
+                      "noise_std": task.noise_std, "optimal_value": task.optimal_value},
+        **({"world_size": world_size} if world_size > 1 else {}),
+        "versions": _versions(), "git_commit": _git_commit(), "command": command,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    # where the agent runs (isolation) is one of protocol.NON_RESULT_RUN_SETTINGS: not part of the id
+    return {**rec, **protocol.run_protocol(rec, task, agent_cls), **protocol.machine_record()}
+
+
+def check_identity(saved: Optional[dict], mine: dict, run_dir: Path) -> None:
+    """Refuse (CLIError, one line) a checkpoint whose recorded identity ``saved`` is not this run's ``mine``:
+    another task, method, budget, seed or settings hash, or none recorded."""
+    where = f"cannot resume {str(run_dir)!r}: its checkpoint"
+    if not isinstance(saved, dict):
+        raise CLIError(f"{where} records no run identity (written before sqdf-bbo recorded one); finish the run "
+                       "with the version that started it, or start over")
+    for key in ("task", "method", "budget", "seed"):
+        if saved.get(key) != mine[key]:
+            raise CLIError(f"{where} belongs to a run with {key} {saved.get(key)!r}, this run has {key} "
+                           f"{mine[key]!r} (a copied checkpoint?)")
+    if saved.get("settings_sha256") != mine["settings_sha256"]:
+        raise CLIError(f"{where} was written with other settings than config.json holds (an edited config.json "
+                       "or a copied checkpoint?)")
+
+
 def load_agent(run_dir: str | Path, rank: int = 0, allow_import: bool = False):
     """The agent of a run folder at its last checkpoint, rebuilt from config.json and the saved state (for
     inspection). ``rank`` picks a process of a data-parallel run. Only registered task and method names are
@@ -199,7 +238,7 @@ def load_agent(run_dir: str | Path, rank: int = 0, allow_import: bool = False):
     ``allow_import=True``, for folders you trust; otherwise ValueError."""
     from sqdf_bbo import checkpoint
     from sqdf_bbo.agents import resolve_method
-    from sqdf_bbo.distributed import SingleProcess
+    from sqdf_bbo.distributed import SingleProcess, join
     from sqdf_bbo.registry import method_names
     from sqdf_bbo.tasks import list_tasks, make_task
 
@@ -217,7 +256,7 @@ def load_agent(run_dir: str | Path, rank: int = 0, allow_import: bool = False):
         view = SingleProcess()
         view.rank, view.world_size, view.is_main = rank, world, rank == 0
         view.local_generator = lambda seed: torch.Generator().manual_seed(int(seed) * world + rank)
-        agent.attach_data_parallel(view)
+        join(agent, view)
     desc, _ = checkpoint.load(run_dir / "checkpoint", "state")
     c = int(checkpoint.decode(desc["run"]["v"]["ckpt_id"], "run.ckpt_id", {}))  # RunState.ckpt_id
     adesc, tensors = checkpoint.load(run_dir / "checkpoint", agent_stem(c, rank))

@@ -29,11 +29,6 @@ class RunDefaults:
     batch_size: Optional[int] = None
 
 
-#: the keys of the former ``TaskInfo.defaults`` dict and the typed field each one became
-LEGACY_DEFAULT_KEYS = {"n_eval": "run_defaults.n_eval", "batch_size": "run_defaults.batch_size",
-                       "num_steps": "num_steps", "agent": "agent_defaults", "consistency": "make_consistency_model"}
-
-
 @dataclass
 class TaskInfo:
     """Public, oracle-free description of a task.
@@ -50,8 +45,6 @@ class TaskInfo:
     below the user's ``--set``; num_steps: the DDIM steps of the task's pretrained sampler (None: not
     stated); make_consistency_model(): a zero-argument factory of the backbone's consistency model (read by
     ``sqdf_bbo.consistency.find_consistency_model``; None: the tier's committed ones, if any).
-    ``defaults={...}`` (the former untyped dict with those keys) is still accepted by the constructor and
-    ``info.defaults`` reads the same dict back (:meth:`legacy_defaults`).
     """
 
     name: str
@@ -67,29 +60,12 @@ class TaskInfo:
     agent_defaults: dict = field(default_factory=dict)
     num_steps: Optional[int] = None
     make_consistency_model: Optional[Callable[[], Any]] = None
-    defaults: dataclasses.InitVar[Optional[dict]] = None
 
-    def __post_init__(self, defaults: Optional[dict]) -> None:
-        if defaults is None:
-            return
-        bad = sorted(set(defaults) - set(LEGACY_DEFAULT_KEYS))
-        if bad:
-            raise TypeError(f"TaskInfo defaults has unknown key(s) {bad}; allowed: {sorted(LEGACY_DEFAULT_KEYS)} "
-                            "(better: the typed fields run_defaults, agent_defaults, num_steps, "
-                            "make_consistency_model)")
-        self.run_defaults = RunDefaults(n_eval=defaults.get("n_eval", self.run_defaults.n_eval),
-                                        batch_size=defaults.get("batch_size", self.run_defaults.batch_size))
-        if "agent" in defaults:
-            self.agent_defaults = dict(defaults["agent"])
-        if "num_steps" in defaults:
-            self.num_steps = defaults["num_steps"]
-        if "consistency" in defaults:
-            self.make_consistency_model = defaults["consistency"]
-
-    def legacy_defaults(self) -> dict:
-        """The typed defaults as the former ``defaults`` dict: ``num_steps``, ``n_eval``, ``batch_size``,
-        ``agent``, ``consistency``, each key present only where its field is set (None or an empty
-        ``agent_defaults``: absent). A new dict: writing into it changes nothing."""
+    def defaults_dict(self) -> dict:
+        """The typed defaults as one dict, the form protocol ids hash (``sqdf_bbo.protocol.task_defaults``):
+        ``num_steps``, ``n_eval``, ``batch_size``, ``agent``, ``consistency``, each key present only where its
+        field is set (None or an empty ``agent_defaults``: absent). A new dict: writing into it changes
+        nothing."""
         out: dict = {}
         if self.num_steps is not None:
             out["num_steps"] = self.num_steps
@@ -110,9 +86,6 @@ class TaskInfo:
         return dataclasses.replace(self, **{f.name: _isolated(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-#: ``info.defaults``: read-only, the former dict (:meth:`TaskInfo.legacy_defaults`), for code written before the
-#: typed fields
-TaskInfo.defaults = property(TaskInfo.legacy_defaults)
 
 
 def _isolated(obj: Any, memo: Optional[dict] = None) -> Any:
