@@ -422,6 +422,8 @@ def test_earlier_findings_beside_todays_paired_verdicts(tmp_path, capsys):
     assert rows[1][1] == "gone" and rows[1][4:] == ["no runs", "–"]
     assert rows[2][4:] == [f"**below** -1 ({3 * P_C:.3f}), 3 seeds", "**changed**"]
     assert "1 of 3 earlier verdicts changed." in text
+    assert fr_md.earlier_findings(runs, findings, brief=True) == (
+        "1 of 3 earlier verdicts changed; these held: sqdf above a (t).\n")
     runs_csv, f_csv = tmp_path / "runs.csv", tmp_path / "earlier.csv"
     runs.to_csv(runs_csv, index=False)
     findings.to_csv(f_csv, index=False)

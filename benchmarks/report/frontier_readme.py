@@ -25,6 +25,15 @@ paired t-test (or ``--test signflip``), Holm-corrected across the task's table, 
 
     python -m benchmarks.report.frontier_readme runs.csv --run-verdicts sqdf --kl 10 > /tmp/verdicts.md
 
+``--summary`` prints the same verdicts as one matrix (a row per method, a column per task; each cell the
+verdict, the mean paired difference and the Holm-adjusted p), the README's headline block:
+
+    python -m benchmarks.report.frontier_readme results/frontier_runs.csv --run-verdicts sqdf --frontier auf --summary
+
+``--earlier FINDINGS.csv`` puts each earlier finding (one row each: the finding in words, reference and
+other method, ``;``-separated tasks, the frontier metric, the earlier verdict) beside today's verdict from
+the same tests (``--summary``: one line, how many changed and which held).
+
 The per-seed value is the ``--metric`` column (default normalised_score) of the method's one run per seed,
 or with ``--kl K`` the seed's largest metric over its runs with path KL <= K nats (its best measured
 grid point within that KL budget). :func:`run_verdicts` also takes any per-seed metric as a callable.
@@ -284,11 +293,13 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
 EARLIER_COLUMNS = {"finding", "reference", "other", "tasks", "metric", "earlier"}
 
 
-def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t", alpha: float = 0.05) -> str:
+def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t", alpha: float = 0.05,
+                     brief: bool = False) -> str:
     """Each earlier finding (a row of ``findings``: the finding in words, reference and other method,
     ``;``-separated tasks, the frontier metric ``auf`` / ``score_at_kl<K>``, the earlier verdict in words)
     beside today's verdict on the per-run records: the same paired test, with Holm over the same family as
-    the full table of that metric and task (:func:`run_verdicts`), so the two never disagree."""
+    the full table of that metric and task (:func:`run_verdicts`), so the two never disagree. ``brief``: only
+    the count of changed verdicts and the findings that held, in one line."""
     now: dict[tuple[str, str, str, str], stats.Verdict] = {}
     for (metric, reference), _ in findings.groupby(["metric", "reference"], sort=True):
         per_seed = frontier_metric(metric)
@@ -303,6 +314,10 @@ def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t"
             changed = "–" if v is None else ("same" if f["earlier"].split()[0] == v.verdict else "**changed**")
             out.append([f["finding"], task, f["metric"], f["earlier"], cellv, changed])
     n_changed = sum(r[-1] == "**changed**" for r in out)
+    if brief:
+        held = sorted({f"{r[0]} ({r[1]})" for r in out if r[-1] == "same"})
+        return (f"{n_changed} of {len(out)} earlier verdicts changed"
+                + (f"; these held: {'; '.join(held)}." if held else "; none held.") + "\n")
     return "\n".join([f"Earlier findings (3 seeds, compared by whether the seeds' ranges overlapped) against today's "
                       f"paired verdicts ({reference_list(findings)} − other; verdict, mean paired difference, "
                       f"Holm-adjusted p):", "",
@@ -379,7 +394,8 @@ def main(argv=None) -> None:
                    help="the positional CSV has one row per run: print each earlier finding of CSV (columns finding, "
                         "reference, other, tasks, metric, earlier) beside today's paired verdict")
     p.add_argument("--summary", action="store_true",
-                   help="with --run-verdicts: one matrix (method x task) of the verdicts instead of a table per task")
+                   help="with --run-verdicts: one matrix (method x task) of the verdicts instead of a table per task; "
+                        "with --earlier: one line (how many changed, which held)")
     p.add_argument("--frontier", metavar="METRIC", default=None,
                    help="with --run-verdicts: compare the per-seed achievable-frontier metric (auf, or score_at_kl1, "
                         "score_at_kl10, score_at_kl100; benchmarks.report.frontier_stats.per_seed_frontier) instead of a column")
@@ -401,7 +417,7 @@ def main(argv=None) -> None:
         except (OSError, ValueError) as e:
             raise SystemExit(f"error: cannot read the earlier findings {args.earlier}: {e}") from None
         require(findings, EARLIER_COLUMNS, args.earlier, "one row per earlier finding")
-        print(earlier_findings(df, findings, test=args.test))
+        print(earlier_findings(df, findings, test=args.test, brief=args.summary))
         return
     if args.run_verdicts is not None and args.frontier is not None:
         require(df, {"task", "method", "seed", "value", "path_kl", "eval_reward", "norm_low", "norm_high"},
