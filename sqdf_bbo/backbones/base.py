@@ -5,8 +5,10 @@ A backbone is an epsilon-prediction denoiser plus a decoder from latent space to
     eps = backbone(x_t, t, cond)      x_t: (B, *latent_shape), t: (B,) long DDIM/DDPM timesteps
     designs = backbone.decode(z)      z: (B, *latent_shape) -> (B, *design_shape), differentiable
 
-``scheduler`` is the diffusers ``DDIMScheduler`` the model was trained with (clip_sample=False,
-set_alpha_to_one=False, steps_offset=1, so every step of the sampler has a positive std).
+``scheduler`` is the noise schedule the model was trained with: for the embedded backbones a
+:class:`sqdf_bbo.diffusion.scheduler.NoiseScheduler` (diffusers' ``DDIMScheduler`` numbers without importing
+diffusers; clip_sample=False, set_alpha_to_one=False, steps_offset=1, so every step of the sampler has a
+positive std), for Stable Diffusion diffusers' own scheduler.
 Conditions are opaque to agents: they come from ``TaskInfo.sample_conditions`` (None for
 unconditional tiers) and are passed through unchanged.
 """
@@ -17,18 +19,19 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # diffusers is imported when a scheduler is built, not with this module (start-up cost)
-    from diffusers import DDIMScheduler
+if TYPE_CHECKING:
+    from sqdf_bbo.diffusion.scheduler import NoiseScheduler
 
 
-def default_scheduler(beta_schedule: str = "squaredcos_cap_v2", **kw) -> DDIMScheduler:
-    """A DDIM scheduler safe for the denoising-MDP math: no clipping, last step std > 0."""
+def default_scheduler(beta_schedule: str = "squaredcos_cap_v2", **kw) -> NoiseScheduler:
+    """A DDIM noise schedule safe for the denoising-MDP math: no clipping, last step std > 0 (diffusers'
+    ``DDIMScheduler`` numbers, computed without importing diffusers: sqdf_bbo/diffusion/scheduler.py)."""
+    from sqdf_bbo.diffusion.scheduler import NoiseScheduler
+
     cfg = dict(num_train_timesteps=1000, beta_schedule=beta_schedule, clip_sample=False,
                set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
     cfg.update(kw)
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(**cfg)
+    return NoiseScheduler(**cfg)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -77,7 +80,7 @@ class Backbone(nn.Module):
     policy and reference views have their own switch, ``task.autocast``.)"""
 
     latent_shape: tuple[int, ...] = ()
-    scheduler: DDIMScheduler
+    scheduler: Any
     compute_dtype: Optional[torch.dtype] = None
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:

@@ -11,17 +11,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from safetensors.torch import load_file
 from torch import nn
 
 from sqdf_bbo.backbones.base import Backbone, default_scheduler
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class SinusoidalTimesteps(nn.Module):
+    """t (B,) -> (B, num_channels) sinusoidal embedding, cosines first: [cos(t ω_i), sin(t ω_i)] with
+    ω_i = 10000^(−i/half), i < half = num_channels // 2. The arithmetic (float32, in this order) of diffusers'
+    ``Timesteps(num_channels, flip_sin_to_cos=True, downscale_freq_shift=0)``, which the committed weights
+    were trained with, written here so the vector tier does not import diffusers (start-up cost)."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.num_channels = num_channels
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.num_channels // 2
+        exponent = -math.log(10000) * torch.arange(start=0, end=half, dtype=torch.float32, device=timesteps.device)
+        exponent = exponent / half
+        emb = timesteps[:, None].float() * torch.exp(exponent)[None, :]
+        emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=-1)
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+        if self.num_channels % 2 == 1:
+            emb = torch.nn.functional.pad(emb, (0, 1, 0, 0))
+        return emb
+
+
+class TimestepMLP(nn.Module):
+    """(B, in) -> (B, out): linear_1, SiLU, linear_2 (diffusers' ``TimestepEmbedding`` layout and names, so
+    the state-dict keys of the committed weights and the LoRA targets stay ``time_embed.linear_1`` / ``_2``)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, out_channels)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(out_channels, out_channels)
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(sample)))
 
 
 class ResidualBlock(nn.Module):
@@ -47,8 +83,8 @@ class MLPDenoiser(Backbone):
         self.scheduler = default_scheduler("squaredcos_cap_v2")
         self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32).clone())
         self.register_buffer("hi", torch.as_tensor(hi, dtype=torch.float32).clone())
-        self.time_proj = Timesteps(temb_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embed = TimestepEmbedding(temb_dim, width)
+        self.time_proj = SinusoidalTimesteps(temb_dim)
+        self.time_embed = TimestepMLP(temb_dim, width)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList([ResidualBlock(width) for _ in range(depth)])
         self.out_norm = nn.LayerNorm(width)

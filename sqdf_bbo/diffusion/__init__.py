@@ -1,4 +1,4 @@
-"""Denoising-MDP math on top of diffusers' DDIMScheduler (see ddim.py)."""
+"""Denoising-MDP math on a DDIM noise schedule (ddim.py) and the embedded backbones' schedule (scheduler.py)."""
 from sqdf_bbo.diffusion.ddim import (
     DDIMSchedule,
     Trajectory,

@@ -2,7 +2,9 @@
 
 Generation order k = 0..N: x_0 ~ N(0, I) is pure noise, step k maps x_k -> x_{k+1} at DDIM timestep
 tau_k (descending), and x_N is the clean sample (the convention every baseline uses). Every schedule number
-(alphas_cumprod, timesteps, final alpha) is read from a diffusers ``DDIMScheduler``; nothing is copied.
+(alphas_cumprod, timesteps, final alpha) is read from the backbone's scheduler: the embedded backbones'
+``sqdf_bbo.diffusion.scheduler.NoiseScheduler`` (diffusers' ``DDIMScheduler`` arithmetic, tested bit-equal),
+or for any other scheduler (Stable Diffusion's) a diffusers ``DDIMScheduler`` built from its config.
 
 Per step, with a_k = alphabar[tau_k] and a_k^- = alphabar[tau_k - T/N] (or the scheduler's
 ``final_alpha_cumprod`` when that index is negative):
@@ -16,13 +18,10 @@ All per-sample reductions sum over every non-batch dimension unless ``reduction=
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.utils.checkpoint
-
-if TYPE_CHECKING:  # diffusers is imported when a schedule is built, not with this module (start-up cost)
-    from diffusers import DDIMScheduler
 
 Tensor = torch.Tensor
 
@@ -42,7 +41,7 @@ class DDIMSchedule:
     Build with :meth:`from_scheduler`; index k is the generation step (k = 0 is the noisiest).
     """
 
-    scheduler: DDIMScheduler
+    scheduler: Any  # a fresh copy of the backbone's scheduler with these timesteps set
     num_steps: int
     eta: float
     timesteps: Tensor  # (N,) long, tau_k, descending
@@ -53,14 +52,19 @@ class DDIMSchedule:
     coef_eps: Tensor  # (N,) C_k
 
     @classmethod
-    def from_scheduler(cls, scheduler: DDIMScheduler, num_steps: int, eta: float = 1.0) -> "DDIMSchedule":
+    def from_scheduler(cls, scheduler: Any, num_steps: int, eta: float = 1.0) -> "DDIMSchedule":
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        from diffusers import DDIMScheduler
+        from sqdf_bbo.diffusion.scheduler import NoiseScheduler
 
-        sched = DDIMScheduler.from_config(scheduler.config)
+        if isinstance(scheduler, NoiseScheduler):
+            sched = NoiseScheduler.from_config(scheduler.config)
+        else:  # e.g. Stable Diffusion's: its settings, diffusers' DDIM arithmetic
+            from diffusers import DDIMScheduler
+
+            sched = DDIMScheduler.from_config(scheduler.config)
         sched.set_timesteps(num_steps)
         ts = sched.timesteps.long().clone()
         acp = sched.alphas_cumprod.double()
