@@ -1,4 +1,4 @@
-"""The plug-in fine-tuner of docs/extending.md ("# myfinetuner.py"; the README links to it): an
+"""The plug-in fine-tuner of docs/extending.md and README.md ("# myfinetuner.py", the same block in both): an
 OnlineFinetuneAgent subclass that writes its own improve() with the round helpers runs from the CLI, learns,
 and resumes exactly from a mid-round checkpoint."""
 from __future__ import annotations
@@ -18,6 +18,13 @@ def readme_finetuner() -> str:
                   re.S)
     assert m, "docs/extending.md has no '# myfinetuner.py' example"
     return m.group(1)
+
+
+def test_the_readme_shows_the_same_finetuner():
+    m = re.search(r"```python\n(# myfinetuner\.py.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert m and m.group(1) == readme_finetuner()
+    code = [ln for ln in m.group(1).splitlines() if ln.strip() and not ln.startswith(("#", "from ", "import "))]
+    assert len(code) == 12  # "in 12 lines": the class, imports aside
 
 
 def run(args: list[str], module_dir: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -315,7 +315,11 @@ def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t"
             out.append([f["finding"], task, f["metric"], f["earlier"], cellv, changed])
     n_changed = sum(r[-1] == "**changed**" for r in out)
     if brief:
-        held = sorted({f"{r[0]} ({r[1]})" for r in out if r[-1] == "same"})
+        by_finding: dict[str, list[str]] = {}
+        for r in out:
+            if r[-1] == "same":
+                by_finding.setdefault(r[0], []).append(r[1])
+        held = [f"{f} ({', '.join(tasks)})" for f, tasks in by_finding.items()]
         return (f"{n_changed} of {len(out)} earlier verdicts changed"
                 + (f"; these held: {'; '.join(held)}." if held else "; none held.") + "\n")
     return "\n".join([f"Earlier findings (3 seeds, compared by whether the seeds' ranges overlapped) against today's "
