@@ -398,6 +398,11 @@ def test_verdict_summary_is_the_per_task_tables_as_one_matrix(tmp_path, capsys):
     assert cells["c"] == [f"**below** -1 ({3 * P_C:.3f})"] * 2
     assert cells["d"] == ["undecided (1 seed)"] * 2
     assert "2 above, 2 below, 4 undecided." in text and "no path KL): bo." in text
+    # a method with a path KL but no run within the KL budget is "does not reach", not "no path KL"
+    far = pd.DataFrame([{"task": t, "method": "e", "knob": "beta", "value": 1.0, "seed": s, "eval_reward": 1.0,
+                         "path_kl": 50.0, "normalised_score": 0.1} for t in ("t", "u") for s in (0, 1, 2)])
+    text_far = fr_md.verdict_summary(pd.concat([runs, far]), "sqdf", kl=10.0)
+    assert "Frontier does not reach this KL on any task: e." in text_far and "no path KL): bo." in text_far
     csv = tmp_path / "runs.csv"
     runs.to_csv(csv, index=False)
     fr_md.main([str(csv), "--run-verdicts", "sqdf", "--kl", "10", "--summary"])

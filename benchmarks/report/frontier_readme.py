@@ -218,6 +218,14 @@ def _per_seed_and_name(metric: str, kl: Optional[float], per_seed) -> tuple[Call
     return per_seed, getattr(per_seed, "__name__", "per-seed metric")
 
 
+def _why_empty(runs: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[str]]:
+    """Split methods without a per-seed value into (those without any finite path KL: not on the KL axis,
+    those with one: their frontier does not reach the metric's KL)."""
+    kl = pd.to_numeric(runs["path_kl"], errors="coerce") if "path_kl" in runs else pd.Series(float("nan"), index=runs.index)
+    has_kl = set(runs.loc[kl.notna() & (kl > 0), "method"])
+    return [m for m in methods if m not in has_kl], [m for m in methods if m in has_kl]
+
+
 def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_score", kl: Optional[float] = None,
                  per_seed: Optional[Callable[[pd.DataFrame], pd.Series]] = None, test: str = "t",
                  alpha: float = 0.05) -> str:
@@ -239,8 +247,11 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
                                    f"{_num(v.high, True)}]", _p(v.p_value), _p(v.p_holm), v.n_seeds] for v in rows]),
                   ""]
         lines += [f"- {verdict_sentence(reference, v, what, alpha)}" for v in rows]
-        if empty:
-            lines.append(f"- No per-seed value (no path KL, so no frontier; left out): {', '.join(empty)}.")
+        no_kl, short = _why_empty(runs, empty)
+        if no_kl:
+            lines.append(f"- No per-seed value (no path KL, so no frontier; left out): {', '.join(no_kl)}.")
+        if short:
+            lines.append(f"- No per-seed value (the frontier does not reach this KL; left out): {', '.join(short)}.")
         lines.append("")
     return "\n".join(lines)
 
@@ -270,6 +281,7 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
             counts[v.verdict if v.n_seeds >= 2 else "undecided"] += 1
             seeds.add(v.n_seeds)
         left_out |= set(empty)
+    no_kl, short = _why_empty(runs, sorted(left_out - set(cells)))
     order = sorted(cells, key=lambda m: (-sum(c.startswith("**above") for c in cells[m].values()),
                                          sum(c.startswith("**below") for c in cells[m].values()), m))
     test_name = "paired t-test" if test == "t" else "exact sign-flip test"
@@ -286,7 +298,8 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
              markdown_table(["method", *(t for t, _, _ in tasks)],
                             [[m, *(cells[m].get(t, "–") for t, _, _ in tasks)] for m in order]), "",
              f"{counts['above']} above, {counts['below']} below, {counts['undecided']} undecided."
-             + (f" Not on the KL axis (no path KL): {', '.join(sorted(left_out))}." if left_out else ""), ""]
+             + (f" Not on the KL axis (no path KL): {', '.join(no_kl)}." if no_kl else "")
+             + (f" Frontier does not reach this KL on any task: {', '.join(short)}." if short else ""), ""]
     return "\n".join(lines)
 
 
