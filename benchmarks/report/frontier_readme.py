@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
@@ -185,9 +185,10 @@ def verdict_sentence(reference: str, v: stats.Verdict, what: str, alpha: float =
 
 
 def _task_verdicts(runs: pd.DataFrame, reference: str, per_seed: Callable[[pd.DataFrame], pd.Series], test: str,
-                   alpha: float) -> list[tuple[str, list[stats.Verdict], list[str]]]:
-    """Per task (and budget, when the runs have one): (title, verdict rows sorted by effect, methods without
-    a per-seed value). The pretrained model is left out; tasks without ``reference`` are skipped."""
+                   alpha: float) -> list[tuple[str, Any, list[stats.Verdict], list[str]]]:
+    """Per task (and budget, when the runs have one): (task, budget or None, verdict rows sorted by effect,
+    methods without a per-seed value). The pretrained model is left out; tasks without ``reference`` are
+    skipped."""
     keys = ["task", "budget"] if "budget" in runs.columns else ["task"]
     out = []
     for key, g in runs.groupby(keys, sort=True):
@@ -205,10 +206,14 @@ def _task_verdicts(runs: pd.DataFrame, reference: str, per_seed: Callable[[pd.Da
                 empty.append(m)
         rows = sorted(stats.verdict_table(ref, others, test, alpha),  # tested rows by effect, then untested
                       key=lambda v: (v.n_seeds < 2, -v.effect if not math.isnan(v.effect) else 0.0, v.other))
-        out.append((str(key[0]) + (f" (budget {key[1]})" if len(key) > 1 else ""), rows, empty))
+        out.append((str(key[0]), key[1] if len(key) > 1 else None, rows, empty))
     if not out:
         raise SystemExit(f"error: no task in the runs has method {reference!r}")
     return out
+
+
+def _title(task: str, budget: Any) -> str:
+    return task + (f" (budget {budget})" if budget is not None else "")
 
 
 def _per_seed_and_name(metric: str, kl: Optional[float], per_seed) -> tuple[Callable, str]:
@@ -239,8 +244,8 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
     per_seed, what = _per_seed_and_name(metric, kl, per_seed)
     test_name = "paired t-test" if test == "t" else "exact sign-flip test"
     lines = []
-    for title, rows, empty in _task_verdicts(runs, reference, per_seed, test, alpha):
-        lines += [f"**{title}**: {reference} against each method on {what}, per seed, paired over common seeds "
+    for task, budget, rows, empty in _task_verdicts(runs, reference, per_seed, test, alpha):
+        lines += [f"**{_title(task, budget)}**: {reference} against each method on {what}, per seed, paired over common seeds "
                   f"({test_name}, Holm across the table, alpha = {alpha:g})", "",
                   markdown_table(["method", "verdict", "effect [95 % CI]", "p", "p (Holm)", "seeds"],
                                  [[v.other, v.verdict, f"{_num(v.effect, True)} [{_num(v.low, True)}, "
@@ -271,13 +276,18 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
     :func:`summary_cell`; a last line counts above / below / undecided and names the seeds."""
     per_seed, what = _per_seed_and_name(metric, kl, per_seed)
     tasks = _task_verdicts(runs, reference, per_seed, test, alpha)
+    budgets = {budget for _, budget, _, _ in tasks}
+    one_budget = len(budgets) == 1 and None not in budgets  # say it once, not in every column
+    columns = [task if one_budget else _title(task, budget) for task, budget, _, _ in tasks]
+    if one_budget:
+        what = f"{what} (budget {budgets.pop()})"
     cells: dict[str, dict[str, str]] = {}
     counts = {"above": 0, "below": 0, "undecided": 0}
     seeds = set()
     left_out = set()
-    for title, rows, empty in tasks:
+    for column, (_, _, rows, empty) in zip(columns, tasks):
         for v in rows:
-            cells.setdefault(v.other, {})[title] = summary_cell(v)
+            cells.setdefault(v.other, {})[column] = summary_cell(v)
             counts[v.verdict if v.n_seeds >= 2 else "undecided"] += 1
             seeds.add(v.n_seeds)
         left_out |= set(empty)
@@ -286,17 +296,10 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
                                          sum(c.startswith("**below") for c in cells[m].values()), m))
     test_name = "paired t-test" if test == "t" else "exact sign-flip test"
     n = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}–{max(seeds)}"
-    suffixes = {t[t.find(" ("):] if " (" in t else "" for t, _, _ in tasks}
-    if len(suffixes) == 1 and suffixes != {""}:  # one budget: say it once, not in every column
-        suffix = suffixes.pop()
-        tasks = [(t[: -len(suffix)], rows, empty) for t, rows, empty in tasks]
-        cells = {m: {k[: -len(suffix)]: c for k, c in row.items()} for m, row in cells.items()}
-        what = f"{what}{suffix}"
     lines = [f"{reference} against each method on {what} (per seed; cell: verdict, mean paired difference "
              f"{reference} − method, Holm-adjusted p; {test_name} over {n} common seeds, Holm across each task's "
              f"column, alpha = {alpha:g})", "",
-             markdown_table(["method", *(t for t, _, _ in tasks)],
-                            [[m, *(cells[m].get(t, "–") for t, _, _ in tasks)] for m in order]), "",
+             markdown_table(["method", *columns], [[m, *(cells[m].get(c, "–") for c in columns)] for m in order]), "",
              f"{counts['above']} above, {counts['below']} below, {counts['undecided']} undecided."
              + (f" Not on the KL axis (no path KL): {', '.join(no_kl)}." if no_kl else "")
              + (f" Frontier does not reach this KL on any task: {', '.join(short)}." if short else ""), ""]
@@ -316,8 +319,7 @@ def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t"
     now: dict[tuple[str, str, str, str], stats.Verdict] = {}
     for (metric, reference), _ in findings.groupby(["metric", "reference"], sort=True):
         per_seed = frontier_metric(metric)
-        for title, rows, _ in _task_verdicts(runs, reference, per_seed, test, alpha):
-            task = title.split(" (budget")[0]
+        for task, _, rows, _ in _task_verdicts(runs, reference, per_seed, test, alpha):
             now.update({(metric, reference, task, v.other): v for v in rows})
     out = []
     for _, f in findings.iterrows():
