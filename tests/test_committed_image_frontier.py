@@ -1,5 +1,6 @@
 """The committed image-tier frontier (results/frontier_image*.csv) is what benchmarks/run/reproduce_image_frontier.sh
-plans: the script's dry run lists one run per grid point and seed, every committed grid point at 3 seeds, for
+plans: the script's dry run lists one run per grid point and seed, every committed grid point at the re-make's
+5 seeds (the committed CSV, of the older protocol, has 3), for
 every method whose grid rule is unchanged since the CSV was made. raft and diffusion-nft now sweep their
 declared knob (keep_fraction, nft_beta) instead of lr: for them the dry run must plan the new rule, and their
 committed lr rows are stale until the cells are re-run (the test prints them). The methods added since (FIND,
@@ -7,6 +8,7 @@ D3PO, RLCM, DTS, DTS*) join additively: the dry run plans their rule's points at
 image cell costs ~20 CPU-minutes, so CI checks the plan, not a run.)"""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections import Counter
@@ -35,9 +37,10 @@ def test_reproduce_script_plans_the_committed_grid_and_the_new_rule(tmp_path, ca
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
-    planned = re.findall(r"runs/([^/\s]+)/aesthetic-manifold__[^/\s]+__b1000__s([0-2])\s*$", text, re.M)
+    planned = re.findall(r"runs/([^/\s]+)/aesthetic-manifold__[^/\s]+__b1000__s([0-9]+)\s*$", text, re.M)
     points = Counter(p for p, _ in planned)
-    assert set(points.values()) == {3} and f"frontier: {3 * len(points)} runs" in text
+    assert {s for _, s in planned} == {"0", "1", "2", "3", "4"}
+    assert set(points.values()) == {5} and f"frontier: {5 * len(points)} runs" in text
     assert {p.split("__")[0] for p in points} == set(committed.method) | set(ADDED)
     assert not set(ADDED) & set(committed.method)
 
@@ -58,3 +61,44 @@ def test_reproduce_script_plans_the_committed_grid_and_the_new_rule(tmp_path, ca
     if stale:
         with capsys.disabled():
             print(f"\nstale committed rows of results/frontier_image.csv (not in the current plan): {', '.join(stale)}")
+
+
+def test_reproduce_script_runs_a_subset_with_the_same_settings(tmp_path):
+    """ONLY= keeps the listed methods (the re-make is spread over sessions) with the settings the full script
+    gives them, so their runs carry the same protocol id; SEEDS= keeps a subset of the seeds."""
+    def plan(env: dict) -> tuple[Counter, str]:
+        out = subprocess.run(["bash", "benchmarks/run/reproduce_image_frontier.sh", str(tmp_path / "runs"), "1",
+                              "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        text = out.stdout + out.stderr
+        return Counter(re.findall(r"runs/([^/\s]+)/aesthetic-manifold__[^/\s]+__b1000__s[0-9]+\s*$", text, re.M)), text
+    full, full_text = plan({})
+    sub, text = plan({"ONLY": "sqdf,best-of-n", "SEEDS": "0-2"})
+    assert set(sub) == {p for p in full if p.split("__")[0] in ("sqdf", "best-of-n")}
+    assert set(sub.values()) == {3} and len(sub) == 4 + 3  # best-of-n keeps the image tier's capped grid
+    # the same per-method settings in both: the arguments the script passes, read through a stand-in python
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    (shim / "python").chmod(0o755)
+
+    def settings(env: dict) -> dict[str, list[str]]:
+        out = subprocess.run(["bash", "benchmarks/run/reproduce_image_frontier.sh", "x", "1"], cwd=ROOT, timeout=60,
+                             capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", **env})
+        args = out.stdout.splitlines()
+        per: dict[str, list[str]] = {}
+        for i, a in enumerate(args):
+            if a in ("--set-for", "--grid"):
+                name = args[i + 1] if a == "--set-for" else args[i + 1].split("=")[0]
+                per.setdefault(name, []).append(" ".join(args[i:i + (3 if a == "--set-for" else 2)]))
+        common = [" ".join(args[i:i + 2]) for i, a in enumerate(args) if a in ("--set", "--budget", "--tasks")]
+        return {"common": common, **per}
+    full_args, sub_args = settings({}), settings({"ONLY": "sqdf,best-of-n"})
+    assert set(sub_args) == {"common", "sqdf", "best-of-n"}
+    assert all(sub_args[k] == full_args[k] for k in sub_args) and sub_args["sqdf"]
+    bad = subprocess.run(["bash", "benchmarks/run/reproduce_image_frontier.sh", str(tmp_path / "r"), "1", "--dry-run"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "ONLY": "nosuch"})
+    assert bad.returncode == 2 and "ONLY=nosuch names no method" in bad.stderr

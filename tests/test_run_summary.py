@@ -115,7 +115,7 @@ def test_embedded_knobs_are_settings_of_their_methods():
         assert s["knob"] in resolve_method(method).default_config, (method, s["knob"])
         assert task in S.FRONTIER_RUNS
     script = (ROOT / "benchmarks" / "run" / "reproduce_image_frontier.sh").read_text()
-    for setting in ("updates_per_round=10", "proxy_epochs=30", "--budget 1000", "--seeds 0-2", "run.n_eval=128"):
+    for setting in ("updates_per_round=10", "proxy_epochs=30", "--budget 1000", "SEEDS=${SEEDS:-0-4}", "run.n_eval=128"):
         assert setting in script
     assert "updates_per_round=10, proxy_epochs=30" in S.FRONTIER_SETTINGS["aesthetic-manifold"]
     assert S.FRONTIER_RUNS["aesthetic-manifold"] | {"fd_pretrained": 0} == {

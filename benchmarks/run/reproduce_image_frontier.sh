@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The image-tier reward–KL frontier (issue 12, item 6): every method that fine-tunes or steers the embedded
 # 16x16 UNet on `aesthetic-manifold` (the oracle gives images that leave the natural-patch manifold the worst
-# value a natural patch gets), budget 1000 in 4 rounds, seeds 0-2, each method over the grid rule of
+# value a natural patch gets), budget 1000 in 4 rounds, seeds 0-4 (as the synthetic frontier), each method over the grid rule of
 # benchmarks/run/frontier.py (beta = 0.01, 0.1, 1, 10 for the KL-regularised methods and fk-steering; the knob an
 # agent class declares in `frontier_knob` -- raft's keep_fraction 0.03, 0.1, 0.25, 0.5, diffusion-nft's
 # nft_beta 0.1, 1, 10, 100, rlcm's updates_per_round 2, 5, 10, 20; lr = default x 0.01, 0.1, 1, 10 for the other methods without a KL term) except
@@ -14,6 +14,9 @@
 #
 #   bash benchmarks/run/reproduce_image_frontier.sh [OUT=runs/frontier_image] [WORKERS=2]
 #
+# ONLY=sqdf,adjoint-matching runs a subset of the methods (the same settings, so the same protocol id: the
+# re-make is spread over sessions, the methods a verdict rests on first); SEEDS=0-2 a subset of the seeds.
+#
 # Extra arguments after the first two go to the frontier tool (e.g. --dry-run to list and check every run).
 # Settings common to every method (as the committed `aesthetic` leaderboard): 128 eval draws, the task's 20
 # DDIM steps, and for the fine-tuners 10 updates per round and 30 proxy epochs; the peers refit the same
@@ -24,7 +27,17 @@ WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find d3po rlcm)
 PEERS=(best-of-n svdd fk-steering dts dts-star)
-METHODS=pretrained,$(IFS=,; echo "${TRAINED[*]}"),$(IFS=,; echo "${PEERS[*]}")
+SEEDS=${SEEDS:-0-4}
+if [ -n "${ONLY:-}" ]; then  # keep the listed methods, in the script's order
+    keep() { local m; for m in "$@"; do [[ ",$ONLY," == *",$m,"* ]] && echo "$m"; done; }
+    mapfile -t TRAINED < <(keep "${TRAINED[@]}")
+    mapfile -t PEERS < <(keep "${PEERS[@]}")
+fi
+ALL=()
+[ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",pretrained,"* ]] && ALL+=(pretrained)
+ALL+=("${TRAINED[@]}" "${PEERS[@]}")
+[ ${#ALL[@]} -gt 0 ] || { echo "ONLY=$ONLY names no method of this script" >&2; exit 2; }
+METHODS=$(IFS=,; echo "${ALL[*]}")
 PER_METHOD=()
 for m in "${TRAINED[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
@@ -34,9 +47,13 @@ done
 for m in "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
 done
+GRIDS=()  # candidate counts capped for the image tier (see above)
+for m in best-of-n svdd; do
+    [[ " ${PEERS[*]} " == *" $m "* ]] && GRIDS+=(--grid "$m=2,4,16")
+done
 
-python -m benchmarks.run.frontier --tasks aesthetic-manifold --methods "$METHODS" --budget 1000 --seeds 0-2 \
+python -m benchmarks.run.frontier --tasks aesthetic-manifold --methods "$METHODS" --budget 1000 --seeds "$SEEDS" \
     --out "$OUT" --workers "$WORKERS" --threads 1 --resume --no-progress \
-    --set run.n_eval=128 "${PER_METHOD[@]}" --grid best-of-n=2,4,16 --grid svdd=2,4,16 \
+    --set run.n_eval=128 "${PER_METHOD[@]}" "${GRIDS[@]}" \
     --csv results/frontier_image.csv --plots results/ --leaderboard results/frontier_image_leaderboard.csv \
     --md results/frontier_image_leaderboard.md --runs-csv results/frontier_image_runs.csv "$@"
