@@ -386,6 +386,19 @@ def test_run_verdicts_table_by_hand(tmp_path, capsys):
         fr_md.main([str(csv), "--run-verdicts", "sqdf", "--kl", "10"])
 
 
+def test_left_out_reason_is_read_from_that_tasks_runs():
+    """A method with a path KL on one task and none on another is "no path KL" in the second task's table,
+    whatever it has elsewhere (the reason is read from the table's own task)."""
+    e = pd.DataFrame([{"task": t, "method": "e", "knob": "beta", "value": 1.0, "seed": s, "eval_reward": 1.0,
+                       "path_kl": kl, "normalised_score": 0.1}
+                      for t, kl in (("t", np.nan), ("u", 50.0)) for s in (0, 1, 2)])
+    text = fr_md.run_verdicts(pd.concat([_runs(), _runs().assign(task="u"), e]), "sqdf", kl=10.0)
+    t_part, u_part = text.split("**u**")
+    assert "(no path KL, so no frontier; left out): bo, e." in t_part and "does not reach" not in t_part
+    assert "(no path KL, so no frontier; left out): bo." in u_part
+    assert "(the frontier does not reach this KL; left out): e." in u_part
+
+
 def test_verdict_summary_is_the_per_task_tables_as_one_matrix(tmp_path, capsys):
     runs = pd.concat([_runs(), _runs().assign(task="u")])
     text = fr_md.verdict_summary(runs, "sqdf", kl=10.0)

@@ -44,6 +44,14 @@ def plugin_source() -> str:
     return m.group(1)
 
 
+def canary_verdict(output: str) -> str:
+    """The canary's verdict line of a compare's output ("canary <cell>: identical to ..." or "... inside the
+    committed 95% t-intervals"), not the line that announces it; "" when the compare ran no canary."""
+    lines = [ln.strip().removeprefix("compare: ") for ln in output.splitlines() if ln.strip().startswith("compare: canary")]
+    verdicts = [ln for ln in lines if ":" in ln.removeprefix("canary ")]
+    return verdicts[-1] if verdicts else ""
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf.perf_compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default="myfinetuner:RewardBackprop",
@@ -72,7 +80,7 @@ def main(argv=None) -> None:
                              f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
         runs = len({f.parent for f in out.glob("**/final.json")})
         verdicts = (out / "verdicts.csv").read_text().count("\n") - 1 if (out / "verdicts.csv").exists() else 0
-        canary = next((ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if "canary" in ln.lower()), "")
+        canary = canary_verdict(proc.stdout + proc.stderr)
     target = TARGET_MIN[a.suite]
     shown = "python -m benchmarks.compare --method " + a.method + (f" --tasks {a.tasks}" if a.tasks else "") + \
         f" --workers {a.workers}"

@@ -223,6 +223,14 @@ def _per_seed_and_name(metric: str, kl: Optional[float], per_seed) -> tuple[Call
     return per_seed, getattr(per_seed, "__name__", "per-seed metric")
 
 
+def _task_runs(runs: pd.DataFrame, task: str, budget: Any) -> pd.DataFrame:
+    """The runs of one task (and budget, when not None): the rows one table of :func:`run_verdicts` is about."""
+    keep = runs["task"].astype(str) == task
+    if budget is not None:
+        keep &= runs["budget"] == budget
+    return runs[keep]
+
+
 def _why_empty(runs: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[str]]:
     """Split methods without a per-seed value into (those without any finite path KL: not on the KL axis,
     those with one: their frontier does not reach the metric's KL)."""
@@ -252,7 +260,7 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
                                    f"{_num(v.high, True)}]", _p(v.p_value), _p(v.p_holm), v.n_seeds] for v in rows]),
                   ""]
         lines += [f"- {verdict_sentence(reference, v, what, alpha)}" for v in rows]
-        no_kl, short = _why_empty(runs, empty)
+        no_kl, short = _why_empty(_task_runs(runs, task, budget), empty)
         if no_kl:
             lines.append(f"- No per-seed value (no path KL, so no frontier; left out): {', '.join(no_kl)}.")
         if short:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Commit the records of every finished run under a sweep's output folder, so a re-make spread over sessions
 # keeps what it has done (the sweep is resumable from these files: a run folder with final.json is finished).
-# Only the record files are committed: config.json, rounds.jsonl, final.json, and the seed-0 run's samples.png
+# Only the record files are committed (and the frontier sweep's merged grid plan, _frontier.json): config.json, rounds.jsonl, final.json, and the seed-0 run's samples.png
 # where the run wrote one (the image tier's sample grid: the frontier's sample figure shows the lowest seed's);
 # checkpoints, designs and query logs stay local (results/run_records/.gitignore).
 #
@@ -22,6 +22,7 @@ once() {
         done
         [[ "$d" == *__s0 && -f "$d/samples.png" ]] && paths+=("$d/samples.png")
     done < <(find "$OUT" -name final.json -type f | sort)
+    [ -f "$OUT/_frontier.json" ] && paths+=("$OUT/_frontier.json")  # the sweep's merged grid plan
     [ ${#paths[@]} -gt 0 ] || return 0
     git add -- "${paths[@]}"
     if ! git diff --cached --quiet -- "${paths[@]}"; then

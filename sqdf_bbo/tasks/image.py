@@ -203,13 +203,11 @@ def images_as_uint8(designs: Tensor) -> np.ndarray:
 def render_image_panels(designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None,
                         reference_label: str = "pretrained", ncol: int = 8) -> None:
     """A PNG with a grid of ``designs`` (B, 3, H, W) in [0, 1] and, if given, a grid of ``reference`` beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no figure manager
 
     panels = [("samples", designs)] + ([(reference_label, reference)] if reference is not None else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 4.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, d) in zip(axes[0], panels):
         ax.imshow(image_grid(d, ncol=ncol), interpolation="nearest")
         ax.set_title(name, fontsize=9)
@@ -218,7 +216,6 @@ def render_image_panels(designs: Tensor, path: str, title: str = "", reference: 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
 
 
 def image_grid(images: Tensor, ncol: int = 8, pad: int = 1) -> np.ndarray:

@@ -192,10 +192,7 @@ class SyntheticTask(Task):
 
     def render(self, designs: Tensor, path: str, title: str = "", reference: Optional[Tensor] = None) -> None:
         """Scatter of designs projected on the prior means' top-2 principal axes over the prior density."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global backend, no figure manager
 
         means = self.prior.means.double()
         centre = means.mean(0)
@@ -209,7 +206,8 @@ class SyntheticTask(Task):
         gx, gy = np.meshgrid(np.linspace(lo_[0], hi_[0], 200), np.linspace(lo_[1], hi_[1], 200))
         s2 = self.prior.std**2  # isotropic: the 2-D marginal along orthonormal axes is a GMM with the same std
         dens = sum(np.exp(-((gx - m[0]) ** 2 + (gy - m[1]) ** 2) / (2 * s2)) for m in pm) / (len(pm) * 2 * np.pi * s2)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
         ax.contourf(gx, gy, dens, levels=12, cmap="Greys")
         if reference is not None:
             r = proj(torch.as_tensor(reference))
@@ -221,7 +219,6 @@ class SyntheticTask(Task):
         ax.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
 
 
 @lru_cache(maxsize=None)
