@@ -1,5 +1,5 @@
 """AlignProp and DRaFT (full, K, 1, LV): gradients against central finite differences of an independently
-written DDIM chain on tiny float64 models (spec baselines.md §2-3 tests)."""
+written DDIM chain on tiny float64 models."""
 from __future__ import annotations
 
 import pytest
@@ -192,7 +192,7 @@ def test_draft_lv_equals_autograd_of_renoised_last_step():
 
 
 def test_draft_lv_variance_drops_with_n():
-    """Gradient variance of the LV estimator falls roughly like 1/n (spec §3 test c)."""
+    """Gradient variance of the LV estimator falls roughly like 1/n (a Monte Carlo check of the estimator's variance)."""
     model = TinyEps(DIM, 3, seed=5).requires_grad_(True)
     sched = DDIMSchedule.from_scheduler(model.scheduler, N, 1.0)
     x_bar = torch.full((1, DIM), 0.3, dtype=torch.float64)

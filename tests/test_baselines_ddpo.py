@@ -1,4 +1,4 @@
-"""DDPO-IS / DDPO-SF math (spec baselines.md §1 tests a, b, c, d, f) on tiny float64 models."""
+"""DDPO-IS / DDPO-SF math on tiny float64 models."""
 from __future__ import annotations
 
 import pytest
@@ -130,8 +130,8 @@ def test_agent_uses_tracker_only_for_prompts():
 
 def test_sf_gradient_matches_pathwise_gradient():
     """1-D chain, r(x) = x_N: the Monte-Carlo score-function gradient (DDPO-SF's estimator, per-step
-    log-probs from step_log_probs) matches the pathwise derivative of E[x_N] within 4 standard errors
-    (spec §1 test b). Checked for the per-step biases of the first three steps (s_k >= 0.28); the last two
+    log-probs from step_log_probs) matches the pathwise derivative of E[x_N] within 4 standard errors.
+    Checked for the per-step biases of the first three steps (s_k >= 0.28); the last two
     steps have s_k < 0.01, where the score-function variance ~ 1/s_k² is too large for any test."""
     sched0 = DDIMSchedule.from_scheduler(TinyEps().scheduler, N, 1.0)
     model = PerStepEps(sched0.timesteps, dim=1, seed=3).requires_grad_(True)

@@ -36,7 +36,7 @@ def test_kl_formula_against_monte_carlo_and_quadrature(N):
     assert abs(quad - best_of_n_kl(N)) < 1e-7
     assert abs(mc - best_of_n_kl(N)) < 4 * np.std(math.log(N) + (N - 1) * stats.norm.logcdf(s_max)) / math.sqrt(len(s_max))
     if N == 8:
-        assert best_of_n_kl(8) == pytest.approx(1.2044, abs=1e-4)  # spec peers.md §1
+        assert best_of_n_kl(8) == pytest.approx(1.2044, abs=1e-4)  # log N - (N-1)/N at N = 8 (docs/methods/best-of-n.md)
 
 
 def test_agent_proposes_the_proxy_best_of_its_own_draws():

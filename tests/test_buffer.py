@@ -1,4 +1,4 @@
-"""Replay buffer: sampling frequencies vs the spec §5 formulas, ring capacity, disk mode, errors."""
+"""Replay buffer: sampling frequencies vs the sampling formulas of docs/methods/sqdf.md, ring capacity, disk mode, errors."""
 import numpy as np
 import pytest
 import torch

@@ -66,7 +66,7 @@ def test_boundary_coefficients():
     cm = ConsistencyModel(load_mlp("ackley", lo.float(), hi.float()))
     c_skip, c_out = cm.boundary_coefficients(torch.tensor([0, 1, 19, 999]))
     assert float(c_skip[0]) == 1.0 and float(c_out[0]) == 0.0  # f(x, 0) = x
-    assert float(c_skip[2]) < 7e-6 and float(c_out[2]) > 0.999996  # spec §4 values at τ' = 19
+    assert float(c_skip[2]) < 7e-6 and float(c_out[2]) > 0.999996  # the consistency model's boundary coefficients at τ' = 19
     x = torch.randn(4, 8)
     torch.testing.assert_close(cm(x, torch.zeros(4, dtype=torch.long)), x)
 

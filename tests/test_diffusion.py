@@ -70,11 +70,12 @@ def test_eta_out_of_range_and_bad_steps_rejected():
 
 # ---- spec fixtures ---------------------------------------------------------------------------------
 def test_sd15_fixtures_from_spec():
-    """baselines.md §0 and sqdf.md §3 (SD1.5, N=50, eta=1)."""
+    """Stable Diffusion 1.5's schedule (scaled-linear betas 0.00085..0.012, 1000 steps) at N=50, eta=1: DDIM
+    coefficients computed by hand in float64 (docs/methods/sqdf.md gives the formulas)."""
     sch = DDIMSchedule.from_scheduler(_sched(SD15), 50, eta=1.0)
     assert sch.timesteps[:3].tolist() == [981, 961, 941] and sch.timesteps[-1] == 1
     k = {int(t): i for i, t in enumerate(sch.timesteps)}
-    fx = {  # tau: (a, a_prev, s, A, C) with None where the spec gives no value
+    fx = {  # tau: (a, a_prev, s, A, C) with None where no value was computed
         981: (0.005776, 0.007282, 0.454463, 1.122852, -0.232936),
         501: (None, None, 0.294785, None, -0.111188),
         1: (0.998296, 0.999150, 0.020648, None, -0.020714),
@@ -84,12 +85,12 @@ def test_sd15_fixtures_from_spec():
         for name, table, v in zip(("a", "a_prev", "s", "A", "C"), got, vals):
             if v is not None:
                 assert float(table[k[tau]]) == pytest.approx(v, abs=1e-5), (tau, name)
-    # (C/s)^2 from sqdf.md §3. The spec computed alphas_cumprod in float64 from the betas; diffusers
+    # (C/s)^2, the soft-Q target's weight. The hand values computed alphas_cumprod in float64 from the betas; diffusers
     # stores them in float32, which moves (C/s)^2 by up to 4.5e-5 relative at tau=1 (cancellation in C).
     ratio = {981: 0.262709, 961: 0.254400, 501: 0.142268, 481: 0.141139, 21: 10.724235, 1: 1.006388}
     for tau, v in ratio.items():
         assert float((sch.coef_eps[k[tau]] / sch.std[k[tau]]) ** 2) == pytest.approx(v, rel=1e-4), tau
-    # ... and the same formulas on float64 alphas_cumprod reproduce the spec to 1e-6
+    # ... and the same formulas on float64 alphas_cumprod reproduce the hand values to 1e-6
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     acp = torch.cumprod(1 - betas, 0)
     for tau, v in ratio.items():

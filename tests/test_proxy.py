@@ -128,8 +128,8 @@ def test_settings_are_typed_and_checked_once_where_built():
 
 
 def test_laion_architecture_matches_the_oracle_head():
-    """proxy_arch=laion: 768 -> 1024 -> 128 -> 64 -> 16 -> 1, dropout 0.2/0.2/0.1, no activations
-    (spec sqdf.md §6): per head the parameter count of that stack, and the net is affine in eval mode."""
+    """proxy_arch=laion: 768 -> 1024 -> 128 -> 64 -> 16 -> 1, dropout 0.2/0.2/0.1, no activations:
+    per head the parameter count of that stack, and the net is affine in eval mode."""
     from sqdf_bbo.proxy.mlp import EnsembleMLP
 
     net = EnsembleMLP(2, 768, arch="laion", generator=torch.Generator().manual_seed(0)).eval()

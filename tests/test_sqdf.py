@@ -1,4 +1,4 @@
-"""SQDF math against independent computations (spec sqdf.md §3) and the decisive Gaussian/linear-reward
+"""SQDF math against independent computations and the decisive Gaussian/linear-reward
 test: fine-tuning reaches the KL-regularised optimum p* ∝ p_ref exp(r/α) in closed form."""
 
 import pytest

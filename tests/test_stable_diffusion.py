@@ -218,7 +218,7 @@ def test_cm_fused_equals_toggled_and_by_hand(bb, weights):
         f_fused = bb.consistency_x0(z, t, PROMPTS)
         f_tog = toggled.consistency_x0(z, t, PROMPTS)
     assert torch.allclose(f_fused, f_tog, atol=1e-5)
-    # by hand: a fresh UNet + the LoRA file through peft directly, conditional only, spec §4 formula
+    # by hand: a fresh UNet + the LoRA file through peft directly, conditional only, the LoRA update W + (alpha/r) B A
     unet = UNet2DConditionModel.from_pretrained(weights["sd_path"], subfolder="unet").eval()
     sd = {k[len("unet."):]: v for k, v in load_file(os.path.join(weights["lcm_lora_path"],
                                                                   "pytorch_lora_weights.safetensors")).items()}

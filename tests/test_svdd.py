@@ -20,7 +20,7 @@ def one_step(M: int, rows: int, alpha: float, g: float = 1.0, seed: int = 0) -> 
 
 
 def test_argmax_step_is_best_of_m():
-    """α = 0: the chosen z' is the max of M standard normals, mean 1.8675 for M = 20 (peers.md §2 test a)."""
+    """α = 0: the chosen z' is the max of M standard normals, mean 1.8675 for M = 20 (the expected maximum of M standard normals)."""
     x = one_step(20, 40_000, 0.0)
     assert abs(float(x.mean()) - 1.8675) < 4 * float(x.std()) / math.sqrt(len(x))
 
