@@ -56,6 +56,10 @@ SLOW_TESTS = {
     "test_rlcm.py": {"test_cli_runs_on_vector_and_image_tiers"},
     "test_protocol.py": {"test_golden_fingerprints_match_the_committed_values"},
     "test_hostile.py": {
+        # one CLI run per case (~2 s each): the agent's exit at each call and each malformed design
+        "test_an_agent_exit_is_a_failure_naming_the_call_and_the_folder_resumes",
+        "test_bad_designs_are_refused_in_one_line",
+        "test_an_edited_journal_is_refused_on_resume_not_blamed_on_the_agent",
         "test_resume_refuses_other_settings",
         "test_two_processes_on_one_folder",
         "test_an_agent_that_overwrites_every_tensor_it_gets_changes_no_evaluation",
@@ -79,6 +83,22 @@ SLOW_TESTS = {
         "test_a_synthetic_run_without_lora_never_imports_diffusers_or_peft",
         "test_perf_startup_row_and_append",
     },
+    # whole runs in fresh interpreters (each pays the ~2 s start-up), a resume, every generated block
+    "test_noise_scheduler.py": {"test_a_synthetic_run_does_not_import_diffusers"},
+    "test_generated_blocks.py": {"test_repository_blocks_are_current"},
+    "test_progress.py": {"test_a_resumed_run_predicts_from_its_recorded_rounds"},
+    "test_lean_lora.py": {
+        "test_a_vector_tier_fine_tuning_run_never_imports_peft",
+        "test_a_short_sqdf_run_gives_the_numbers_it_gave_under_peft",
+    },
+    "test_plot.py": {"test_all_figures_render", "test_cli_two_budgets_and_all_samples"},
+    "test_image_manifold.py": {"test_initial_noise_matches_the_forward_marginal_and_every_sampler_uses_it"},
+    "test_frontier.py": {"test_runs_csv_rebuilds_the_tables_and_plots_without_the_run_folders"},
+    "test_until_decided.py": {"test_bonferroni_over_looks_keeps_the_false_positive_rate_at_most_five_percent"},
+    "test_dts.py": {"test_cli_runs_on_vector_and_image_tiers"},
+    "test_find.py": {"test_cli_runs_on_vector_and_image_tiers"},
+    "test_distributed.py": {"test_two_process_gradients_equal_union_batch"},  # two processes
+    "test_perf_sd.py": {"test_perf_sd_tiny_cpu"},  # a perf script's whole run
 }
 
 
