@@ -116,10 +116,10 @@ SUITES: dict[str, Suite] = {
         "synthetic", "results/frontier_runs.csv", "benchmarks/run/reproduce_frontier.sh", ("run.n_eval=128",),
         {"num_steps": 10, "updates_per_round": 20, "proxy_epochs": 30},
         {"qlognei": ("q_chunk=32", "num_restarts=4", "raw_samples=256", "maxiter=50", "mc_samples=128")},
-        runs_root="runs/frontier"),
+        runs_root="results/run_records/frontier_b1000"),
     "image": Suite(
         "image", "results/frontier_image_runs.csv", "benchmarks/run/reproduce_image_frontier.sh", ("run.n_eval=128",),
-        {"updates_per_round": 10, "proxy_epochs": 30}, count_grid=(2, 4, 16), runs_root="runs/frontier_image",
+        {"updates_per_round": 10, "proxy_epochs": 30}, count_grid=(2, 4, 16), runs_root="results/run_records/frontier_image_b1000",
         samples=True),
 }
 

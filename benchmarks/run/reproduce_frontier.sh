@@ -12,12 +12,16 @@
 #   python -m benchmarks.run.frontier --from-runs results/frontier_runs.csv --csv results/frontier.csv \
 #       --plots results/ --leaderboard results/frontier_leaderboard.csv --md results/frontier_leaderboard.md
 #
-#   bash benchmarks/run/reproduce_frontier.sh [OUT=runs/frontier] [WORKERS=2]
+#   bash benchmarks/run/reproduce_frontier.sh [OUT=results/run_records/frontier_b1000] [WORKERS=2]
+#
+# The default OUT is the committed run records' folder: finished runs are skipped, so the script then
+# rebuilds the tables from them and runs only what is missing (commit what it adds with
+# benchmarks/run/commit_records.sh). Give another OUT to re-run everything.
 #
 # Extra arguments after the first two go to the sweep (e.g. --dry-run to list the runs and check every
 # setting without running anything).
 set -euo pipefail
-OUT=${1:-runs/frontier}
+OUT=${1:-results/run_records/frontier_b1000}
 WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TASKS=ackley-manifold,levy-manifold,rastrigin-manifold,levy

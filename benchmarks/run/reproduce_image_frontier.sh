@@ -12,17 +12,21 @@
 # goes to results/frontier_image_runs.csv, from which `python -m benchmarks.run.frontier --from-runs` rebuilds
 # the tables and the frontier plot (the samples figure needs the run folders).
 #
-#   bash benchmarks/run/reproduce_image_frontier.sh [OUT=runs/frontier_image] [WORKERS=2]
+#   bash benchmarks/run/reproduce_image_frontier.sh [OUT=results/run_records/frontier_image_b1000] [WORKERS=2]
 #
 # ONLY=sqdf,adjoint-matching runs a subset of the methods (the same settings, so the same protocol id: the
 # re-make is spread over sessions, the methods a verdict rests on first); SEEDS=0-2 a subset of the seeds.
+#
+# The default OUT is the committed run records' folder: finished runs are skipped, so the script then
+# rebuilds the tables from them and runs only what is missing (commit what it adds with
+# benchmarks/run/commit_records.sh). Give another OUT to re-run everything.
 #
 # Extra arguments after the first two go to the frontier tool (e.g. --dry-run to list and check every run).
 # Settings common to every method (as the committed `aesthetic` leaderboard): 128 eval draws, the task's 20
 # DDIM steps, and for the fine-tuners 10 updates per round and 30 proxy epochs; the peers refit the same
 # proxy with 30 epochs.
 set -euo pipefail
-OUT=${1:-runs/frontier_image}
+OUT=${1:-results/run_records/frontier_image_b1000}
 WORKERS=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find d3po rlcm)
