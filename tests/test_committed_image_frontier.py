@@ -102,3 +102,28 @@ def test_reproduce_script_runs_a_subset_with_the_same_settings(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "ONLY": "nosuch"})
     assert bad.returncode == 2 and "ONLY=nosuch names no method" in bad.stderr
+
+
+def test_committed_image_runs_are_the_records_of_complete_methods(tmp_path):
+    """results/frontier_image_runs.csv (the re-make on the current protocol, one row per run) is what the
+    frontier tool writes from the committed run records for the methods it holds, and holds only methods
+    whose every planned grid point finished at the script's 5 seeds, under one protocol id per point."""
+    committed = ROOT / "results" / "frontier_image_runs.csv"
+    records = ROOT / "results" / "run_records" / "frontier_image_b1000"
+    runs = pd.read_csv(committed)
+    methods = sorted(set(runs["method"]))
+    assert "pretrained" in methods and "sqdf" in methods
+    rebuilt = tmp_path / "runs.csv"
+    assert fr.main(["--report-only", "--out", str(records), "--budget", "1000", "--methods", ",".join(methods),
+                    "--runs-csv", str(rebuilt), "--csv", str(tmp_path / "points.csv"), "--plots", "",
+                    "--leaderboard", str(tmp_path / "board.csv")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(rebuilt), runs)
+    capped = [f"{m}=2,4,16" for m in ("best-of-n", "svdd") if m in methods]  # the script's image-tier grid
+    plans = fr.plan_grid([m for m in methods if m != "pretrained"], capped)
+    for m, g in runs.groupby("method"):
+        points = {"default"} if m == "pretrained" else {plans[m].folder(v).split("__", 1)[1] for v in plans[m].values}
+        folders = g["run_dir"].str.split("/").str[0].str.split("__", n=1).str[1]
+        assert set(folders) == points, m
+        for _, cell in g.groupby(folders):
+            assert sorted(cell["seed"]) == [0, 1, 2, 3, 4] and cell["protocol"].nunique() == 1, m
+    assert runs["task"].eq("aesthetic-manifold").all() and runs["budget"].eq(1000).all()
