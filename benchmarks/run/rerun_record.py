@@ -69,7 +69,10 @@ def check(record: Path, threads: int = 1) -> list[str]:
     """Differences between ``record`` and a fresh run of its config (empty: identical)."""
     config = json.loads((record / "config.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        # the thread variables a sweep's worker sets (benchmarks/run/sweep.py): numpy's BLAS too, which the
+        # Fréchet distance's matrix products use
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   OPENBLAS_NUM_THREADS=str(threads))
         proc = subprocess.run(rerun_command(config, Path(tmp)), capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             return [f"the re-run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"]
