@@ -185,10 +185,10 @@ def verdict_sentence(reference: str, v: stats.Verdict, what: str, alpha: float =
 
 
 def _task_verdicts(runs: pd.DataFrame, reference: str, per_seed: Callable[[pd.DataFrame], pd.Series], test: str,
-                   alpha: float) -> list[tuple[str, Any, list[stats.Verdict], list[str]]]:
+                   alpha: float) -> list[tuple[str, Any, list[stats.Verdict], list[str], pd.DataFrame]]:
     """Per task (and budget, when the runs have one): (task, budget or None, verdict rows sorted by effect,
-    methods without a per-seed value). The pretrained model is left out; tasks without ``reference`` are
-    skipped."""
+    methods without a per-seed value, that task's runs). The pretrained model is left out; tasks without
+    ``reference`` are skipped."""
     keys = ["task", "budget"] if "budget" in runs.columns else ["task"]
     out = []
     for key, g in runs.groupby(keys, sort=True):
@@ -206,7 +206,7 @@ def _task_verdicts(runs: pd.DataFrame, reference: str, per_seed: Callable[[pd.Da
                 empty.append(m)
         rows = sorted(stats.verdict_table(ref, others, test, alpha),  # tested rows by effect, then untested
                       key=lambda v: (v.n_seeds < 2, -v.effect if not math.isnan(v.effect) else 0.0, v.other))
-        out.append((str(key[0]), key[1] if len(key) > 1 else None, rows, empty))
+        out.append((str(key[0]), key[1] if len(key) > 1 else None, rows, empty, g))
     if not out:
         raise SystemExit(f"error: no task in the runs has method {reference!r}")
     return out
@@ -221,14 +221,6 @@ def _per_seed_and_name(metric: str, kl: Optional[float], per_seed) -> tuple[Call
         return (partial(seed_values, metric=metric, kl=kl),
                 f"best {metric} within {kl:g} nats" if kl is not None else metric)
     return per_seed, getattr(per_seed, "__name__", "per-seed metric")
-
-
-def _task_runs(runs: pd.DataFrame, task: str, budget: Any) -> pd.DataFrame:
-    """The runs of one task (and budget, when not None): the rows one table of :func:`run_verdicts` is about."""
-    keep = runs["task"].astype(str) == task
-    if budget is not None:
-        keep &= runs["budget"] == budget
-    return runs[keep]
 
 
 def _why_empty(runs: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[str]]:
@@ -252,7 +244,7 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
     per_seed, what = _per_seed_and_name(metric, kl, per_seed)
     test_name = "paired t-test" if test == "t" else "exact sign-flip test"
     lines = []
-    for task, budget, rows, empty in _task_verdicts(runs, reference, per_seed, test, alpha):
+    for task, budget, rows, empty, task_runs in _task_verdicts(runs, reference, per_seed, test, alpha):
         lines += [f"**{_title(task, budget)}**: {reference} against each method on {what}, per seed, paired over common seeds "
                   f"({test_name}, Holm across the table, alpha = {alpha:g})", "",
                   markdown_table(["method", "verdict", "effect [95 % CI]", "p", "p (Holm)", "seeds"],
@@ -260,7 +252,7 @@ def run_verdicts(runs: pd.DataFrame, reference: str, metric: str = "normalised_s
                                    f"{_num(v.high, True)}]", _p(v.p_value), _p(v.p_holm), v.n_seeds] for v in rows]),
                   ""]
         lines += [f"- {verdict_sentence(reference, v, what, alpha)}" for v in rows]
-        no_kl, short = _why_empty(_task_runs(runs, task, budget), empty)
+        no_kl, short = _why_empty(task_runs, empty)
         if no_kl:
             lines.append(f"- No per-seed value (no path KL, so no frontier; left out): {', '.join(no_kl)}.")
         if short:
@@ -284,16 +276,16 @@ def verdict_summary(runs: pd.DataFrame, reference: str, metric: str = "normalise
     :func:`summary_cell`; a last line counts above / below / undecided and names the seeds."""
     per_seed, what = _per_seed_and_name(metric, kl, per_seed)
     tasks = _task_verdicts(runs, reference, per_seed, test, alpha)
-    budgets = {budget for _, budget, _, _ in tasks}
+    budgets = {budget for _, budget, *_ in tasks}
     one_budget = len(budgets) == 1 and None not in budgets  # say it once, not in every column
-    columns = [task if one_budget else _title(task, budget) for task, budget, _, _ in tasks]
+    columns = [task if one_budget else _title(task, budget) for task, budget, *_ in tasks]
     if one_budget:
         what = f"{what} (budget {budgets.pop()})"
     cells: dict[str, dict[str, str]] = {}
     counts = {"above": 0, "below": 0, "undecided": 0}
     seeds = set()
     left_out = set()
-    for column, (_, _, rows, empty) in zip(columns, tasks):
+    for column, (_, _, rows, empty, _) in zip(columns, tasks):
         for v in rows:
             cells.setdefault(v.other, {})[column] = summary_cell(v)
             counts[v.verdict if v.n_seeds >= 2 else "undecided"] += 1
@@ -327,7 +319,7 @@ def earlier_findings(runs: pd.DataFrame, findings: pd.DataFrame, test: str = "t"
     now: dict[tuple[str, str, str, str], stats.Verdict] = {}
     for (metric, reference), _ in findings.groupby(["metric", "reference"], sort=True):
         per_seed = frontier_metric(metric)
-        for task, _, rows, _ in _task_verdicts(runs, reference, per_seed, test, alpha):
+        for task, _, rows, *_ in _task_verdicts(runs, reference, per_seed, test, alpha):
             now.update({(metric, reference, task, v.other): v for v in rows})
     out = []
     for _, f in findings.iterrows():

@@ -14,8 +14,9 @@ OUT=${1:?usage: commit_records.sh OUT MESSAGE [EVERY_S]}
 MSG=${2:?usage: commit_records.sh OUT MESSAGE [EVERY_S]}
 EVERY=${3:-}
 once() {
-    local paths=() f d
+    local paths=() f d n=0
     while IFS= read -r f; do
+        n=$((n + 1))
         d=$(dirname "$f")
         for name in config.json rounds.jsonl final.json; do
             [ -f "$d/$name" ] && paths+=("$d/$name")
@@ -26,8 +27,6 @@ once() {
     [ ${#paths[@]} -gt 0 ] || return 0
     git add -- "${paths[@]}"
     if ! git diff --cached --quiet -- "${paths[@]}"; then
-        local n
-        n=$(find "$OUT" -name final.json -type f | wc -l)
         git commit -q -m "$MSG: records of $n finished runs (resumable from $OUT)" -- "${paths[@]}"
         echo "$(date -u +%H:%M:%S) committed, $n finished runs"
     fi

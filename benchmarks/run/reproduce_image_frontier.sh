@@ -32,14 +32,11 @@ shift $(( $# > 2 ? 2 : $# ))
 TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find d3po rlcm)
 PEERS=(best-of-n svdd fk-steering dts dts-star)
 SEEDS=${SEEDS:-0-4}
-if [ -n "${ONLY:-}" ]; then  # keep the listed methods, in the script's order
-    keep() { local m; for m in "$@"; do [[ ",$ONLY," == *",$m,"* ]] && echo "$m"; done; }
-    mapfile -t TRAINED < <(keep "${TRAINED[@]}")
-    mapfile -t PEERS < <(keep "${PEERS[@]}")
-fi
-ALL=()
-[ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",pretrained,"* ]] && ALL+=(pretrained)
-ALL+=("${TRAINED[@]}" "${PEERS[@]}")
+# the arguments that ONLY= keeps (all of them without ONLY=), in their order
+keep() { local m; for m in "$@"; do [[ -z "${ONLY:-}" || ",$ONLY," == *",$m,"* ]] && echo "$m"; done; return 0; }
+mapfile -t TRAINED < <(keep "${TRAINED[@]}")
+mapfile -t PEERS < <(keep "${PEERS[@]}")
+mapfile -t ALL < <(keep pretrained "${TRAINED[@]}" "${PEERS[@]}")
 [ ${#ALL[@]} -gt 0 ] || { echo "ONLY=$ONLY names no method of this script" >&2; exit 2; }
 METHODS=$(IFS=,; echo "${ALL[*]}")
 PER_METHOD=()
@@ -52,8 +49,8 @@ for m in "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
 done
 GRIDS=()  # candidate counts capped for the image tier (see above)
-for m in best-of-n svdd; do
-    [[ " ${PEERS[*]} " == *" $m "* ]] && GRIDS+=(--grid "$m=2,4,16")
+for m in $(keep best-of-n svdd); do
+    GRIDS+=(--grid "$m=2,4,16")
 done
 
 python -m benchmarks.run.frontier --tasks aesthetic-manifold --methods "$METHODS" --budget 1000 --seeds "$SEEDS" \

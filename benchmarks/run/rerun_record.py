@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.run.sweep import THREAD_VARS
+
 #: keys whose values are measurements of the machine, not results
 VOLATILE = ("wall_time_s", "peak_mem_mb", "run_dir", "round_wall_s", "time_s", "_s")
 
@@ -69,10 +71,7 @@ def check(record: Path, threads: int = 1) -> list[str]:
     """Differences between ``record`` and a fresh run of its config (empty: identical)."""
     config = json.loads((record / "config.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        # the thread variables a sweep's worker sets (benchmarks/run/sweep.py): numpy's BLAS too, which the
-        # Fréchet distance's matrix products use
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   OPENBLAS_NUM_THREADS=str(threads))
+        env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})  # as a sweep's worker sets them
         proc = subprocess.run(rerun_command(config, Path(tmp)), capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             return [f"the re-run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"]

@@ -162,8 +162,12 @@ def build_grid(tasks, methods, seeds, budgets, out, sets, method_sets, resume, t
 
 
 # ---- executing one run (in a worker process or a submitit job) ----------------------------------
+#: the thread-count variables a worker sets before torch and numpy load (torch's OpenMP, MKL, numpy's BLAS)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _set_threads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ[var] = str(threads)
     import torch
 
