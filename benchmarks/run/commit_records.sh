@@ -21,7 +21,7 @@ once() {
         for name in config.json rounds.jsonl final.json; do
             [ -f "$d/$name" ] && paths+=("$d/$name")
         done
-        [[ "$d" == *__s0 && -f "$d/samples.png" ]] && paths+=("$d/samples.png")
+        [[ "$d" == *__s0 && -f "$d/samples.png" ]] && ! git check-ignore -q "$d/samples.png" && paths+=("$d/samples.png")
     done < <(find "$OUT" -name final.json -type f | sort)
     [ -f "$OUT/_frontier.json" ] && paths+=("$OUT/_frontier.json")  # the sweep's merged grid plan
     [ ${#paths[@]} -gt 0 ] || return 0
