@@ -1,7 +1,12 @@
 """Optimistic proxies: UCB bonus vs numpy, bootstrap resamples, best-epoch restore, rank correlation."""
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 from sqdf_bbo.proxy import ProxySettings, fit_proxy, proxy_settings
@@ -153,3 +158,27 @@ def test_laion_proxy_fits_and_validates_without_dropout():
     assert not proxy.training and stats["val_spearman"] > 0.8
     with pytest.raises(ValueError, match="proxy_arch='resnet' must be one of"):
         proxy_settings({"proxy_arch": "resnet"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(3, 40).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(-4, 4), min_size=n, max_size=n), st.lists(st.floats(-1e3, 1e3), min_size=n, max_size=n))))
+def test_spearman_equals_scipy_bit_for_bit(pair):
+    """The numpy Spearman (average ranks, then Pearson) is scipy.stats.spearmanr's number exactly, ties included
+    (the integers repeat); constant inputs give nan in both."""
+    from sqdf_bbo.proxy import average_ranks, spearman
+    a, b = (np.asarray(x, dtype=float) for x in pair)
+    from scipy.stats import rankdata
+    assert np.array_equal(average_ranks(a), rankdata(a)) and np.array_equal(average_ranks(b), rankdata(b))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = float(spearmanr(a, b).statistic)
+    got = spearman(a, b)
+    assert (math.isnan(got) and math.isnan(want)) or got == want
+
+
+def test_spearman_is_nan_on_non_finite_or_short_input():
+    from sqdf_bbo.proxy import spearman
+    assert math.isnan(spearman(np.array([1.0, 2.0]), np.array([2.0, 1.0])))
+    assert math.isnan(spearman(np.array([1.0, np.nan, 3.0]), np.array([1.0, 2.0, 3.0])))
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == -1.0

@@ -12,9 +12,11 @@ of the start-up from inside: ``import sqdf_bbo.run``, the package versions recor
 (``sqdf_bbo.harness.persist._versions``) and the PNG renders (the runner's ``render`` phase, through
 ``RunCallbacks``). ``fixed_s`` is the child's wall time (measured
 outside, interpreter start included) minus the run's own ``wall_time_s`` (final.json: the timed rounds).
-``floor_s`` is the wall time of a fresh interpreter that only imports torch and BoTorch's test functions
-(``FLOOR_CODE``): what a synthetic run cannot start without, so the part of ``fixed_s`` no change to the
-harness can remove.
+Two floors, each the wall time of a fresh interpreter doing only what a synthetic run cannot start without:
+``floor_torch_s`` imports torch and makes one ``torch.optim`` optimizer (the first one imports torch's
+compiler stack, ``torch._dynamo``: every fine-tuner and the proxy make one) (``FLOOR_TORCH_CODE``);
+``floor_s`` also imports BoTorch's test functions (``FLOOR_CODE``; they import gpytorch and scipy). So
+``fixed_s - floor_s`` is the part of the fixed cost that a change to the harness can remove.
 The printed row is the median over repeats of each timing, with the command, the CPU model and the
 1-minute load average before and after: on a shared machine (load above the number of cores) every
 number overstates the cost. ``--append`` adds the row to ``results/perf_startup.csv``.
@@ -35,11 +37,13 @@ from benchmarks.common.provenance import load_average, provenance
 from benchmarks.perf.results_csv import emit_row
 
 COLUMNS = ["task", "method", "budget", "rounds", "threads", "repeats", "wall_s", "run_wall_s", "fixed_s",
-           "import_run_s", "versions_s", "render_s", "floor_s", "target_fixed_s", "meets_target", "load_before",
+           "import_run_s", "versions_s", "render_s", "floor_torch_s", "floor_s", "target_fixed_s", "meets_target", "load_before",
            "load_after", "command", "machine", "git_commit"]
 TARGET_FIXED_S = 2.0
-#: the imports a synthetic run cannot do without: torch, and the tasks' test functions (BoTorch, with scipy)
-FLOOR_CODE = "import torch; import botorch.test_functions.synthetic"
+#: what a synthetic run cannot do without: torch and its first optimizer (which imports torch._dynamo) ...
+FLOOR_TORCH_CODE = "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])"
+#: ... and the tasks' test functions (BoTorch, with gpytorch and scipy)
+FLOOR_CODE = FLOOR_TORCH_CODE + "; import botorch.test_functions.synthetic"
 
 #: the child: sqdf_bbo.run.main(argv) (what ``python -m sqdf_bbo.run`` calls), with three parts timed
 _CHILD = """
@@ -92,11 +96,13 @@ def run_once(task: str, method: str, budget: int, rounds: int, threads: int, ext
             raise SystemExit(f"run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         final = json.loads(next(Path(tmp).glob("*/final.json")).read_text())
         parts = json.loads(parts_path.read_text())
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", FLOOR_CODE], env=env, check=True)
-    floor = time.perf_counter() - t0
+    floors = {}
+    for key, floor_code in (("floor_torch_s", FLOOR_TORCH_CODE), ("floor_s", FLOOR_CODE)):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", floor_code], env=env, check=True)
+        floors[key] = time.perf_counter() - t0
     return {"wall_s": wall, "run_wall_s": float(final["wall_time_s"]),
-            "fixed_s": wall - float(final["wall_time_s"]), **parts, "floor_s": floor}
+            "fixed_s": wall - float(final["wall_time_s"]), **parts, **floors}
 
 
 def measure(task: str = "levy", method: str = "sqdf", budget: int = 64, rounds: int = 1, threads: int = 1,
