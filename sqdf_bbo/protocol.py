@@ -196,11 +196,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def blas_threads() -> Optional[int]:
+    """Threads of the BLAS library numpy computes with (threadpoolctl; the largest if several are loaded), or
+    None when none is loaded or threadpoolctl is missing. The count changes the rounding of large matrix
+    products (e.g. a Fréchet distance's covariances), so a bit-for-bit re-run needs the same."""
+    try:
+        import numpy  # noqa: F401  (loads the BLAS library threadpoolctl inspects)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
 def machine_record() -> dict:
-    """What config.json records about the machine: CPU model and torch threads."""
+    """What config.json records about the machine: CPU model, torch threads and numpy's BLAS threads."""
     import torch
 
-    return {"cpu_model": cpu_model(), "torch_threads": torch.get_num_threads()}
+    return {"cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(), "blas_threads": blas_threads()}
 
 
 # ---- golden fingerprints -----------------------------------------------------------------------

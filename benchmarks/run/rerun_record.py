@@ -67,11 +67,26 @@ def rerun_command(config: dict, out: Path) -> list[str]:
     return cmd
 
 
+def rerun_env(config: dict, threads: int = 1) -> dict[str, str]:
+    """The re-run's environment: ``threads`` for torch's OpenMP and MKL, as a sweep's worker sets them, and
+    numpy's BLAS at the record's ``blas_threads``. A record without it (made before it was recorded) ran
+    with the BLAS library's default, the machine's core count: a sweep's worker imported numpy before it
+    limited its threads. The BLAS count only changes the rounding of large matrix products (the image
+    tier's Fréchet distance), never what is computed."""
+    env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})
+    blas = config.get("blas_threads")
+    if blas is None:
+        env.pop("OPENBLAS_NUM_THREADS", None)
+    else:
+        env["OPENBLAS_NUM_THREADS"] = str(int(blas))
+    return env
+
+
 def check(record: Path, threads: int = 1) -> list[str]:
     """Differences between ``record`` and a fresh run of its config (empty: identical)."""
     config = json.loads((record / "config.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})  # as a sweep's worker sets them
+        env = rerun_env(config, threads)
         proc = subprocess.run(rerun_command(config, Path(tmp)), capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             return [f"the re-run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"]

@@ -167,11 +167,16 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _set_threads(threads: int) -> None:
+    """Limit this process to ``threads`` threads: the variables for libraries not loaded yet, torch's
+    intra-op pool, and numpy's BLAS even when it is loaded already (a spawned worker imports the driver's
+    main module, and with it numpy, before its initializer runs)."""
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def run_one(spec: RunSpec | dict) -> dict:
