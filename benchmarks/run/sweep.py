@@ -7,8 +7,8 @@
 Every name and ``--set`` value is checked before any run starts. A run whose ``final.json`` exists is
 skipped; a run with a checkpoint but no ``final.json`` (interrupted) is continued with ``--resume`` and
 refused without it. Each run executes ``sqdf_bbo.run.main`` in a worker process (``local``: a
-``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start method and ``--threads`` torch threads
-per worker; ``submitit``: one job per run through ``submitit.AutoExecutor`` -- Slurm when available,
+``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start method and ``--threads`` threads
+per worker, for torch and numpy's BLAS alike; ``submitit``: one job per run through ``submitit.AutoExecutor`` -- Slurm when available,
 ``--cluster local`` / ``debug`` for a machine without Slurm). A run's stdout/stderr go to
 ``<out>/_logs/<run>.log``; the sweep's command, machine, commit, statuses and wall time to
 ``<out>/_logs/sweep_<time>.json``.
