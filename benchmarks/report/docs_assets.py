@@ -33,12 +33,15 @@ FIGURES = [
     "curves_b2000.png",
     "tradeoff_b1000.png",
     "tradeoff_b2000.png",
+    "sqdf_ablations/frontier_levy.png",
+    "sqdf_ablations/frontier_levy-manifold.png",
 ]
 
 # the committed tables the site shows (docs/tables/<name>): file -> page title
 TABLES = {
     "frontier_leaderboard.md": "Synthetic-tier frontier table (all columns)",
     "frontier_image_leaderboard.md": "Image-tier frontier table (all columns)",
+    "sqdf_ablations_leaderboard.md": "SQDF ablation frontiers (all columns)",
     "leaderboard.md": "Fixed-setting leaderboard (historical)",
 }
 

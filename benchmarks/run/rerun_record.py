@@ -70,15 +70,13 @@ def rerun_command(config: dict, out: Path) -> list[str]:
 def rerun_env(config: dict, threads: int = 1) -> dict[str, str]:
     """The re-run's environment: ``threads`` for torch's OpenMP and MKL, as a sweep's worker sets them, and
     numpy's BLAS at the record's ``blas_threads``. A record without it (made before it was recorded) ran
-    with the BLAS library's default, the machine's core count: a sweep's worker imported numpy before it
-    limited its threads. The BLAS count only changes the rounding of large matrix products (the image
-    tier's Fréchet distance), never what is computed."""
+    with the BLAS library's default, one thread per core: a sweep's worker imported numpy before it set
+    the variables (OpenBLAS would otherwise also read ``OMP_NUM_THREADS``, so the count is set explicitly).
+    The BLAS count only changes the rounding of large matrix products (the image tier's Fréchet distance),
+    never what is computed."""
     env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})
     blas = config.get("blas_threads")
-    if blas is None:
-        env.pop("OPENBLAS_NUM_THREADS", None)
-    else:
-        env["OPENBLAS_NUM_THREADS"] = str(int(blas))
+    env["OPENBLAS_NUM_THREADS"] = str(int(blas) if blas is not None else os.cpu_count() or 1)
     return env
 
 
