@@ -4,13 +4,17 @@
 # {aesthetic} (budget 1000) x 5 seeds. Resumable: re-running skips finished runs and continues
 # interrupted ones. About 1.5 h for the synthetic tier and 3 h for the image tier on 2 CPU cores.
 #
-#   bash benchmarks/run/reproduce_leaderboard.sh [OUT=runs/sweep] [WORKERS=2] [PART=all|synthetic|image]
+#   bash benchmarks/run/reproduce_leaderboard.sh [OUT=results/run_records/leaderboard] [WORKERS=2] [PART=all|synthetic|image]
+#
+# OUT defaults to the committed run records: a run with final.json there is finished and skipped, so a re-make
+# spread over sessions commits its records as runs finish (benchmarks/run/commit_records.sh OUT MESSAGE 600)
+# and every committed row is rebuilt from them: results/leaderboard_runs.csv holds one row per run.
 #
 # PART=synthetic or image re-makes one tier only: its runs, its rows of the committed tables
 # (`benchmarks.report.leaderboard --update` keeps the other tier's rows as they are; each row's git_commits says
 # which code made it) and its budget's figures (*_b2000.png or *_b1000.png, samples_aesthetic.png).
 set -euo pipefail
-OUT=${1:-runs/sweep}
+OUT=${1:-results/run_records/leaderboard}
 WORKERS=${2:-2}
 PART=${3:-all}
 case "$PART" in all|synthetic|image) ;; *) echo "error: PART must be all, synthetic or image, got '$PART'" >&2; exit 2;; esac
@@ -47,3 +51,4 @@ column says which code made it."
 python -m benchmarks.report.leaderboard "$OUT" --min-seeds 5 --out results/leaderboard.csv \
     --md results/leaderboard.md --aggregate results/aggregate.csv "${UPDATE[@]}" --note "$SETTINGS" --note "$HOW"
 python -m benchmarks.report.plot "$OUT" --min-seeds 5 --out results/ "${PLOT[@]}"
+python -m benchmarks.report.run_records --runs "$OUT" --csv results/leaderboard_runs.csv
