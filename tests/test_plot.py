@@ -92,3 +92,13 @@ def test_a_broken_builtin_method_fails_loudly(monkeypatch):
     monkeypatch.setitem(METHODS, "ghost", "baselines.ghost:GhostAgent")
     with pytest.raises(ImportError, match="registered method 'ghost'"):
         available_methods()
+
+
+def test_other_methods_never_take_a_drawn_builtin_methods_colour():
+    """Plug-ins and ablation variants ('sqdf gamma=1', ...) get colours distinct from each other and from the
+    built-in methods in the same figure (tab10's red is SQDF's)."""
+    from benchmarks.report.plot import colour
+
+    drawn = ["pretrained", "sqdf", "seiko", *(f"sqdf v{i}" for i in range(6))]
+    colours = [colour(m, drawn) for m in drawn]
+    assert len(set(colours)) == len(drawn)

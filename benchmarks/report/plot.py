@@ -59,11 +59,14 @@ DPI = 110
 
 
 def colour(method: str, methods: Sequence[str]) -> str:
-    """Fixed colour for built-in methods (all distinct), tab10 by position for the rest."""
+    """Fixed colour for built-in methods (all distinct); the others (plug-ins, ablation variants) take tab10's
+    colours by position, skipping those of the built-in methods drawn beside them."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
+    taken = {METHOD_COLOURS[m] for m in methods if m in METHOD_COLOURS}
+    free = [c for c in map(matplotlib.colors.to_hex, plt.get_cmap("tab10").colors) if c not in taken]
     others = [m for m in methods if m not in METHOD_COLOURS]
-    return plt.get_cmap("tab10")(others.index(method) % 10 if method in others else 0)
+    return free[(others.index(method) if method in others else 0) % len(free)]
 
 
 def style(method: str) -> tuple[str, str]:
