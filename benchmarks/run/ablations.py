@@ -59,11 +59,10 @@ def combine(reference: pd.DataFrame, variants: dict[str, pd.DataFrame], method: 
     var = pd.concat(parts, ignore_index=True)
     keys = var[["task", "budget"]].drop_duplicates()
     ref = reference[reference["method"].isin([method, "pretrained"])].merge(keys, on=["task", "budget"])
-    missing = keys.merge(ref[ref["method"] == method][["task", "budget"]].drop_duplicates(), how="left",
-                         indicator=True).query("_merge == 'left_only'")
-    if len(missing):
-        raise rf.LeaderboardError("the reference has no runs of " + method + " on " + ", ".join(
-            f"{t} (budget {b})" for t, b in zip(missing["task"], missing["budget"])))
+    have = set(zip(ref.loc[ref["method"] == method, "task"], ref.loc[ref["method"] == method, "budget"]))
+    missing = [f"{t} (budget {b})" for t, b in zip(keys["task"], keys["budget"]) if (t, b) not in have]
+    if missing:
+        raise rf.LeaderboardError(f"the reference has no runs of {method} on {', '.join(missing)}")
     bounds = ref.groupby(["task", "budget"])[BOUNDS].first().reset_index()
     var = rf.add_normalised(var.drop(columns=[c for c in BOUNDS + ["normalised_score"] if c in var]), bounds)
     return pd.concat([ref, var], ignore_index=True)
