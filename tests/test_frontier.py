@@ -512,3 +512,29 @@ def test_runs_csv_filters_renormalise_and_sample_figures_need_the_folders(tmp_pa
     assert fr.main(["--from-runs", str(tmp_path / "bad.csv"), "--csv", str(tmp_path / "x.csv"), "--plots", ""]) == 2
     assert "lacks norm_low; write it with python -m benchmarks.run.frontier --runs-csv" in capsys.readouterr().err
     assert fr.main(["--from-runs", str(tmp_path / "none.csv"), "--csv", str(tmp_path / "x.csv")]) == 2
+
+
+def test_near_kl_from_one_row_per_run_averages_each_grid_point_over_its_seeds(tmp_path, capsys):
+    """--near-kl on a --runs-csv table: a grid point's columns are the means over its seeds, the seed count
+    is its number of distinct seeds, the pretrained model (empty knob) keeps its own row."""
+    from benchmarks.report import frontier_readme as fr_md
+
+    def run(method, knob, value, seed, kl, reward, fd):
+        return {"task": "t", "method": method, "knob": knob, "value": value, "seed": seed, "path_kl": kl,
+                "eval_reward": reward, "fd_phi": fd}
+
+    runs = pd.DataFrame([run("pretrained", np.nan, np.nan, 0, 0.0, -1.0, 100.0),
+                         run("pretrained", np.nan, np.nan, 1, 0.0, -3.0, 110.0),
+                         run("a", "beta", 0.1, 0, 1.0, 0.0, 120.0), run("a", "beta", 0.1, 1, 3.0, 1.0, 140.0),
+                         run("a", "beta", 0.01, 0, 20.0, 4.0, 500.0), run("a", "beta", 0.01, 1, 40.0, 6.0, 700.0)])
+    points = fr_md.points_from_runs(runs)
+    a = points[(points["method"] == "a") & (points["value"] == 0.1)].iloc[0]
+    assert (a["n_seeds"], a["path_kl_mean"], a["eval_reward_mean"], a["fd_phi_mean"]) == (2, 2.0, 0.5, 130.0)
+    csv = tmp_path / "runs.csv"
+    runs.to_csv(csv, index=False)
+    fr_md.main([str(csv), "--near-kl", "3"])  # mean KLs 2 and 30: |log 2/3| < |log 30/3|
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert rows == ["| pretrained | – | 2 | -2 | 0 | 105 |", "| a | beta = 0.1 | 2 | 0.5 | 2 | 130 |"]
+    runs.drop(columns="path_kl").to_csv(csv, index=False)
+    with pytest.raises(SystemExit, match="lacks path_kl"):
+        fr_md.main([str(csv), "--near-kl", "3"])

@@ -9,7 +9,9 @@ with ``--verdicts METHOD``, where that method's frontier lies against every othe
 ``--near-kl KL`` reads the per-grid-point frontier CSV instead and prints, per task and method, the grid
 point whose mean path KL is nearest KL on a log scale (within a factor ``--within``, default 3; "none
 within" otherwise) with its reward, path KL and the naturalness and diversity columns the CSV has (means
-over seeds): naturalness at matched KL, read off measured points rather than interpolated.
+over seeds): naturalness at matched KL, read off measured points rather than interpolated. Given a table with
+one row per run instead (a ``seed`` column, as ``--runs-csv`` writes), it first takes each grid point's means
+over its seeds (:func:`points_from_runs`), so the block can come from the committed per-run records.
 
 A verdict compares two 95 % CIs (each a percentile bootstrap over one method's seeds): "above" when the
 reference's lower bound is above the other's upper bound, "below" in the mirror case, "on" when they
@@ -354,6 +356,18 @@ NEAR_KL_COLUMNS = (("eval_reward", "eval reward"), ("path_kl", "path KL"), ("fd_
                    ("vendi_valid", "Vendi (valid)"), ("eval_ground_truth_A", "ground truth A"))
 
 
+def points_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per grid point (task, method, knob, value) from one row per run: ``n_seeds`` and, for every
+    column of :data:`NEAR_KL_COLUMNS` the runs have, ``<column>_mean`` over the point's seeds (NaN runs
+    left out of a mean). A method without a knob (the pretrained model) keeps its empty knob."""
+    keys = ["task", "method", "knob", "value"]
+    stems = [c for c, _ in NEAR_KL_COLUMNS if c in runs.columns]
+    grouped = runs.groupby(keys, dropna=False, sort=True)
+    points = grouped[stems].mean().add_suffix("_mean")
+    points["n_seeds"] = grouped["seed"].nunique()
+    return points.reset_index()
+
+
 def near_kl(points: pd.DataFrame, kl: float, within: float = 3.0) -> str:
     """Per task, each method's grid point nearest ``kl`` nats (|log KL_point - log kl| smallest, at most
     log ``within``), with the pretrained model first; methods without a path KL are left out."""
@@ -399,8 +413,9 @@ def main(argv=None) -> None:
     p.add_argument("--verdicts", metavar="METHOD", default=None,
                    help="print where METHOD's frontier lies against every other method's instead of the table")
     p.add_argument("--near-kl", type=float, metavar="KL", default=None,
-                   help="the positional CSV is the per-grid-point frontier CSV (benchmarks.run.frontier --csv): print "
-                        "each method's grid point nearest KL nats with its naturalness and diversity")
+                   help="the positional CSV is the per-grid-point frontier CSV (benchmarks.run.frontier --csv) or one "
+                        "row per run (--runs-csv): print each method's grid point nearest KL nats with its "
+                        "naturalness and diversity (means over seeds)")
     p.add_argument("--within", type=float, default=3.0, help="with --near-kl: largest factor between KL and a point's")
     p.add_argument("--run-verdicts", metavar="METHOD", default=None,
                    help="the positional CSV has one row per run: paired, Holm-corrected verdicts of METHOD "
@@ -424,6 +439,10 @@ def main(argv=None) -> None:
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot read the frontier table {args.leaderboard}: {e}") from None
     if args.near_kl is not None:
+        if "seed" in df.columns and "n_seeds" not in df.columns:  # one row per run: average each grid point
+            require(df, {"task", "method", "knob", "value", "path_kl", "eval_reward"}, args.leaderboard,
+                    "--near-kl expects one row per run (--runs-csv) or a per-point table (--csv)")
+            df = points_from_runs(df)
         require(df, {"task", "method", "knob", "value", "n_seeds", "path_kl_mean", "eval_reward_mean"},
                 args.leaderboard, "--near-kl expects a table written by python -m benchmarks.run.frontier --csv")
         print(near_kl(df, args.near_kl, args.within))
