@@ -98,6 +98,9 @@ def test_reproduce_script_runs_a_subset_with_the_same_settings(tmp_path):
     full_args, sub_args = settings({}), settings({"ONLY": "sqdf,best-of-n"})
     assert set(sub_args) == {"common", "sqdf", "best-of-n"}
     assert all(sub_args[k] == full_args[k] for k in sub_args) and sub_args["sqdf"]
+    # one compute cap for the search peers: at most 16 chains' worth of UNet calls per design
+    assert "--grid best-of-n=2,4,16" in full_args["best-of-n"] and "--grid svdd=2,4,16" in full_args["svdd"]
+    assert "--set-for dts rollouts=16" in full_args["dts"] and "--set-for dts-star rollouts=16" in full_args["dts-star"]
     bad = subprocess.run(["bash", "benchmarks/run/reproduce_image_frontier.sh", str(tmp_path / "r"), "1", "--dry-run"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "ONLY": "nosuch"})

@@ -6,9 +6,12 @@
 # agent class declares in `frontier_knob` -- raft's keep_fraction 0.03, 0.1, 0.25, 0.5, diffusion-nft's
 # nft_beta 0.1, 1, 10, 100, rlcm's updates_per_round 2, 5, 10, 20; lr = default x 0.01, 0.1, 1, 10 for the other methods without a KL term) except
 # the candidate counts of best-of-n and svdd, capped at 2, 4, 16 for both: 64 candidates per proposal would
-# cost about an hour per run on one core (64 x 20 UNet steps per query). The BO peers ignore the image prior
+# cost about an hour per run on one core (64 x 20 UNet steps per query); and DTS's and DTS*'s rollouts per design,
+# set to 16 (their default 32 costs about 25 CPU-minutes per run here): one cap for the search peers, at most 16
+# chains' worth of UNet calls per design (a DTS rollout from tree level k costs 20 - k calls). The BO peers ignore the image prior
 # and are not run. Resumable: re-running skips finished runs and continues interrupted ones, so it can be
-# spread over several sessions (about 9-10 h on 2 cores in all, ~6.5 min per run and worker). One row per run
+# spread over several sessions (about 30 worker-hours in all, 15 h on 2 cores; from 2 CPU-minutes per run for the
+pretrained model to 10 for Adjoint Matching and more for the search peers). One row per run
 # goes to results/frontier_image_runs.csv, from which `python -m benchmarks.run.frontier --from-runs` rebuilds
 # the tables and the frontier plot (the samples figure needs the run folders).
 #
@@ -47,6 +50,9 @@ for m in "${TRAINED[@]}"; do
 done
 for m in "${PEERS[@]}"; do
     PER_METHOD+=(--set-for "$m" proxy_epochs=30)
+done
+for m in $(keep dts dts-star); do
+    PER_METHOD+=(--set-for "$m" rollouts=16)  # the search peers' cap (see above)
 done
 GRIDS=()  # candidate counts capped for the image tier (see above)
 for m in $(keep best-of-n svdd); do
