@@ -34,7 +34,7 @@ FRONTIER_TASK = {"aesthetic": "aesthetic-manifold"}
 
 #: per frontier task: budget, seeds, eval designs per run and the pretrained model's FD (seed means)
 FRONTIER_RUNS: dict[str, dict] = {
-    'aesthetic-manifold': {'budget': 1000, 'n_seeds': 3, 'n_eval': 128, 'fd_pretrained': 139.5},
+    'aesthetic-manifold': {'budget': 1000, 'n_seeds': 3, 'n_eval': 128, 'fd_pretrained': 139.48},
 }
 
 #: the settings the frontier's runs shared besides the knob (benchmarks/run/reproduce_image_frontier.sh)
@@ -47,35 +47,35 @@ FRONTIER_SETTINGS: dict[str, str] = {
 #: tests/test_run_summary.py)
 FRONTIER_SUGGESTIONS: dict[tuple[str, str], dict] = {
     ('aesthetic-manifold', 'adjoint-matching'):
-        {'knob': 'beta', 'value': 1.0, 'n_valid': 128.0, 'fd': 113.7, 'eval_reward': 0.366, 'path_kl': 0.57},
+        {'knob': 'beta', 'value': 1.0, 'n_valid': 128.0, 'fd': 113.73, 'eval_reward': 0.366, 'path_kl': 0.57},
     ('aesthetic-manifold', 'alignprop'):
-        {'knob': 'lr', 'value': 0.0001, 'n_valid': 128.0, 'fd': 101.7, 'eval_reward': -0.074, 'path_kl': 31.99},
+        {'knob': 'lr', 'value': 0.0001, 'n_valid': 128.0, 'fd': 101.66, 'eval_reward': -0.074, 'path_kl': 31.99},
     ('aesthetic-manifold', 'best-of-n'):
         {'knob': 'oversample', 'value': 16.0, 'n_valid': 128.0, 'fd': 177.7, 'eval_reward': 1.967, 'path_kl': 1.84},
     ('aesthetic-manifold', 'ddpo'):
         {'knob': 'lr', 'value': 0.0003, 'n_valid': 127.7, 'fd': 174.3, 'eval_reward': 0.771, 'path_kl': 8.0},
     ('aesthetic-manifold', 'ddpo-sf'):
-        {'knob': 'lr', 'value': 0.0003, 'n_valid': 127.7, 'fd': 108.4, 'eval_reward': 0.133, 'path_kl': 6.07},
+        {'knob': 'lr', 'value': 0.0003, 'n_valid': 127.7, 'fd': 108.45, 'eval_reward': 0.133, 'path_kl': 6.07},
     ('aesthetic-manifold', 'diffusion-nft'):
-        {'knob': 'lr', 'value': 3e-05, 'n_valid': 128.0, 'fd': 116.3, 'eval_reward': -0.464, 'path_kl': 0.54},
+        {'knob': 'lr', 'value': 3e-05, 'n_valid': 128.0, 'fd': 116.28, 'eval_reward': -0.464, 'path_kl': 0.54},
     ('aesthetic-manifold', 'draft'):
         {'knob': 'lr', 'value': 4e-05, 'n_valid': 128.0, 'fd': 103.3, 'eval_reward': -0.234, 'path_kl': 2.2},
     ('aesthetic-manifold', 'draft-1'):
-        {'knob': 'lr', 'value': 0.0004, 'n_valid': 128.0, 'fd': 131.7, 'eval_reward': -0.559, 'path_kl': 325.99},
+        {'knob': 'lr', 'value': 0.0004, 'n_valid': 128.0, 'fd': 131.66, 'eval_reward': -0.559, 'path_kl': 325.99},
     ('aesthetic-manifold', 'draft-k'):
-        {'knob': 'lr', 'value': 0.0004, 'n_valid': 128.0, 'fd': 250.3, 'eval_reward': 1.65, 'path_kl': 1115.64},
+        {'knob': 'lr', 'value': 0.0004, 'n_valid': 128.0, 'fd': 250.28, 'eval_reward': 1.65, 'path_kl': 1115.64},
     ('aesthetic-manifold', 'draft-lv'):
-        {'knob': 'lr', 'value': 0.0004, 'n_valid': 128.0, 'fd': 127.2, 'eval_reward': -0.534, 'path_kl': 397.27},
+        {'knob': 'lr', 'value': 0.0004, 'n_valid': 128.0, 'fd': 127.22, 'eval_reward': -0.534, 'path_kl': 397.27},
     ('aesthetic-manifold', 'fk-steering'):
         {'knob': 'beta', 'value': 0.01, 'n_valid': 128.0, 'fd': 213.9, 'eval_reward': 1.358, 'path_kl': None},
     ('aesthetic-manifold', 'raft'):
-        {'knob': 'lr', 'value': 0.01, 'n_valid': 127.7, 'fd': 286.6, 'eval_reward': 0.79, 'path_kl': 499.85},
+        {'knob': 'lr', 'value': 0.01, 'n_valid': 127.7, 'fd': 286.61, 'eval_reward': 0.79, 'path_kl': 499.85},
     ('aesthetic-manifold', 'seiko'):
         {'knob': 'beta', 'value': 1.0, 'n_valid': 127.3, 'fd': 297.8, 'eval_reward': 1.35, 'path_kl': 4.19},
     ('aesthetic-manifold', 'sqdf'):
-        {'knob': 'beta', 'value': 0.1, 'n_valid': 127.0, 'fd': 146.3, 'eval_reward': 1.848, 'path_kl': 3.63},
+        {'knob': 'beta', 'value': 0.1, 'n_valid': 127.0, 'fd': 146.32, 'eval_reward': 1.848, 'path_kl': 3.63},
     ('aesthetic-manifold', 'svdd'):
-        {'knob': 'candidates', 'value': 2.0, 'n_valid': 128.0, 'fd': 177.0, 'eval_reward': 1.617, 'path_kl': 3.86},
+        {'knob': 'candidates', 'value': 2.0, 'n_valid': 128.0, 'fd': 177.02, 'eval_reward': 1.617, 'path_kl': 3.86},
 }
 
 
@@ -127,7 +127,7 @@ def frontier_suggestions(rows: list[dict]) -> tuple[dict[str, dict], dict[tuple[
     ``pretrained`` row) with the best mean eval reward; a method none of whose values stayed natural gets
     no entry."""
     runs = {r["task"]: {"budget": int(r["budget"]), "n_seeds": int(r["n_seeds"]), "n_eval": int(r["fd_n_mean"]),
-                        "fd_pretrained": round(float(r["fd_phi_mean"]), 1)}
+                        "fd_pretrained": round(float(r["fd_phi_mean"]), 2)}
             for r in rows if r["method"] == "pretrained"}
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
@@ -140,7 +140,7 @@ def frontier_suggestions(rows: list[dict]) -> tuple[dict[str, dict], dict[tuple[
         if key in best and best[key]["eval_reward"] >= round(float(r["eval_reward_mean"]), 3):
             continue
         best[key] = {"knob": knob, "value": float(r["value"]), "n_valid": round(float(r["n_valid_mean"]), 1),
-                     "fd": round(float(r["fd_phi_mean"]), 1), "eval_reward": round(float(r["eval_reward_mean"]), 3),
+                     "fd": round(float(r["fd_phi_mean"]), 2), "eval_reward": round(float(r["eval_reward_mean"]), 3),
                      "path_kl": None if _num(r.get("path_kl_mean")) is None else round(float(r["path_kl_mean"]), 2)}
     return dict(sorted(runs.items())), dict(sorted(best.items()))
 

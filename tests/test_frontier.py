@@ -291,6 +291,17 @@ def test_sample_figure_takes_each_methods_point_nearest_the_matched_kl(tmp_path)
     assert fr.plot_samples_at_kl(pts, runs.assign(run_dir="/nonexistent"), "aesthetic", 200, tmp_path / "n.png") is None
 
 
+def test_report_only_with_empty_paths_writes_only_the_runs_csv(fake_frontier, tmp_path, monkeypatch):
+    """--csv '' --plots '' --leaderboard '' write none of the tables (the default paths are the committed
+    synthetic tables, which a rebuild of another folder's runs CSV must not touch): only --runs-csv."""
+    monkeypatch.chdir(tmp_path)  # any default path would land here
+    runs_csv = tmp_path / "out" / "runs.csv"
+    assert fr.main(["--report-only", "--out", str(fake_frontier / "runs"), "--csv", "", "--plots", "",
+                    "--leaderboard", "", "--runs-csv", str(runs_csv)]) == 0
+    assert len(pd.read_csv(runs_csv)) == 2 * (1 + 4 + 4 + 4) * 3  # tasks x grid points x seeds
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == ["out/runs.csv"]
+
+
 def test_report_only_filters_and_checks_the_knob_in_config(fake_frontier, tmp_path, capsys):
     runs = fake_frontier / "runs"
     assert fr.main(["--report-only", "--out", str(runs), "--methods", "sqdf,pretrained", "--tasks", "ackley",

@@ -621,12 +621,13 @@ def _err(g: pd.DataFrame, k: str) -> np.ndarray:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def write_report(out, csv: Path, plots: Optional[Path], board_csv: Optional[Path], md: Optional[Path],
+def write_report(out, csv: Optional[Path], plots: Optional[Path], board_csv: Optional[Path], md: Optional[Path],
                  tasks=None, methods=None, budgets=None, targets=fs.KL_TARGETS, cap=fs.AUF_CAP, low=fs.AUF_LOW,
                  confidence: float = fs.CONFIDENCE, runs_csv: Optional[Path] = None,
                  from_runs: Optional[Path] = None) -> list[Path]:
     """Read the grid folders under ``out`` (or, with ``from_runs``, the one-row-per-run CSV instead) and write
-    the point CSV, the PNGs and the leaderboard, and with ``runs_csv`` the runs themselves; returns paths."""
+    the point CSV, the PNGs and the leaderboard (each skipped where its path is None), and with ``runs_csv``
+    the runs themselves; returns the paths written."""
     if from_runs is not None:
         runs = load_runs_csv(from_runs, tasks, methods, budgets)
     else:
@@ -637,8 +638,9 @@ def write_report(out, csv: Path, plots: Optional[Path], board_csv: Optional[Path
         write_runs_csv(runs, Path(runs_csv), None if from_runs is not None else Path(out))
         written.append(Path(runs_csv))
     pts = point_table(runs, confidence)
-    lb.write_csv(pts, Path(csv))
-    written.append(Path(csv))
+    if csv is not None:
+        lb.write_csv(pts, Path(csv))
+        written.append(Path(csv))
     if plots is not None:
         for task, g in pts.groupby("task", sort=True):
             budgets_t = sorted(g["budget"].unique())
@@ -930,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "REFERENCE is still undecided on a task, until decided or --max-seeds")
     p.add_argument("--max-seeds", type=int, default=None,
                    help=f"with --until-decided: most seeds per method and task (default {MAX_SEEDS})")
-    p.add_argument("--csv", default="results/frontier.csv", help="per-point CSV (default results/frontier.csv)")
+    p.add_argument("--csv", default="results/frontier.csv", help="per-point CSV (default results/frontier.csv; '' = none)")
     p.add_argument("--plots", default="results", help="folder for frontier_<task>.png (default results/; '' = none)")
     p.add_argument("--leaderboard", default="results/frontier_leaderboard.csv",
                    help="headline table CSV (default results/frontier_leaderboard.csv; '' = none)")
@@ -958,7 +960,7 @@ def main(argv: Optional[list[str]] = None, runner=None) -> int:
     """The CLI; ``runner(specs) -> rc`` replaces the sweep engine (tests drive ``--until-decided`` with it)."""
     args = build_parser().parse_args(argv)
     command = "python -m benchmarks.run.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = dict(csv=Path(args.csv), plots=Path(args.plots) if args.plots else None,
+    report = dict(csv=Path(args.csv) if args.csv else None, plots=Path(args.plots) if args.plots else None,
                   board_csv=Path(args.leaderboard) if args.leaderboard else None,
                   md=Path(args.md) if args.md else None, cap=args.kl_cap, low=args.kl_low,
                   confidence=args.confidence, runs_csv=Path(args.runs_csv) if args.runs_csv else None)

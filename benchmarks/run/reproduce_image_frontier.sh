@@ -10,7 +10,7 @@
 # set to 16 (their default 32 costs about 25 CPU-minutes per run here): one cap for the search peers, at most 16
 # chains' worth of UNet calls per design (a DTS rollout from tree level k costs 20 - k calls). The BO peers ignore the image prior
 # and are not run. Resumable: re-running skips finished runs and continues interrupted ones, so it can be
-# spread over several sessions (about 30 worker-hours in all, 15 h on 2 cores; from 2 CPU-minutes per run for the
+# spread over several sessions (about 32 worker-hours in all, 16 h on 2 cores; from 2 CPU-minutes per run for the
 # pretrained model to 10 for Adjoint Matching and more for the search peers). One row per run
 # goes to results/frontier_image_runs.csv, from which `python -m benchmarks.run.frontier --from-runs` rebuilds
 # the tables and the frontier plot (the samples figure needs the run folders).
