@@ -14,10 +14,17 @@
 # (`benchmarks.report.leaderboard --update` keeps the other tier's rows as they are; each row's git_commits says
 # which code made it) and its budget's figures (*_b2000.png or *_b1000.png, samples_aesthetic.png).
 set -euo pipefail
+USAGE="usage: bash benchmarks/run/reproduce_leaderboard.sh [OUT] [WORKERS] [all|synthetic|image] (no options)"
+[ $# -le 3 ] || { echo "error: at most 3 arguments, got $#; $USAGE" >&2; exit 2; }
+for a in "$@"; do
+    # an option (e.g. --dry-run) would otherwise be taken for OUT and start the sweep
+    [[ "$a" != -* ]] || { echo "error: this script takes no options, got '$a'; $USAGE" >&2; exit 2; }
+done
 OUT=${1:-results/run_records/leaderboard}
 WORKERS=${2:-2}
 PART=${3:-all}
 case "$PART" in all|synthetic|image) ;; *) echo "error: PART must be all, synthetic or image, got '$PART'" >&2; exit 2;; esac
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "error: WORKERS must be a positive integer, got '$WORKERS'; $USAGE" >&2; exit 2; }
 SYNTH=ackley,levy,rastrigin-manifold
 TUNED=ddpo,ddpo-sf,seiko,alignprop,draft,draft-k,draft-1,draft-lv,adjoint-matching
 COMMON=(--seeds 0-4 --out "$OUT" --workers "$WORKERS" --threads 1 --resume --set run.n_eval=128)
