@@ -20,6 +20,8 @@
 set -euo pipefail
 OUT=${1:-results/run_records/sqdf_ablations_b1000}
 WORKERS=${2:-2}
+source "$(dirname "${BASH_SOURCE[0]}")/_args.sh"
+check_out_workers "$OUT" "$WORKERS"
 shift $(( $# > 2 ? 2 : $# ))
 TASKS=ackley-manifold,levy-manifold,rastrigin-manifold,levy
 VARIANTS=(gamma=1 q_estimator=tweedie buffer=none per_priority=clamp)

@@ -1,6 +1,7 @@
-"""benchmarks/run/reproduce_leaderboard.sh refuses what it cannot take before it runs anything: an option such
-as --dry-run (it would otherwise become OUT and start a 7-hour sweep), a fourth argument, a bad PART or
-WORKERS. A stand-in ``python`` on the PATH records any call, so the test also shows nothing was started."""
+"""The reproduce scripts refuse what they cannot take before they run anything: an option given in the place of
+OUT (``bash reproduce_leaderboard.sh --dry-run`` used to take it for OUT and start a 7-hour sweep), a bad
+WORKERS; the leaderboard script also a fourth argument and a bad PART. A stand-in ``python`` on the PATH
+records any call, so the tests also show that nothing was started."""
 from __future__ import annotations
 
 import os
@@ -27,6 +28,24 @@ def test_bad_arguments_are_one_line_and_start_nothing(tmp_path, args, says):
     (shim / "python").chmod(0o755)
     out = subprocess.run(["bash", "benchmarks/run/reproduce_leaderboard.sh", *args], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
+    assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not calls.exists()
+
+
+@pytest.mark.parametrize("script", ["reproduce_frontier.sh", "reproduce_sqdf_ablations.sh"])
+@pytest.mark.parametrize("args, says", [
+    (["--dry-run"], "OUT and WORKERS come before any option, got '--dry-run'"),
+    (["out", "--dry-run"], "OUT and WORKERS come before any option, got '--dry-run'"),
+    (["out", "0"], "WORKERS must be a positive integer, got '0'"),
+])
+def test_frontier_scripts_refuse_an_option_in_place_of_out_or_workers(tmp_path, script, args, says):
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    calls = tmp_path / "calls"
+    (shim / "python").write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
+    (shim / "python").chmod(0o755)
+    out = subprocess.run(["bash", f"benchmarks/run/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
     assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not calls.exists()
 
