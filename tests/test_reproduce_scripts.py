@@ -32,7 +32,7 @@ def test_bad_arguments_are_one_line_and_start_nothing(tmp_path, args, says):
     assert not calls.exists()
 
 
-@pytest.mark.parametrize("script", ["reproduce_frontier.sh", "reproduce_sqdf_ablations.sh"])
+@pytest.mark.parametrize("script", ["reproduce_frontier.sh", "reproduce_sqdf_ablations.sh", "reproduce_image_frontier.sh"])
 @pytest.mark.parametrize("args, says", [
     (["--dry-run"], "OUT and WORKERS come before any option, got '--dry-run'"),
     (["out", "--dry-run"], "OUT and WORKERS come before any option, got '--dry-run'"),

@@ -31,6 +31,8 @@
 set -euo pipefail
 OUT=${1:-results/run_records/frontier_image_b1000}
 WORKERS=${2:-2}
+source "$(dirname "${BASH_SOURCE[0]}")/_args.sh"
+check_out_workers "$OUT" "$WORKERS"
 shift $(( $# > 2 ? 2 : $# ))
 TRAINED=(sqdf seiko adjoint-matching alignprop draft draft-k draft-1 draft-lv ddpo ddpo-sf raft diffusion-nft find d3po rlcm)
 PEERS=(best-of-n svdd fk-steering dts dts-star)
