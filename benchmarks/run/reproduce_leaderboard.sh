@@ -24,7 +24,8 @@ OUT=${1:-results/run_records/leaderboard}
 WORKERS=${2:-2}
 PART=${3:-all}
 case "$PART" in all|synthetic|image) ;; *) echo "error: PART must be all, synthetic or image, got '$PART'" >&2; exit 2;; esac
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "error: WORKERS must be a positive integer, got '$WORKERS'; $USAGE" >&2; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/_args.sh"
+check_out_workers "$OUT" "$WORKERS"  # the same WORKERS check as the frontier scripts (options are refused above)
 SYNTH=ackley,levy,rastrigin-manifold
 TUNED=ddpo,ddpo-sf,seiko,alignprop,draft,draft-k,draft-1,draft-lv,adjoint-matching
 COMMON=(--seeds 0-4 --out "$OUT" --workers "$WORKERS" --threads 1 --resume --set run.n_eval=128)
