@@ -549,3 +549,57 @@ def test_near_kl_from_one_row_per_run_averages_each_grid_point_over_its_seeds(tm
     runs.drop(columns="path_kl").to_csv(csv, index=False)
     with pytest.raises(SystemExit, match="lacks path_kl"):
         fr_md.main([str(csv), "--near-kl", "3"])
+
+
+def test_adding_a_method_leaves_the_normalisation_bounds_and_verdicts_of_the_others_unchanged():
+    """norm_low comes from the ``pretrained`` runs when present, so a method whose round 0 uses another
+    sampler (RLCM's consistency model) cannot move it; a method that beats every earlier round raises the
+    best-seen norm_high, which rescales the scores but leaves each paired verdict's p-value and direction."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.report import frontier_stats as fs
+    from benchmarks.report.run_folders import add_normalised, normalisation_bounds
+    from benchmarks.report.stats import verdict_table
+
+    rng = np.random.default_rng(0)
+    seeds = np.arange(5)
+    pre = -0.7 + 0.1 * rng.standard_normal(5)
+
+    def method(name, r0, kl, rew, value=1.0):
+        return pd.DataFrame({"task": "img-manifold", "budget": 100, "method": name, "seed": seeds,
+                             "knob": "beta", "value": value, "round0_eval_reward": r0, "round0_path_kl": 0.0,
+                             "optimal_value": np.nan, "path_kl": kl, "eval_reward": rew})
+
+    base = pd.concat([method("pretrained", pre, 0.0, pre, np.nan),
+                      method("sqdf", pre, 2.0 + rng.random(5), 1.0 + 0.2 * rng.standard_normal(5)),
+                      method("seiko", pre, 3.0 + rng.random(5), 0.8 + 0.2 * rng.standard_normal(5))], ignore_index=True)
+    rounds = base[["task", "eval_reward"]]
+    b0 = normalisation_bounds(base, rounds)
+    assert b0["norm_low"].iloc[0] == pytest.approx(pre.mean())
+    assert b0["norm_high_source"].iloc[0] == "best_seen"
+
+    # a method whose round 0 is another sampler, with a lower reward than any round so far: nothing moves
+    low_r0 = method("rlcm", pre - 0.3, 1.0 + rng.random(5), 0.0 + 0.1 * rng.standard_normal(5))
+    b1 = normalisation_bounds(pd.concat([base, low_r0], ignore_index=True),
+                              pd.concat([rounds, low_r0[["task", "eval_reward"]]], ignore_index=True))
+    pd.testing.assert_frame_equal(b0, b1)
+    # the previous rule (every path-KL-0 round 0) would have moved it
+    no_pre = pd.concat([base[base["method"] != "pretrained"], low_r0], ignore_index=True)
+    assert normalisation_bounds(no_pre, rounds)["norm_low"].iloc[0] == pytest.approx(pre.mean() - 0.1)
+
+    # a method above every earlier round raises norm_high: verdicts keep their p-values and directions
+    high = method("hacker", pre, 50.0 + rng.random(5), 9.0 + rng.standard_normal(5))
+    b2 = normalisation_bounds(pd.concat([base, high], ignore_index=True),
+                              pd.concat([rounds, high[["task", "eval_reward"]]], ignore_index=True))
+    assert b2["norm_low"].iloc[0] == b0["norm_low"].iloc[0] and b2["norm_high"].iloc[0] > b0["norm_high"].iloc[0]
+
+    def verdicts(bounds):
+        runs = add_normalised(base.drop(columns="optimal_value"), bounds)
+        per_seed = {m: fs.per_seed_frontier(runs[runs["method"] == m])["auf"] for m in ("sqdf", "seiko")}
+        return verdict_table(per_seed["sqdf"], {"seiko": per_seed["seiko"]})[0]
+
+    v0, v2 = verdicts(b0), verdicts(b2)
+    assert v0.verdict == v2.verdict and v0.p_value == pytest.approx(v2.p_value, rel=1e-9)
+    scale = (b0["norm_high"] - b0["norm_low"]).iloc[0] / (b2["norm_high"] - b2["norm_low"]).iloc[0]
+    assert v2.effect == pytest.approx(v0.effect * scale, rel=1e-9)

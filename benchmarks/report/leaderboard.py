@@ -13,7 +13,8 @@ Fréchet distances) and eval extras; wall-clock and peak memory.
 
 Normalised score = (eval reward - low) / (high - low) per (task, budget), with
 low = the pretrained model's eval reward: the mean over seeds of round 0 (the pretrained model, evaluated
-before any query with the same eval draws as the later rounds) of the runs of that task and budget;
+before any query with the same eval draws as the later rounds) of the ``pretrained`` runs of that task
+and budget, or of all its runs whose round 0 is the pretrained model where no ``pretrained`` run is there;
 high = the task optimum (``config.json`` task_info.optimal_value) when known, else the best eval reward
 seen on that task in any round of any run (``norm_high_source`` says which).
 

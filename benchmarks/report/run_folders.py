@@ -181,18 +181,30 @@ def extra_metric_keys(finals: pd.DataFrame) -> list[str]:
 def normalisation_bounds(finals: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
     """Per (task, budget): norm_low (pretrained eval reward), norm_high and norm_high_source.
 
-    norm_low averages round 0 of the runs whose round 0 *is* the pretrained model (path KL 0): the
-    prior-free searchers' round 0 (random, TuRBO, qLogNEI: their own initial designs, path KL NaN) is not."""
+    norm_low is the pretrained model's eval reward: the mean over seeds of the ``pretrained`` method's runs
+    where the table has them, so that adding a method never moves it. Without them it averages round 0 of
+    the runs whose round 0 *is* the pretrained model (path KL 0): the prior-free searchers' round 0 (random,
+    TuRBO, qLogNEI: their own initial designs, path KL NaN) is not. A method whose round 0 samples with
+    another sampler (RLCM's consistency model) would still enter that fallback, so tables that mix such
+    methods should include ``pretrained``.
+
+    norm_high is the task's ``optimal_value`` where it exceeds norm_low, else the best eval reward seen on
+    the task in any round of any run (``best_seen``): a method that beats every earlier round raises it,
+    which rescales every normalised score of the task by one positive factor (paired verdicts, their
+    p-values and signs, do not change)."""
     rows = []
-    for (task, budget), g in finals.groupby(["task", "budget"], sort=True):
-        if "round0_path_kl" in g:  # older run folders may lack round 0's path KL: then keep every run
+    for (task, budget), whole in finals.groupby(["task", "budget"], sort=True):
+        g = whole
+        if "method" in g and (g["method"] == "pretrained").any():
+            g = g[g["method"] == "pretrained"]
+        elif "round0_path_kl" in g:  # older run folders may lack round 0's path KL: then keep every run
             on_prior = pd.to_numeric(g["round0_path_kl"], errors="coerce") == 0
             g = g[on_prior] if on_prior.any() else g
         r0 = g.dropna(subset=["round0_eval_reward"]).groupby("seed")["round0_eval_reward"].mean()
         if len(r0) == 0:
             raise LeaderboardError(f"task {task!r} budget {budget}: no round-0 eval_reward to normalise with")
         low = float(r0.mean())
-        opts = {float(v) for v in g["optimal_value"].dropna()}
+        opts = {float(v) for v in whole["optimal_value"].dropna()}
         if len(opts) > 1:
             raise LeaderboardError(f"task {task!r}: run folders disagree on optimal_value: {sorted(opts)}")
         best_seen = float(rounds.loc[rounds["task"] == task, "eval_reward"].max())
