@@ -1,4 +1,4 @@
-"""Data parallelism over 2 CPU processes (accelerate's debug launcher, gloo): the all-reduced gradient equals
+"""Data parallelism over 2 CPU processes (spawned and joined by gloo: tests/cpu_launcher.py): the all-reduced gradient equals
 the single-process gradient on the union batch, also for uneven shards and for the SD policy's LoRA; sharded
 sampling returns the union in order."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _worker(weights_dir):
     torch.set_num_threads(1)
     from accelerate.state import PartialState
 
-    PartialState._reset_state()  # a state inherited through fork from the parent must not leak in
+    PartialState._reset_state()  # start from a clean accelerate state in each process
     dp = DataParallel(cpu=True)
     assert dp.world_size == 2 and dp.distributed
 
@@ -89,7 +89,7 @@ def _worker(weights_dir):
 
 
 def test_two_process_gradients_equal_union_batch(tmp_path):
-    from accelerate import debug_launcher
+    from cpu_launcher import launch_on_cpu
 
     from sqdf_bbo.backbones.sd_random import build_sd_components
 
@@ -97,7 +97,7 @@ def test_two_process_gradients_equal_union_batch(tmp_path):
     sd = tmp_path / "sd"
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         comps[name].save_pretrained(str(sd / name))
-    debug_launcher(_worker, args=(str(tmp_path),), num_processes=2)
+    launch_on_cpu(_worker, args=(str(tmp_path),), num_processes=2)
 
 
 def test_single_process_is_a_no_op():

@@ -1,7 +1,7 @@
-"""One run over 2 CPU processes through the production runner (accelerate's multi-process CPU launcher,
-``debug_launcher``, gloo): process 0 alone spends the budget and writes the folder, every process ends
-with the same weights and proxy, batches are split 1/2 per process, kill-and-resume is exact, and a
-resume with another number of processes is refused."""
+"""One run over 2 CPU processes through the production runner (spawned processes joined by gloo, as
+accelerate's ``debug_launcher`` does: tests/cpu_launcher.py): process 0 alone spends the budget and writes
+the folder, every process ends with the same weights and proxy, batches are split 1/2 per process,
+kill-and-resume is exact, and a resume with another number of processes is refused."""
 from __future__ import annotations
 
 import json
@@ -22,12 +22,12 @@ SQDF = ["--method", "sqdf", "--set", "on_policy_batch=4", "--set", "buffer_size=
 
 
 def _launch(argv, crash_after=None, expect_rc=0):
-    """Run sqdf_bbo.run.main(argv) in 2 forked processes; returns None or the exit code that stopped them."""
-    from accelerate import debug_launcher
+    """Run sqdf_bbo.run.main(argv) in 2 spawned processes; returns None or the exit code that stopped them."""
+    from cpu_launcher import launch_on_cpu
     from torch.multiprocessing import ProcessExitedException
 
     try:
-        debug_launcher(_worker, args=(argv, crash_after, expect_rc), num_processes=2)
+        launch_on_cpu(_worker, args=(argv, crash_after, expect_rc), num_processes=2)
     except ProcessExitedException as e:
         return e.exit_code
     return None
@@ -38,7 +38,7 @@ def _worker(argv, crash_after, expect_rc):
     from accelerate.state import PartialState
 
     torch.set_num_threads(1)
-    PartialState._reset_state()  # a state inherited through fork from the parent must not leak in
+    PartialState._reset_state()  # start from a clean accelerate state in each process
     faults = [] if crash_after is None else ["--fault", f"crash_after_round={crash_after}"]
     from sqdf_bbo.run import main
 
