@@ -1,6 +1,6 @@
-"""Data parallelism over 2 CPU processes (spawned and joined by gloo: tests/cpu_launcher.py): the all-reduced gradient equals
-the single-process gradient on the union batch, also for uneven shards and for the SD policy's LoRA; sharded
-sampling returns the union in order."""
+"""Data parallelism over 2 CPU processes (spawned and joined by gloo: tests/cpu_launcher.py): the all-reduced
+gradient equals the single-process gradient on the union batch, also for uneven shards and for the SD policy's
+LoRA; sharded sampling returns the union in order."""
 from __future__ import annotations
 
 import os
@@ -18,9 +18,6 @@ def _worker(weights_dir):
     from sqdf_bbo.distributed import DataParallel
 
     torch.set_num_threads(1)
-    from accelerate.state import PartialState
-
-    PartialState._reset_state()  # start from a clean accelerate state in each process
     dp = DataParallel(cpu=True)
     assert dp.world_size == 2 and dp.distributed
 

@@ -35,10 +35,8 @@ def _launch(argv, crash_after=None, expect_rc=0):
 
 def _worker(argv, crash_after, expect_rc):
     import torch
-    from accelerate.state import PartialState
 
     torch.set_num_threads(1)
-    PartialState._reset_state()  # start from a clean accelerate state in each process
     faults = [] if crash_after is None else ["--fault", f"crash_after_round={crash_after}"]
     from sqdf_bbo.run import main
 
